@@ -1,0 +1,52 @@
+# PODI — `make run` starts the whole platform, `make test` lints and runs the test suite.
+# Both create .venv from pyproject.toml (pinned by constraints.txt) when it is missing or stale.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.podi-installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format check-migrations lock bench clean
+
+$(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing dependencies into $(VENV) (first run takes a minute)…"
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python tools/pyproject_deps.py dev > $(VENV)/requirements.txt
+	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -r $(VENV)/requirements.txt
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/python manage.py up --host $(HOST) --port $(PORT)
+
+test: $(STAMP) lint check-migrations
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check-migrations: $(STAMP)
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+# Re-pin constraints.txt after changing dependencies in pyproject.toml.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(PYTHON) tools/pyproject_deps.py dev > .lock-venv/requirements.txt
+	.lock-venv/bin/python -m pip install --quiet -r .lock-venv/requirements.txt
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
+	rm -rf .lock-venv
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,3 @@
+ability_urlpatterns: list = []
+admin_urlpatterns: list = []
+agent_urlpatterns: list = []

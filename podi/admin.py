@@ -1,0 +1,119 @@
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from django.utils.html import format_html
+
+from podi.models import SCOPES, IdempotencyRecord, ServiceKey
+from podi.services import service_key_create, service_key_revoke
+
+
+class ServiceKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in SCOPES], widget=forms.CheckboxSelectMultiple, required=False
+    )
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.all(),
+        required=False,
+        help_text="The account the key acts as. Empty: a new service account svc-<name>.",
+    )
+
+    class Meta:
+        model = ServiceKey
+        fields = ["name", "scopes", "user", "expires_at"]
+
+
+class ActiveFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lt=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(expires_at__lt=now)
+        return queryset
+
+
+@admin.register(ServiceKey)
+class ServiceKeyAdmin(admin.ModelAdmin):
+    form = ServiceKeyForm
+    list_display = [
+        "name",
+        "prefix_display",
+        "scope_list",
+        "user",
+        "state",
+        "last_used_at",
+        "created_at",
+    ]
+    list_filter = [ActiveFilter]
+    search_fields = ["name", "prefix", "user__username"]
+    list_select_related = ["user"]
+    actions = ["revoke"]
+    readonly_fields = ["prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
+
+    @admin.display(description="key")
+    def prefix_display(self, obj):
+        return format_html("<code>{}…</code>", obj.prefix)
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes) or "—"
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.revoked_at:
+            return format_html('<span style="color:#b00">{}</span>', "revoked")
+        if not obj.is_active:
+            return format_html('<span style="color:#b60">{}</span>', "expired")
+        return format_html('<span style="color:#080">{}</span>', "active")
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name", "scopes", "user", "expires_at"]
+        return ["name", "scopes", "user", "expires_at", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        key, raw = service_key_create(
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            user=form.cleaned_data["user"],
+            created_by=request.user,
+            expires_at=form.cleaned_data["expires_at"],
+        )
+        obj.pk = key.pk
+        obj.refresh_from_db()
+        messages.warning(
+            request,
+            format_html(
+                "Service key created. Copy it now, it will not be shown again: <code>{}</code>", raw
+            ),
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for key in queryset:
+            service_key_revoke(key=key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin):
+    list_display = ["key", "principal", "route", "status_code", "completed", "created_at"]
+    list_filter = ["completed"]
+    search_fields = ["key", "principal", "route"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,141 @@
+"""Who is calling, and for whom they act.
+
+``Authorization: Bearer <token>`` carries either a user access JWT (from ``/api/auth/v1/login``)
+or a service key ``psk_…``. For a JWT ``request.auth`` is the validated token; for a service key it
+is the ``ServiceKey`` row and ``request.user`` is the account the key acts as.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import AccessToken
+
+from podi import error_codes as codes
+from podi.errors import AppError
+from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
+
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def user_from_access_token(raw: str):
+    """Validate a user access JWT and return its active user, or raise ``AUTH_INVALID``."""
+    try:
+        token = AccessToken(raw)
+    except TokenError as exc:
+        raise AppError(codes.AUTH_INVALID, f"Access token rejected: {exc}") from None
+    user_id = token.get("user_id")
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None:
+        raise AppError(codes.AUTH_INVALID, "Access token names no user.")
+    if not user.is_active:
+        raise AppError(codes.AUTH_INVALID, "This user is inactive.")
+    return user, token
+
+
+def service_key_from_raw(raw: str) -> ServiceKey:
+    key = ServiceKey.objects.select_related("user").filter(key_hash=hash_service_key(raw)).first()
+    if key is None or not key.is_active or not key.user.is_active:
+        raise AppError(codes.AUTH_INVALID, "Service key rejected.")
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+        ServiceKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+def principal_from_token(raw: str):
+    """(user, auth) for a raw bearer token of either kind; used by HTTP and WebSocket alike."""
+    if raw.startswith(SERVICE_KEY_PREFIX):
+        key = service_key_from_raw(raw)
+        return key.user, key
+    return user_from_access_token(raw)
+
+
+class BearerAuthentication(BaseAuthentication):
+    def authenticate(self, request):
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != b"bearer" or len(header) != 2:
+            raise AppError(codes.AUTH_INVALID, "Use 'Authorization: Bearer <token>'.")
+        try:
+            raw = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AppError(codes.AUTH_INVALID, "Malformed token.") from None
+        return principal_from_token(raw)
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+
+# --- Principals ------------------------------------------------------------------------------
+
+
+def service_key_of(request) -> ServiceKey | None:
+    auth = getattr(request, "auth", None)
+    return auth if isinstance(auth, ServiceKey) else None
+
+
+def is_staff_principal(request) -> bool:
+    """Staff users, and service keys with the ``admin`` scope."""
+    key = service_key_of(request)
+    if key is not None:
+        return key.has_scope("admin")
+    user = getattr(request, "user", None)
+    return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+
+
+def principal_label(request) -> str:
+    key = service_key_of(request)
+    return f"key:{key.pk}" if key else f"user:{request.user.pk}"
+
+
+def acting_user(request, user_id: int | str | None):
+    """The user this request acts for.
+
+    Self when ``user_id`` is empty or the caller's own id. Another user only for staff and for
+    service keys (whose scope for the area was already checked by ``ScopePermission``).
+    A plain user can never act for another user.
+    """
+    if user_id in (None, ""):
+        return request.user
+    try:
+        user_id = int(user_id)
+    except (TypeError, ValueError):
+        from podi.errors import validation_error
+
+        raise validation_error({"userId": ["A valid integer is required."]}) from None
+    if user_id == request.user.pk:
+        return request.user
+    if not (is_staff_principal(request) or service_key_of(request) is not None):
+        raise AppError(codes.FORBIDDEN, "You may act only for yourself.")
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None:
+        raise AppError(codes.USER_NOT_FOUND)
+    return user
+
+
+class ScopePermission(BasePermission):
+    """Service keys need ``<view.scope_area>:read`` for safe methods and ``:write`` otherwise.
+
+    Views without a ``scope_area`` are open to any authenticated principal (e.g. ``me``).
+    """
+
+    def has_permission(self, request, view) -> bool:
+        key = service_key_of(request)
+        area = getattr(view, "scope_area", None)
+        if key is None or area is None:
+            return True
+        level = "read" if request.method in SAFE_METHODS else "write"
+        return key.has_scope(f"{area}:{level}")
+
+
+class IsStaffPrincipal(BasePermission):
+    def has_permission(self, request, view) -> bool:
+        return is_staff_principal(request)

@@ -1,0 +1,153 @@
+"""The error envelope ``{code, message, details}`` and the one exception handler that renders it.
+
+Services raise ``AppError(SOME_CODE, …)``; views never build error responses by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from podi.logging import current_request_id
+
+logger = logging.getLogger("podi.errors")
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class AppError(Exception):
+    """An application error with a stable code; rendered as the error envelope."""
+
+    def __init__(
+        self,
+        error: ErrorCode,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        self.error = error
+        self.code = error.code
+        self.status = error.status
+        self.message = message or error.message
+        self.details = details or {}
+        self.headers = headers or {}
+        super().__init__(f"{self.code}: {self.message}")
+
+
+def validation_error(fields: dict[str, list[str] | str], message: str | None = None) -> AppError:
+    from podi.error_codes import VALIDATION_ERROR
+
+    normalised = {k: v if isinstance(v, list) else [v] for k, v in fields.items()}
+    first = next(iter(normalised.items()), None)
+    text = message or (f"{first[0]}: {first[1][0]}" if first else VALIDATION_ERROR.message)
+    return AppError(VALIDATION_ERROR, text, details={"fields": normalised})
+
+
+def envelope(code: str, message: str, details: dict | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "details": details or {}}
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn DRF's nested error detail into ``{"a.b": ["msg"]}``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = key if key != "non_field_errors" else "nonFieldErrors"
+            path = f"{prefix}.{name}" if prefix else str(name)
+            out.update(_flatten(value, path))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            out[prefix or "nonFieldErrors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                out.update(_flatten(item, f"{prefix}[{index}]" if prefix else f"[{index}]"))
+    else:
+        out[prefix or "nonFieldErrors"] = [str(detail)]
+    return out
+
+
+def _from_drf(exc: drf.APIException) -> AppError:
+    from podi import error_codes as codes
+
+    if isinstance(exc, drf.ValidationError):
+        return validation_error(_flatten(exc.detail))
+    if isinstance(exc, drf.NotAuthenticated):
+        return AppError(codes.AUTH_REQUIRED)
+    if isinstance(exc, drf.AuthenticationFailed):
+        return AppError(codes.AUTH_INVALID, str(exc.detail))
+    if isinstance(exc, drf.PermissionDenied):
+        return AppError(codes.FORBIDDEN)
+    if isinstance(exc, drf.NotFound):
+        return AppError(codes.NOT_FOUND)
+    if isinstance(exc, drf.MethodNotAllowed):
+        return AppError(codes.METHOD_NOT_ALLOWED, str(exc.detail))
+    if isinstance(exc, drf.NotAcceptable):
+        return AppError(codes.NOT_ACCEPTABLE)
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return AppError(codes.UNSUPPORTED_MEDIA_TYPE, str(exc.detail))
+    if isinstance(exc, drf.ParseError):
+        return AppError(codes.INVALID_JSON, str(exc.detail))
+    if isinstance(exc, drf.Throttled):
+        wait = int(exc.wait or 1)
+        return AppError(
+            codes.RATE_LIMITED,
+            f"Too many requests; retry in {wait} s.",
+            details={"retryAfter": wait},
+            headers={"Retry-After": str(wait)},
+        )
+    return AppError(
+        codes.ErrorCode(str(exc.default_code).upper(), exc.status_code, str(exc.detail))
+    )
+
+
+def to_app_error(exc: Exception) -> AppError | None:
+    from podi import error_codes as codes
+
+    if isinstance(exc, AppError):
+        return exc
+    if isinstance(exc, drf.APIException):
+        return _from_drf(exc)
+    if isinstance(exc, Http404):
+        return AppError(codes.NOT_FOUND)
+    if isinstance(exc, DjangoPermissionDenied):
+        return AppError(codes.FORBIDDEN)
+    return None
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    from podi import error_codes as codes
+
+    error = to_app_error(exc)
+    if error is None:
+        view = context.get("view")
+        logger.exception(
+            "unhandled error in %s", type(view).__name__ if view else "view", exc_info=exc
+        )
+        error = AppError(codes.INTERNAL_ERROR, details={"requestId": current_request_id()})
+    response = Response(envelope(error.code, error.message, error.details), status=error.status)
+    for key, value in error.headers.items():
+        response[key] = value
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def json_error(error: ErrorCode, message: str | None = None, details: dict | None = None):
+    return JsonResponse(
+        envelope(error.code, message or error.message, details), status=error.status
+    )

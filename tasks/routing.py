@@ -1,0 +1,3 @@
+"""WebSocket routes (served by ``podi.asgi``)."""
+
+websocket_urlpatterns: list = []

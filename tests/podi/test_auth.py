@@ -1,0 +1,219 @@
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIRequestFactory
+from rest_framework_simplejwt.tokens import AccessToken
+
+from podi.auth import BearerAuthentication, acting_user
+from podi.errors import AppError
+from tests.conftest import PASSWORD, access_token
+
+pytestmark = pytest.mark.django_db
+
+
+def test_login_refresh_me(anon, owner, client_for):
+    response = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"accessToken", "refreshToken", "expiresIn", "user"}
+    assert body["expiresIn"] == 900
+    assert body["user"] == {
+        "id": owner.pk,
+        "username": "owner",
+        "email": "owner@example.com",
+        "isStaff": False,
+    }
+
+    me = client_for(body["accessToken"]).get("/api/auth/v1/me")
+    assert me.status_code == 200
+    assert me.json()["username"] == "owner"
+
+    refreshed = anon.post("/api/auth/v1/refresh", {"refreshToken": body["refreshToken"]})
+    assert refreshed.status_code == 200
+    assert refreshed.json()["refreshToken"] != body["refreshToken"]
+    # The old refresh token was rotated out and cannot be used twice.
+    again = anon.post("/api/auth/v1/refresh", {"refreshToken": body["refreshToken"]})
+    assert again.status_code == 401
+    assert again.json()["code"] == "AUTH_INVALID"
+
+
+def test_login_by_email(anon, owner):
+    response = anon.post("/api/auth/v1/login", {"email": "OWNER@example.com", "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.json()["user"]["id"] == owner.pk
+
+
+@pytest.mark.parametrize(
+    "body", [{"username": "owner", "password": "wrong"}, {"username": "nobody", "password": "x"}]
+)
+def test_wrong_credentials(anon, owner, body):
+    response = anon.post("/api/auth/v1/login", body)
+    assert response.status_code == 401
+    assert response.json()["code"] == "INVALID_CREDENTIALS"
+    assert "accessToken" not in response.json()
+
+
+def test_inactive_user_cannot_log_in_nor_use_old_tokens(anon, owner, client_for):
+    token = access_token(owner)
+    owner.is_active = False
+    owner.save()
+    response = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD})
+    assert response.status_code == 403
+    assert response.json()["code"] == "USER_INACTIVE"
+    me = client_for(token).get("/api/auth/v1/me")
+    assert me.status_code == 401
+    assert me.json()["code"] == "AUTH_INVALID"
+
+
+def test_expired_and_tampered_tokens(owner, client_for):
+    expired = AccessToken.for_user(owner)
+    expired.set_exp(lifetime=-timedelta(seconds=1))
+    response = client_for(str(expired)).get("/api/auth/v1/me")
+    assert response.status_code == 401
+    assert response.json()["code"] == "AUTH_INVALID"
+
+    good = access_token(owner)
+    header, payload, signature = good.split(".")
+    tampered = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    response = client_for(tampered).get("/api/auth/v1/me")
+    assert response.status_code == 401
+    assert response.json()["code"] == "AUTH_INVALID"
+
+
+def test_no_token_and_wrong_scheme(anon, owner):
+    response = anon.get("/api/auth/v1/me")
+    assert response.status_code == 401
+    assert response.json()["code"] == "AUTH_REQUIRED"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    anon.credentials(HTTP_AUTHORIZATION="Basic b3duZXI6eA==")
+    assert anon.get("/api/auth/v1/me").json()["code"] == "AUTH_INVALID"
+
+
+def test_refresh_with_garbage(anon):
+    response = anon.post("/api/auth/v1/refresh", {"refreshToken": "nope"})
+    assert response.status_code == 401
+    assert response.json()["code"] == "AUTH_INVALID"
+
+
+def test_logout_revokes_refresh_token(anon, owner):
+    tokens = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    assert (
+        anon.post("/api/auth/v1/logout", {"refreshToken": tokens["refreshToken"]}).status_code
+        == 204
+    )
+    again = anon.post("/api/auth/v1/refresh", {"refreshToken": tokens["refreshToken"]})
+    assert again.status_code == 401
+
+
+def test_register_is_closed_by_default(anon, settings):
+    response = anon.post(
+        "/api/auth/v1/register", {"username": "newbie", "password": "a long enough pass 123"}
+    )
+    assert response.status_code == 403
+    assert response.json()["code"] == "REGISTRATION_CLOSED"
+    assert not get_user_model().objects.filter(username="newbie").exists()
+
+
+def test_register_when_allowed(anon, settings, owner):
+    settings.ALLOW_REGISTRATION = True
+    weak = anon.post("/api/auth/v1/register", {"username": "newbie", "password": "123"})
+    assert weak.status_code == 400
+    assert weak.json()["code"] == "VALIDATION_ERROR"
+    assert "password" in weak.json()["details"]["fields"]
+    taken = anon.post(
+        "/api/auth/v1/register", {"username": "OWNER", "password": "a long enough pass 123"}
+    )
+    assert taken.status_code == 400
+    assert taken.json()["details"]["fields"] == {"username": ["This username is taken."]}
+    created = anon.post(
+        "/api/auth/v1/register",
+        {"username": "newbie", "email": "n@example.com", "password": "a long enough pass 123"},
+    )
+    assert created.status_code == 201
+    assert created.json()["user"]["username"] == "newbie"
+    assert get_user_model().objects.get(username="newbie").check_password("a long enough pass 123")
+
+
+# --- Service keys ----------------------------------------------------------------------------
+
+
+def test_service_key_is_stored_hashed_and_authenticates(service_key, client_for):
+    key, raw = service_key(scopes=["tasks:write"])
+    assert raw.startswith("psk_")
+    assert raw not in key.key_hash
+    key.refresh_from_db()
+    assert key.last_used_at is None
+    me = client_for(raw).get("/api/auth/v1/me")
+    assert me.status_code == 200
+    assert me.json()["serviceKey"] == {"id": key.pk, "name": "partner", "scopes": ["tasks:write"]}
+    assert me.json()["username"] == "svc-partner"
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_revoked_and_unknown_service_keys_are_refused(service_key, client_for):
+    from podi.services import service_key_revoke
+
+    key, raw = service_key(scopes=["admin"])
+    service_key_revoke(key=key)
+    assert client_for(raw).get("/api/auth/v1/me").json()["code"] == "AUTH_INVALID"
+    assert client_for("psk_unknown").get("/api/auth/v1/me").status_code == 401
+
+
+def test_unknown_scope_is_refused(service_key):
+    with pytest.raises(AppError) as caught:
+        service_key(scopes=["tasks:everything"])
+    assert caught.value.code == "VALIDATION_ERROR"
+
+
+def test_scope_implications(service_key):
+    key, _ = service_key(scopes=["wallet:write"])
+    assert key.has_scope("wallet:write")
+    assert key.has_scope("wallet:read")
+    assert not key.has_scope("tasks:read")
+    admin_key, _ = service_key(scopes=["admin"], name="ops")
+    assert admin_key.has_scope("tasks:write")
+
+
+def _request_as(raw_token):
+    request = APIRequestFactory().get("/", HTTP_AUTHORIZATION=f"Bearer {raw_token}")
+    user, auth = BearerAuthentication().authenticate(request)
+    request.user, request.auth = user, auth
+    return request
+
+
+def test_a_user_can_never_act_for_another_user(owner, outsider):
+    request = _request_as(access_token(owner))
+    assert acting_user(request, None) == owner
+    assert acting_user(request, owner.pk) == owner
+    assert acting_user(request, str(owner.pk)) == owner
+    with pytest.raises(AppError) as caught:
+        acting_user(request, outsider.pk)
+    assert caught.value.code == "FORBIDDEN"
+    with pytest.raises(AppError) as caught:
+        acting_user(request, "abc")
+    assert caught.value.code == "VALIDATION_ERROR"
+
+
+def test_staff_and_service_keys_act_on_behalf(staff, owner, service_key):
+    assert acting_user(_request_as(access_token(staff)), owner.pk) == owner
+    _, raw = service_key(scopes=["wallet:write"])
+    request = _request_as(raw)
+    assert acting_user(request, owner.pk) == owner
+    assert acting_user(request, None).username == "svc-partner"
+    with pytest.raises(AppError) as caught:
+        acting_user(request, 999999)
+    assert caught.value.code == "USER_NOT_FOUND"
+
+
+def test_create_service_key_command(db, capsys):
+    from django.core.management import call_command
+
+    from podi.models import ServiceKey, hash_service_key
+
+    call_command("create_service_key", "--name", "crm", "--scopes", "tasks:write,wallet:read")
+    raw = capsys.readouterr().out.strip()
+    key = ServiceKey.objects.get(name="crm")
+    assert key.key_hash == hash_service_key(raw)
+    assert key.scopes == ["tasks:write", "wallet:read"]
