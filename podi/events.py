@@ -1,21 +1,30 @@
-"""Side effects after commit: ``enqueue_on_commit`` for actors, ``publish_on_commit`` for events.
+"""Side effects after commit: ``enqueue_on_commit`` for actors, ``emit`` for events.
 
-Publishing goes through sinks registered at start-up (the realtime layer registers the WebSocket
-and webhook sinks); with no sink registered publishing is a no-op.
+``emit(user_id=…, type=…, payload=…)`` is how every service raises an event. Inside the caller's
+transaction the registered *recorder* (the realtime layer's; it persists the event and gives it
+its ``id`` and per-user ``seq``) runs; after commit the event goes to every registered *sink*
+(WebSocket fan-out, webhooks). With no recorder the event is published unpersisted; with no sink
+publishing is a no-op.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
 
+from podi.ids import new_id
+
 logger = logging.getLogger("podi.events")
 
-EventSink = Callable[[dict[str, Any]], None]
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+EventRecorder = Callable[[Event], Event]
 _sinks: list[EventSink] = []
+_recorder: list[EventRecorder] = []
 
 
 def register_sink(sink: EventSink) -> None:
@@ -28,7 +37,11 @@ def unregister_sink(sink: EventSink) -> None:
         _sinks.remove(sink)
 
 
-def publish_now(event: dict[str, Any]) -> None:
+def set_recorder(recorder: EventRecorder | None) -> None:
+    _recorder[:] = [recorder] if recorder else []
+
+
+def publish_now(event: Event) -> None:
     """Deliver to every sink immediately (does not wait for a commit)."""
     for sink in list(_sinks):
         try:
@@ -37,8 +50,32 @@ def publish_now(event: dict[str, Any]) -> None:
             logger.exception("event sink %r failed", sink)
 
 
-def publish_on_commit(event: dict[str, Any], *, using: str = "default") -> None:
+def publish_on_commit(event: Event, *, using: str = "default") -> None:
     transaction.on_commit(lambda: publish_now(event), using=using)
+
+
+def emit(
+    *,
+    user_id: int | None,
+    type: str,
+    payload: dict[str, Any],
+    task_id: str | None = None,
+    using: str = "default",
+) -> Event:
+    """Record an event in the current transaction and publish it after commit."""
+    event: Event = {
+        "id": new_id("evt"),
+        "seq": None,
+        "type": type,
+        "userId": user_id,
+        "taskId": task_id,
+        "payload": payload,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if _recorder:
+        event = _recorder[0](event)
+    publish_on_commit(event, using=using)
+    return event
 
 
 def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any) -> None:
