@@ -1,2 +1,5 @@
+from tasks.apis_notify import notify_urlpatterns
+
 urlpatterns: list = []
-notify_urlpatterns: list = []
+
+__all__ = ["notify_urlpatterns", "urlpatterns"]

@@ -1,0 +1,3 @@
+"""Notification routes (``/api/notify/v1/``)."""
+
+notify_urlpatterns: list = []
