@@ -114,11 +114,19 @@ class Env:
         return value
 
     def database(self, name: str) -> dict | None:
-        """Parse ``postgres://user:pass@host:port/dbname?opt=v`` into a Django DATABASES entry."""
-        value = self.url(name, ("postgres", "postgresql", "pgsql"))
+        """Parse ``postgres://user:pass@host:port/dbname?opt=v`` (or ``sqlite:////abs/path``)
+        into a Django DATABASES entry."""
+        value = self.url(name, ("postgres", "postgresql", "pgsql", "sqlite"))
         if value is None:
             return None
         parts = urlsplit(value)
+        if parts.scheme == "sqlite":
+            path = "/" + unquote(parts.path).lstrip("/")
+            if parts.netloc or len(path) < 2:
+                raise ImproperlyConfigured(
+                    f"{name} must look like sqlite:////absolute/path.sqlite3, got {value!r}"
+                )
+            return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {}}
         db_name = unquote(parts.path.lstrip("/"))
         if not db_name:
             raise ImproperlyConfigured(f"{name} must name a database, got {_redact(value)!r}")

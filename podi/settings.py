@@ -7,6 +7,7 @@ an in-process Dramatiq worker, all under ``PODI_DATA_DIR``. ``.env.example`` lis
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -96,7 +97,8 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-_postgres = env.database("DATABASE_URL")
+_database = env.database("DATABASE_URL")
+_postgres = _database if _database and _database["ENGINE"].endswith("postgresql") else None
 if _postgres:
     _postgres["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", 0, min_value=0)
     _postgres["CONN_HEALTH_CHECKS"] = True
@@ -106,7 +108,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "podi.sqlite3",
+            "NAME": _database["NAME"] if _database else DATA_DIR / "podi.sqlite3",
             "OPTIONS": {
                 # WAL + a busy timeout + IMMEDIATE transactions: web and worker threads queue
                 # for the write lock instead of failing with "database is locked".
@@ -268,6 +270,85 @@ MEDIA_ALLOWED_TYPES = env.list(
     ["image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4", "audio/mpeg", "audio/wav"],
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# objectKey = <prefix>/<userId>/<YYYYMMDD>/<random>.<ext>; seed 000 called it OSS_ROOT_PREFIX.
+MEDIA_UPLOAD_PREFIX = env.str("MEDIA_UPLOAD_PREFIX") or env.str("OSS_ROOT_PREFIX", "uploads")
+if not re.fullmatch(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,3}", MEDIA_UPLOAD_PREFIX
+):
+    raise ImproperlyConfigured(
+        "MEDIA_UPLOAD_PREFIX (OSS_ROOT_PREFIX) must be 1-4 path segments of letters, digits, . _ -"
+    )
+if MEDIA_UPLOAD_PREFIX.split("/")[0] in ("results", "files"):
+    raise ImproperlyConfigured("MEDIA_UPLOAD_PREFIX must not start with results/ or files/")
+# Seconds a browser upload grant (signed PUT, presigned POST, PostObject policy) stays valid.
+MEDIA_UPLOAD_URL_TTL = env.int("MEDIA_UPLOAD_URL_TTL", 900, min_value=60, max_value=3600)
+# User upload keys (POST upload-key): HMAC secret (derived from SECRET_KEY when empty) and TTL.
+UPLOAD_TOKEN_SECRET = env.str("UPLOAD_TOKEN_SECRET") or ""
+if UPLOAD_TOKEN_SECRET and len(UPLOAD_TOKEN_SECRET) < 32:
+    raise ImproperlyConfigured("UPLOAD_TOKEN_SECRET must be at least 32 characters")
+UPLOAD_TOKEN_TTL = env.int("UPLOAD_TOKEN_TTL", 3600, min_value=60, max_value=7 * 86400)
+
+# Aliyun OSS (STORAGE_BACKEND=oss). Seed 000's names and aliases keep working.
+OSS_ACCESS_KEY = env.str("OSS_ACCESS_KEY") or env.str("OSS_AK")
+OSS_SECRET_KEY = env.str("OSS_SECRET_KEY") or env.str("OSS_SK")
+OSS_ENDPOINT = env.str("OSS_ENDPOINT")  # oss-cn-hangzhou.aliyuncs.com (https:// assumed)
+OSS_REGION = env.str("OSS_REGION")  # cn-hangzhou (seed form oss-cn-hangzhou accepted)
+OSS_BUCKET = env.str("OSS_BUCKET")
+OSS_PUBLIC_DOMAIN = env.str("OSS_PUBLIC_DOMAIN") or env.str("OSS_DOWNLOAD_DOMAIN")
+OSS_ROLE_ARN = env.str("OSS_ROLE_ARN")
+OSS_STS_DURATION = env.int("OSS_STS_DURATION", 900, min_value=900, max_value=3600)
+OSS_STS_ENDPOINT = env.str("OSS_STS_ENDPOINT", "sts.aliyuncs.com")
+OSS_CALLBACK_URL = env.url(
+    "OSS_CALLBACK_URL", ("http", "https"), f"{PUBLIC_BASE_URL}/api/media/v1/oss-callback"
+)
+# Hosts the callback's x-oss-pub-key-url may point at (host or host:port).
+OSS_CALLBACK_PUBKEY_HOSTS = env.list("OSS_CALLBACK_PUBKEY_HOSTS", ["gosspublic.alicdn.com"])
+OSS_TIMEOUT = env.int("OSS_TIMEOUT", 10, min_value=1, max_value=120)
+
+# S3 and S3-compatible stores (STORAGE_BACKEND=s3) through django-storages; AWS_* names work too.
+S3_BUCKET = env.str("S3_BUCKET") or env.str("AWS_STORAGE_BUCKET_NAME")
+S3_ACCESS_KEY_ID = env.str("S3_ACCESS_KEY_ID") or env.str("AWS_ACCESS_KEY_ID")
+S3_SECRET_ACCESS_KEY = env.str("S3_SECRET_ACCESS_KEY") or env.str("AWS_SECRET_ACCESS_KEY")
+S3_ENDPOINT_URL = env.url("S3_ENDPOINT_URL", ("http", "https")) or env.url(
+    "AWS_S3_ENDPOINT_URL", ("http", "https")
+)
+S3_REGION = env.str("S3_REGION") or env.str("AWS_S3_REGION_NAME", "us-east-1")
+S3_ADDRESSING_STYLE = env.choice(
+    "S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "path" if S3_ENDPOINT_URL else "auto"
+)
+
+_storage_missing = {
+    "oss": [
+        name
+        for name, value in (
+            ("OSS_ACCESS_KEY (or OSS_AK)", OSS_ACCESS_KEY),
+            ("OSS_SECRET_KEY (or OSS_SK)", OSS_SECRET_KEY),
+            ("OSS_ENDPOINT", OSS_ENDPOINT),
+            ("OSS_REGION", OSS_REGION),
+            ("OSS_BUCKET", OSS_BUCKET),
+        )
+        if not value
+    ],
+    "s3": [
+        name
+        for name, value in (
+            ("S3_BUCKET", S3_BUCKET),
+            ("S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID),
+            ("S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY),
+        )
+        if not value
+    ],
+}.get(STORAGE_BACKEND)
+if _storage_missing:
+    raise ImproperlyConfigured(
+        f"STORAGE_BACKEND={STORAGE_BACKEND} needs {', '.join(_storage_missing)}"
+    )
+if STORAGE_BACKEND == "oss":
+    STORAGES["default"] = {"BACKEND": "media_app.storage.oss.OssStorage"}
+elif STORAGE_BACKEND == "s3":
+    STORAGES["default"] = {"BACKEND": "media_app.storage.s3.PodiS3Storage"}
+else:
+    STORAGES["default"]["OPTIONS"] = {"allow_overwrite": True}
 
 # --- Wallet ---------------------------------------------------------------------------------
 WALLET_HOLD_TTL = env.int("WALLET_HOLD_TTL", 3600, min_value=10)

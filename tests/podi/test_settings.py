@@ -49,6 +49,11 @@ def test_database_url_becomes_a_django_database():
         "OPTIONS": {"sslmode": "require"},
     }
     assert Env({}).database("DATABASE_URL") is None
+    assert Env({"D": "sqlite:////srv/podi/db.sqlite3"}).database("D") == {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": "/srv/podi/db.sqlite3",
+        "OPTIONS": {},
+    }
 
 
 @pytest.mark.parametrize(
@@ -63,6 +68,7 @@ def test_database_url_becomes_a_django_database():
         ("url", ("X", ("redis",)), "http://cache", "X must be a URL with scheme redis"),
         ("database", ("X",), "mysql://u:secret@h/db", "X must be a URL"),
         ("database", ("X",), "postgres://h:5432/", "X must name a database"),
+        ("database", ("X",), "sqlite://relative.db", "X must look like sqlite:////absolute"),
     ],
 )
 def test_malformed_values_name_the_variable(method, args, value, fragment):
