@@ -365,6 +365,8 @@ WEBHOOK_TIMEOUT = env.int("WEBHOOK_TIMEOUT", 10, min_value=1, max_value=120)
 # Key for vendor secrets at rest (Fernet); derived from SECRET_KEY when not set.
 SECRETS_ENCRYPTION_KEY = env.str("SECRETS_ENCRYPTION_KEY")
 EXECUTOR_HTTP_TIMEOUT = env.int("EXECUTOR_HTTP_TIMEOUT", 30, min_value=1, max_value=600)
+# Seconds between automatic health checks of each enabled executor (reconciler).
+EXECUTOR_HEALTH_INTERVAL = env.int("EXECUTOR_HEALTH_INTERVAL", 60, min_value=5, max_value=86400)
 
 # --- Agents ---------------------------------------------------------------------------------
 AGENT_JWT_SECRETS = env.str("AGENT_JWT_SECRETS")

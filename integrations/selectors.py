@@ -1,0 +1,228 @@
+"""Reads of the integrations catalog: abilities, their params, bindings, health requirements."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from jsonschema import Draft202012Validator
+
+from integrations import error_codes as codes
+from integrations.executors.base import HealthRequirements
+from integrations.executors.comfyui.client import node_classes_of
+from integrations.models import (
+    Ability,
+    Executor,
+    ExecutorKind,
+    Preset,
+    WorkflowBinding,
+    WorkflowVersion,
+)
+from integrations.validation import media_params
+from podi.errors import AppError, validation_error
+
+EMPTY_SCHEMA: dict = {"type": "object", "properties": {}}
+
+
+def ability_get_active(*, code: str) -> Ability:
+    ability = Ability.objects.filter(code=code, status=Ability.Status.ACTIVE).first()
+    if ability is None:
+        raise AppError(codes.ABILITY_NOT_FOUND, f"No active ability {code!r}.")
+    return ability
+
+
+def abilities_active() -> QuerySet[Ability]:
+    return Ability.objects.filter(status=Ability.Status.ACTIVE).prefetch_related(
+        _bindings_prefetch()
+    )
+
+
+def _bindings_prefetch() -> Prefetch:
+    return Prefetch(
+        "bindings",
+        queryset=WorkflowBinding.objects.select_related(
+            "workflow_version", "workflow__active_version", "executor"
+        ).order_by("-priority", "id"),
+        to_attr="ordered_bindings",
+    )
+
+
+def with_ordered_bindings(queryset: QuerySet[Ability]) -> QuerySet[Ability]:
+    """Prefetch what ``ability_params_schema`` needs, for lists (no query per row)."""
+    return queryset.prefetch_related(_bindings_prefetch())
+
+
+def _ordered_bindings(ability: Ability) -> list[WorkflowBinding]:
+    cached = getattr(ability, "ordered_bindings", None)
+    if cached is not None:
+        return cached
+    return list(
+        ability.bindings.select_related(
+            "workflow_version", "workflow__active_version", "executor"
+        ).order_by("-priority", "id")
+    )
+
+
+def ability_schema_version(ability: Ability) -> WorkflowVersion | None:
+    """The workflow version whose params schema is the ability's: the resolved version of its
+    highest-priority enabled binding (an enabled executor preferred), else of any binding."""
+    bindings = _ordered_bindings(ability)
+    ranked = (
+        [b for b in bindings if b.enabled and b.executor.enabled]
+        + [b for b in bindings if b.enabled and not b.executor.enabled]
+        + [b for b in bindings if not b.enabled]
+    )
+    for binding in ranked:
+        version = binding.resolved_version()
+        if version is not None:
+            return version
+    return None
+
+
+def ability_params_schema(ability: Ability) -> dict:
+    """The ability's params schema (from the bound active version); an empty object schema
+    when nothing is bound yet."""
+    version = ability_schema_version(ability)
+    if version is None:
+        return copy.deepcopy(EMPTY_SCHEMA)
+    return copy.deepcopy(version.params_schema or EMPTY_SCHEMA)
+
+
+def ability_media_params(ability: Ability) -> list[str]:
+    """Names of the ability's media params (``"x-podi-media": true``), in schema order; the
+    task's inputs fill them in this order."""
+    return media_params(ability_params_schema(ability))
+
+
+def _schema_defaults(schema: dict) -> dict:
+    return {
+        name: copy.deepcopy(prop["default"])
+        for name, prop in (schema.get("properties") or {}).items()
+        if isinstance(prop, dict) and "default" in prop
+    }
+
+
+def _allows_extra(schema: dict) -> bool:
+    extra = schema.get("additionalProperties", False)
+    return extra is not False
+
+
+def _error_path(error) -> str:
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = next((n for n in error.validator_value if n not in error.instance), None)
+        if missing is not None:
+            path.append(missing)
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "params"
+
+
+def params_validate(*, schema: dict, params: dict, partial: bool = False) -> dict:
+    """Validate params against a params schema (Draft 2020-12). Unknown params are refused
+    unless the schema sets ``additionalProperties``. ``partial`` skips ``required`` (presets)."""
+    if not isinstance(params, dict):
+        raise validation_error({"params": ["Must be an object."]})
+    fields: dict[str, list[str]] = {}
+    props = schema.get("properties") or {}
+    if not _allows_extra(schema):
+        for name in params:
+            if name not in props:
+                fields.setdefault(str(name), []).append("Unknown parameter.")
+    check = dict(schema)
+    if partial:
+        check.pop("required", None)
+    if not _allows_extra(schema):
+        check.pop("additionalProperties", None)  # reported above, once per unknown name
+    validator = Draft202012Validator(check)
+    for error in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        fields.setdefault(_error_path(error), []).append(error.message)
+    if fields:
+        raise validation_error(fields)
+    return params
+
+
+def _preset_of(ability: Ability, preset: Any) -> Preset | None:
+    if preset in (None, ""):
+        return None
+    if isinstance(preset, Preset):
+        if preset.ability_id != ability.pk:
+            raise validation_error({"preset": ["This preset belongs to another ability."]})
+        return preset
+    query = ability.presets.all()
+    if isinstance(preset, int) or (isinstance(preset, str) and preset.isdigit()):
+        found = query.filter(pk=int(preset)).first() or query.filter(name=str(preset)).first()
+    else:
+        found = query.filter(name=str(preset)).first()
+    if found is None:
+        raise validation_error({"preset": [f"No preset {preset!r} for this ability."]})
+    return found
+
+
+def ability_validate_params(*, ability: Ability, params: dict, preset: Any = None) -> dict:
+    """The params a task runs with: schema defaults ← base preset ← ability.defaults ← preset ←
+    params, validated against the ability's schema. ``preset`` is a Preset, its id or its name.
+    Errors are VALIDATION_ERROR with ``details.fields`` keyed by the param path."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise validation_error({"params": ["Must be an object."]})
+    schema = ability_params_schema(ability)
+    chosen = _preset_of(ability, preset)
+    base = ability.presets.filter(is_base=True).first()
+    merged: dict[str, Any] = _schema_defaults(schema)
+    for layer in (
+        base.params if base else {},
+        ability.defaults or {},
+        chosen.params if chosen else {},
+        params,
+    ):
+        merged.update(copy.deepcopy(layer or {}))
+    return params_validate(schema=schema, params=merged)
+
+
+def bindings_for_ability(ability: Ability) -> QuerySet[WorkflowBinding]:
+    """Enabled bindings whose executor is enabled, highest priority first."""
+    return (
+        WorkflowBinding.objects.filter(ability=ability, enabled=True, executor__enabled=True)
+        .select_related("workflow", "workflow__active_version", "workflow_version", "executor")
+        .order_by("-priority", "id")
+    )
+
+
+def abilities_without_enabled_binding() -> QuerySet[Ability]:
+    usable = WorkflowBinding.objects.filter(
+        ability=OuterRef("pk"), enabled=True, executor__enabled=True
+    )
+    return Ability.objects.filter(~Exists(usable))
+
+
+def executor_bound_versions(executor: Executor) -> list[WorkflowVersion]:
+    versions = []
+    for binding in executor.bindings.filter(enabled=True).select_related(
+        "workflow__active_version", "workflow_version"
+    ):
+        version = binding.resolved_version()
+        if version is not None:
+            versions.append(version)
+    return versions
+
+
+def executor_health_requirements(executor: Executor) -> HealthRequirements:
+    """What the workflows bound (enabled) to this executor need from it."""
+    versions = executor_bound_versions(executor)
+    if executor.kind == ExecutorKind.COMFYUI:
+        classes: set[str] = set()
+        for version in versions:
+            classes |= node_classes_of(version.definition)
+        return HealthRequirements(node_classes=frozenset(classes))
+    if executor.kind == ExecutorKind.COZE:
+        ids = {
+            str(v.definition.get("workflowId"))
+            for v in versions
+            if isinstance(v.definition, dict) and v.definition.get("workflowId")
+        }
+        return HealthRequirements(workflow_ids=frozenset(ids))
+    return HealthRequirements()

@@ -1,0 +1,645 @@
+"""Writes of the integrations catalog. Every create/update/delete goes through here (admin API,
+Django admin, ``import_workflow``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, ProtectedError, Q, RestrictedError
+from django.utils import timezone
+
+from integrations import error_codes as codes
+from integrations.executors import client_for
+from integrations.executors.base import ExecutorError, HealthResult
+from integrations.models import (
+    Ability,
+    Executor,
+    ExecutorKind,
+    HealthStatus,
+    Preset,
+    VendorApiKey,
+    Workflow,
+    WorkflowBinding,
+    WorkflowVersion,
+)
+from integrations.selectors import (
+    ability_params_schema,
+    executor_health_requirements,
+    params_validate,
+)
+from integrations.validation import (
+    check_http_url,
+    clean_definition,
+    clean_executor_config,
+    clean_outputs,
+    clean_params_schema,
+)
+from podi.crypto import encrypt_secret, mask_secret
+from podi.errors import AppError, validation_error
+
+logger = logging.getLogger("podi.integrations")
+
+BASE_PRESET_NAME = "Base"
+
+
+def _set_fields(instance, changes: dict[str, Any], allowed: set[str]) -> list[str]:
+    unknown = set(changes) - allowed
+    if unknown:
+        raise validation_error({name: ["Cannot be changed here."] for name in sorted(unknown)})
+    for name, value in changes.items():
+        setattr(instance, name, value)
+    return list(changes)
+
+
+def _delete(instance, what: str) -> None:
+    try:
+        with transaction.atomic():
+            instance.delete()
+    except (ProtectedError, RestrictedError) as exc:
+        refs = sorted(
+            {f"{obj._meta.verbose_name} #{obj.pk}" for obj in exc.protected_objects}
+            if isinstance(exc, ProtectedError)
+            else {f"{obj._meta.verbose_name} #{obj.pk}" for obj in exc.restricted_objects}
+        )
+        raise AppError(
+            codes.RESOURCE_IN_USE,
+            f"This {what} is still referenced by {', '.join(refs[:5])}"
+            f"{' and more' if len(refs) > 5 else ''}; remove or re-point those first.",
+            details={"references": refs[:50]},
+        ) from None
+
+
+def _unique_name(model, field: str, value: str, exclude_pk=None) -> None:
+    query = model.objects.filter(**{field: value})
+    if exclude_pk is not None:
+        query = query.exclude(pk=exclude_pk)
+    if query.exists():
+        raise validation_error({field: [f"{value!r} is already taken."]})
+
+
+def _required_text(value: Any, field: str, max_length: int) -> str:
+    text = str(value or "").strip()
+    if not text:
+        raise validation_error({field: ["Required."]})
+    if len(text) > max_length:
+        raise validation_error({field: [f"At most {max_length} characters."]})
+    return text
+
+
+# ------------------------------------------------------------------------------ vendor API keys
+
+
+def api_key_create(
+    *,
+    provider: str,
+    name: str,
+    secret: str,
+    status: str = VendorApiKey.Status.ACTIVE,
+    priority: int = 0,
+    daily_quota: int | None = None,
+    expires_at=None,
+) -> VendorApiKey:
+    secret = str(secret or "").strip()
+    if not secret:
+        raise validation_error({"secret": ["Required."]})
+    return VendorApiKey.objects.create(
+        provider=_required_text(provider, "provider", 50),
+        name=_required_text(name, "name", 100),
+        secret_encrypted=encrypt_secret(secret),
+        secret_hint=mask_secret(secret),
+        status=status,
+        priority=priority,
+        daily_quota=daily_quota,
+        expires_at=expires_at,
+    )
+
+
+def api_key_update(*, key: VendorApiKey, **changes: Any) -> VendorApiKey:
+    secret = changes.pop("secret", None)
+    if "provider" in changes:
+        changes["provider"] = _required_text(changes["provider"], "provider", 50)
+    if "name" in changes:
+        changes["name"] = _required_text(changes["name"], "name", 100)
+    fields = _set_fields(
+        key, changes, {"provider", "name", "status", "priority", "daily_quota", "expires_at"}
+    )
+    if secret is not None:
+        secret = str(secret).strip()
+        if not secret:
+            raise validation_error({"secret": ["Cannot be empty."]})
+        key.secret_encrypted = encrypt_secret(secret)
+        key.secret_hint = mask_secret(secret)
+        fields += ["secret_encrypted", "secret_hint"]
+    key.save(update_fields=[*fields, "updated_at"])
+    return key
+
+
+def api_key_delete(*, key: VendorApiKey) -> None:
+    users = list(key.executors.values_list("name", flat=True)[:5])
+    if users:
+        raise AppError(
+            codes.RESOURCE_IN_USE,
+            f"This API key is linked to executor(s) {', '.join(users)}; unlink it first.",
+            details={"references": [f"executor {n}" for n in users]},
+        )
+    _delete(key, "API key")
+
+
+def api_key_pick(*, executor: Executor) -> VendorApiKey | None:
+    """The executor's first active, unexpired, non-exhausted key (highest priority first)."""
+    now = timezone.now()
+    today = now.date()
+    keys = (
+        executor.api_keys.filter(status=VendorApiKey.Status.ACTIVE)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .order_by("-priority", "id")
+    )
+    for key in keys:
+        if not key.is_exhausted(today):
+            return key
+    return None
+
+
+def api_key_record_use(*, key: VendorApiKey) -> bool:
+    """Count one call on the key for today (UTC). Guarded updates, safe under concurrency:
+    False (nothing counted) when today's quota is used up."""
+    now = timezone.now()
+    today = now.date()
+    under_quota = Q(daily_quota__isnull=True) | Q(used_today__lt=F("daily_quota"))
+    fresh_day = Q(usage_date__isnull=True) | ~Q(usage_date=today)
+    # A new day: start again at 1 (one writer wins; the others fall through to the increment).
+    rows = (
+        VendorApiKey.objects.filter(fresh_day, pk=key.pk)
+        .filter(Q(daily_quota__isnull=True) | Q(daily_quota__gte=1))
+        .update(used_today=1, usage_date=today, last_used_at=now)
+    )
+    if not rows:
+        rows = VendorApiKey.objects.filter(under_quota, pk=key.pk, usage_date=today).update(
+            used_today=F("used_today") + 1, last_used_at=now
+        )
+    key.refresh_from_db(fields=["used_today", "usage_date", "last_used_at"])
+    return rows == 1
+
+
+# ------------------------------------------------------------------------------ executors
+
+
+def _clean_executor(kind: str, base_url: str, config: Any) -> tuple[str, dict]:
+    if kind not in ExecutorKind.values:
+        raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
+    return check_http_url(base_url, "baseUrl"), clean_executor_config(kind, config)
+
+
+def _clean_count(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise validation_error({field: [f"An integer ≥ {minimum}."]})
+    return value
+
+
+@transaction.atomic
+def executor_create(
+    *,
+    name: str,
+    kind: str,
+    base_url: str,
+    enabled: bool = True,
+    max_concurrency: int = 1,
+    weight: int = 1,
+    config: dict | None = None,
+    api_keys: list[VendorApiKey] | None = None,
+) -> Executor:
+    name = _required_text(name, "name", 100)
+    _unique_name(Executor, "name", name)
+    base_url, config = _clean_executor(kind, base_url, config)
+    executor = Executor.objects.create(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        enabled=enabled,
+        max_concurrency=_clean_count(max_concurrency, "maxConcurrency", 1),
+        weight=_clean_count(weight, "weight", 0),
+        config=config,
+    )
+    if api_keys:
+        executor.api_keys.set(api_keys)
+    return executor
+
+
+@transaction.atomic
+def executor_update(*, executor: Executor, **changes: Any) -> Executor:
+    api_keys = changes.pop("api_keys", None)
+    if "name" in changes:
+        changes["name"] = _required_text(changes["name"], "name", 100)
+        _unique_name(Executor, "name", changes["name"], exclude_pk=executor.pk)
+    if "max_concurrency" in changes:
+        _clean_count(changes["max_concurrency"], "maxConcurrency", 1)
+    if "weight" in changes:
+        _clean_count(changes["weight"], "weight", 0)
+    kind = changes.get("kind", executor.kind)
+    if kind != executor.kind and executor.bindings.exists():
+        raise validation_error({"kind": ["Cannot change the kind of an executor with bindings."]})
+    base_url, config = _clean_executor(
+        kind, changes.get("base_url", executor.base_url), changes.get("config", executor.config)
+    )
+    changes.update(base_url=base_url, config=config)
+    fields = _set_fields(
+        executor,
+        changes,
+        {"name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"},
+    )
+    executor.save(update_fields=[*fields, "updated_at"])
+    if api_keys is not None:
+        executor.api_keys.set(api_keys)
+    return executor
+
+
+def executor_delete(*, executor: Executor) -> None:
+    _delete(executor, "executor")
+
+
+def executor_health_check(*, executor: Executor) -> Executor:
+    """Check the executor now (outside any transaction: it makes network calls) and store the
+    result. Network failures become ``unhealthy`` with a readable error, never an exception."""
+    requirements = executor_health_requirements(executor)
+    try:
+        result = client_for(executor).health(requirements=requirements)
+    except ExecutorError as exc:
+        result = HealthResult.unhealthy(exc.message)
+    except ImproperlyConfigured as exc:  # e.g. a key that no longer decrypts
+        result = HealthResult.unhealthy(str(exc))
+    previous = executor.health_status
+    Executor.objects.filter(pk=executor.pk).update(
+        health_status=result.status,
+        health_error=result.error[:2000],
+        health_details=result.details,
+        health_checked_at=timezone.now(),
+        health_requested_at=None,
+    )
+    executor.refresh_from_db()
+    if previous != result.status:
+        log = logger.warning if result.status == HealthStatus.UNHEALTHY else logger.info
+        log(
+            "executor %s health %s → %s %s",
+            executor.name,
+            previous,
+            result.status,
+            result.error,
+            extra={"executor": executor.pk},
+        )
+    return executor
+
+
+def executors_claim_health_checks(*, interval_seconds: int, limit: int = 50) -> list[int]:
+    """Ids of enabled executors whose last check is older than the interval, each claimed with
+    a guarded update so that two reconciler passes never check the same one twice."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=interval_seconds)
+    stale = Q(health_checked_at__isnull=True) | Q(health_checked_at__lt=cutoff)
+    unclaimed = Q(health_requested_at__isnull=True) | Q(health_requested_at__lt=cutoff)
+    claimed = []
+    for pk in Executor.objects.filter(stale, unclaimed, enabled=True).values_list("pk", flat=True)[
+        :limit
+    ]:
+        if Executor.objects.filter(unclaimed, pk=pk).filter(stale).update(health_requested_at=now):
+            claimed.append(pk)
+    return claimed
+
+
+# ------------------------------------------------------------------------------ workflows
+
+
+def workflow_create(*, name: str, kind: str, description: str = "") -> Workflow:
+    name = _required_text(name, "name", 100)
+    _unique_name(Workflow, "name", name)
+    if kind not in ExecutorKind.values:
+        raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
+    return Workflow.objects.create(name=name, kind=kind, description=description or "")
+
+
+@transaction.atomic
+def workflow_update(*, workflow: Workflow, **changes: Any) -> Workflow:
+    if "name" in changes:
+        changes["name"] = _required_text(changes["name"], "name", 100)
+        _unique_name(Workflow, "name", changes["name"], exclude_pk=workflow.pk)
+    if "kind" in changes and changes["kind"] != workflow.kind:
+        if changes["kind"] not in ExecutorKind.values:
+            raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
+        if workflow.versions.exists():
+            raise validation_error(
+                {"kind": ["Cannot change the kind of a workflow that has versions."]}
+            )
+    if "active_version" in changes:
+        version = changes["active_version"]
+        if isinstance(version, int):
+            version = workflow.versions.filter(version=version).first()
+            if version is None:
+                raise AppError(codes.WORKFLOW_VERSION_NOT_FOUND)
+        if version is not None and version.workflow_id != workflow.pk:
+            raise AppError(codes.WORKFLOW_VERSION_NOT_FOUND)
+        changes["active_version"] = version
+    fields = _set_fields(workflow, changes, {"name", "kind", "description", "active_version"})
+    workflow.save(update_fields=[*fields, "updated_at"])
+    return workflow
+
+
+def workflow_delete(*, workflow: Workflow) -> None:
+    _delete(workflow, "workflow")
+
+
+def workflow_version_create(
+    *,
+    workflow: Workflow,
+    definition: Any,
+    params_schema: Any,
+    outputs: Any = None,
+    changelog: str = "",
+    activate: bool = True,
+    created_by=None,
+) -> WorkflowVersion:
+    """Validate and store the next version (1, 2, …). Refused with 400 WORKFLOW_INVALID and the
+    reason in ``details.reason``: not JSON, ComfyUI UI export instead of the API format,
+    undeclared placeholder, unused param, unmarked media param, invalid schema."""
+    schema = clean_params_schema(params_schema)
+    definition = clean_definition(workflow.kind, definition, schema)
+    outputs = clean_outputs(workflow.kind, definition, outputs)
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                locked = Workflow.objects.select_for_update().get(pk=workflow.pk)
+                latest = locked.versions.aggregate(n=Max("version"))["n"] or 0
+                version = WorkflowVersion.objects.create(
+                    workflow=locked,
+                    version=latest + 1,
+                    definition=definition,
+                    params_schema=schema,
+                    outputs=outputs,
+                    changelog=changelog or "",
+                    created_by=created_by,
+                )
+                if activate or locked.active_version_id is None:
+                    Workflow.objects.filter(pk=locked.pk).update(
+                        active_version=version, updated_at=timezone.now()
+                    )
+            workflow.refresh_from_db()
+            return version
+        except IntegrityError:  # a concurrent writer took the number (SQLite has no row lock)
+            continue
+    raise AppError(codes.WORKFLOW_INVALID, "Could not allocate a version number; try again.")
+
+
+def workflow_version_activate(*, version: WorkflowVersion) -> Workflow:
+    Workflow.objects.filter(pk=version.workflow_id).update(
+        active_version=version, updated_at=timezone.now()
+    )
+    workflow = version.workflow
+    workflow.refresh_from_db()
+    return workflow
+
+
+# ------------------------------------------------------------------------------ abilities
+
+
+def _clean_ability_fields(changes: dict[str, Any]) -> None:
+    if "code" in changes:
+        code = str(changes["code"] or "").strip()
+        from django.core.validators import validate_slug
+
+        try:
+            validate_slug(code)
+        except Exception:  # noqa: BLE001 — Django's ValidationError; reworded below
+            raise validation_error(
+                {"code": ["Letters, digits, '-' and '_' only (it is the task action)."]}
+            ) from None
+        changes["code"] = code
+    if "display_name" in changes:
+        changes["display_name"] = _required_text(changes["display_name"], "displayName", 200)
+    if "defaults" in changes and not isinstance(changes["defaults"] or {}, dict):
+        raise validation_error({"defaults": ["Must be an object."]})
+    if "status" in changes and changes["status"] not in Ability.Status.values:
+        raise validation_error({"status": [f"One of {', '.join(Ability.Status.values)}."]})
+    for field, name, minimum in (("points", "points", 0), ("max_outputs", "maxOutputs", 1)):
+        if field in changes:
+            _clean_count(changes[field], name, minimum)
+
+
+def _check_partial_params(ability: Ability, params: dict, field: str) -> None:
+    schema = ability_params_schema(ability)
+    if not (schema.get("properties") or {}):
+        return  # nothing bound yet: checked in full when a task is submitted
+    try:
+        params_validate(schema=schema, params=params, partial=True)
+    except AppError as exc:
+        fields = {f"{field}.{k}": v for k, v in exc.details.get("fields", {}).items()}
+        raise validation_error(fields) from None
+
+
+@transaction.atomic
+def ability_create(
+    *,
+    code: str,
+    display_name: str,
+    description: str = "",
+    category: str = "",
+    provider: str = "",
+    points: int = 0,
+    defaults: dict | None = None,
+    status: str = Ability.Status.ACTIVE,
+    requires_image: bool = False,
+    max_outputs: int = 1,
+) -> Ability:
+    """Create an ability and its base preset (which cannot be deleted)."""
+    fields = {
+        "code": code,
+        "display_name": display_name,
+        "defaults": defaults or {},
+        "status": status,
+        "points": points,
+        "max_outputs": max_outputs,
+    }
+    _clean_ability_fields(fields)
+    _unique_name(Ability, "code", fields["code"])
+    ability = Ability.objects.create(
+        description=description or "",
+        category=category or "",
+        provider=provider or "",
+        requires_image=requires_image,
+        **fields,
+    )
+    Preset.objects.create(ability=ability, name=BASE_PRESET_NAME, params={}, is_base=True)
+    return ability
+
+
+@transaction.atomic
+def ability_update(*, ability: Ability, **changes: Any) -> Ability:
+    _clean_ability_fields(changes)
+    if "code" in changes:
+        _unique_name(Ability, "code", changes["code"], exclude_pk=ability.pk)
+    if "defaults" in changes:
+        _check_partial_params(ability, changes["defaults"] or {}, "defaults")
+    fields = _set_fields(
+        ability,
+        changes,
+        {
+            "code",
+            "display_name",
+            "description",
+            "category",
+            "provider",
+            "points",
+            "defaults",
+            "status",
+            "requires_image",
+            "max_outputs",
+        },
+    )
+    ability.save(update_fields=[*fields, "updated_at"])
+    return ability
+
+
+def ability_delete(*, ability: Ability) -> None:
+    _delete(ability, "ability")
+
+
+# ------------------------------------------------------------------------------ bindings
+
+
+def _check_binding(
+    *, workflow: Workflow, executor: Executor, workflow_version: WorkflowVersion | None
+) -> None:
+    if workflow.kind != executor.kind:
+        raise AppError(
+            codes.INVALID_WORKFLOW_OR_EXECUTOR,
+            f"Workflow {workflow.name!r} is a {workflow.kind} workflow but executor "
+            f"{executor.name!r} is {executor.kind}.",
+            details={"workflowKind": workflow.kind, "executorKind": executor.kind},
+        )
+    if workflow_version is not None and workflow_version.workflow_id != workflow.pk:
+        raise AppError(
+            codes.INVALID_WORKFLOW_OR_EXECUTOR,
+            f"Version {workflow_version.version} belongs to another workflow.",
+        )
+    if workflow_version is None and workflow.active_version_id is None:
+        raise AppError(
+            codes.INVALID_WORKFLOW_OR_EXECUTOR,
+            f"Workflow {workflow.name!r} has no version yet: add one or pin a version.",
+        )
+
+
+def _clean_binding_numbers(changes: dict[str, Any]) -> None:
+    for field, name, minimum in (
+        ("weight", "weight", 0),
+        ("max_attempts", "maxAttempts", 1),
+        ("queue_timeout", "queueTimeout", 1),
+        ("run_timeout", "runTimeout", 1),
+    ):
+        if field in changes:
+            _clean_count(changes[field], name, minimum)
+    if "priority" in changes and (
+        isinstance(changes["priority"], bool) or not isinstance(changes["priority"], int)
+    ):
+        raise validation_error({"priority": ["An integer."]})
+
+
+def binding_create(
+    *,
+    ability: Ability,
+    workflow: Workflow,
+    executor: Executor,
+    workflow_version: WorkflowVersion | None = None,
+    priority: int = 0,
+    weight: int = 1,
+    enabled: bool = True,
+    max_attempts: int = 3,
+    queue_timeout: int = 600,
+    run_timeout: int = 600,
+) -> WorkflowBinding:
+    _check_binding(workflow=workflow, executor=executor, workflow_version=workflow_version)
+    numbers = {
+        "priority": priority,
+        "weight": weight,
+        "max_attempts": max_attempts,
+        "queue_timeout": queue_timeout,
+        "run_timeout": run_timeout,
+    }
+    _clean_binding_numbers(numbers)
+    return WorkflowBinding.objects.create(
+        ability=ability,
+        workflow=workflow,
+        workflow_version=workflow_version,
+        executor=executor,
+        enabled=enabled,
+        **numbers,
+    )
+
+
+@transaction.atomic
+def binding_update(*, binding: WorkflowBinding, **changes: Any) -> WorkflowBinding:
+    _clean_binding_numbers(changes)
+    workflow = changes.get("workflow", binding.workflow)
+    executor = changes.get("executor", binding.executor)
+    version = changes.get("workflow_version", binding.workflow_version)
+    if "workflow" in changes and "workflow_version" not in changes and version is not None:
+        if version.workflow_id != workflow.pk:
+            changes["workflow_version"] = version = None
+    _check_binding(workflow=workflow, executor=executor, workflow_version=version)
+    fields = _set_fields(
+        binding,
+        changes,
+        {
+            "ability",
+            "workflow",
+            "workflow_version",
+            "executor",
+            "priority",
+            "weight",
+            "enabled",
+            "max_attempts",
+            "queue_timeout",
+            "run_timeout",
+        },
+    )
+    binding.save(update_fields=[*fields, "updated_at"])
+    return binding
+
+
+def binding_delete(*, binding: WorkflowBinding) -> None:
+    _delete(binding, "binding")
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+def preset_create(*, ability: Ability, name: str, params: dict | None = None) -> Preset:
+    name = _required_text(name, "name", 100)
+    params = params or {}
+    if not isinstance(params, dict):
+        raise validation_error({"params": ["Must be an object."]})
+    if ability.presets.filter(name=name).exists():
+        raise validation_error({"name": [f"This ability already has a preset {name!r}."]})
+    _check_partial_params(ability, params, "params")
+    return Preset.objects.create(ability=ability, name=name, params=params, is_base=False)
+
+
+def preset_update(*, preset: Preset, **changes: Any) -> Preset:
+    if "name" in changes:
+        changes["name"] = _required_text(changes["name"], "name", 100)
+        if preset.ability.presets.filter(name=changes["name"]).exclude(pk=preset.pk).exists():
+            raise validation_error({"name": ["This ability already has a preset of that name."]})
+    if "params" in changes:
+        if not isinstance(changes["params"] or {}, dict):
+            raise validation_error({"params": ["Must be an object."]})
+        changes["params"] = changes["params"] or {}
+        _check_partial_params(preset.ability, changes["params"], "params")
+    fields = _set_fields(preset, changes, {"name", "params"})
+    preset.save(update_fields=[*fields, "updated_at"])
+    return preset
+
+
+def preset_delete(*, preset: Preset) -> None:
+    if preset.is_base:
+        raise AppError(codes.PRESET_IS_BASE)
+    preset.delete()
