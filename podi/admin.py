@@ -5,7 +5,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from podi.models import SCOPES, IdempotencyRecord, ServiceKey
-from podi.services import service_key_create, service_key_revoke
+from podi.services import (
+    service_key_create,
+    service_key_revoke,
+    service_key_rotate_webhook_secret,
+)
 
 
 class ServiceKeyForm(forms.ModelForm):
@@ -56,7 +60,7 @@ class ServiceKeyAdmin(admin.ModelAdmin):
     list_filter = [ActiveFilter]
     search_fields = ["name", "prefix", "user__username"]
     list_select_related = ["user"]
-    actions = ["revoke"]
+    actions = ["revoke", "rotate_webhook_secret"]
     readonly_fields = ["prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
 
     @admin.display(description="key")
@@ -104,6 +108,20 @@ class ServiceKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             service_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+    @admin.action(description="Rotate the webhook signing secret of selected keys (shown once)")
+    def rotate_webhook_secret(self, request, queryset):
+        for key in queryset:
+            secret = service_key_rotate_webhook_secret(key=key)
+            messages.warning(
+                request,
+                format_html(
+                    "New webhook signing secret of {}: <code>{}</code> Copy it now, it will not "
+                    "be shown again; callbacks of tasks this key submits are signed with it.",
+                    key,
+                    secret,
+                ),
+            )
 
 
 @admin.register(IdempotencyRecord)

@@ -50,6 +50,13 @@ class ServiceKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    webhook_secret_encrypted = models.TextField(
+        blank=True,
+        default="",
+        editable=False,
+        help_text="Signs callbacks of tasks this key submits (Fernet-encrypted; empty: the "
+        "global WEBHOOK_SECRET). Set by the rotate action, shown once.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

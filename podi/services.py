@@ -77,3 +77,20 @@ def lease_release(*, name: str, holder: str) -> None:
     from podi.models import Lease
 
     Lease.objects.filter(name=name, holder=holder).update(holder="", expires_at=None)
+
+
+def service_key_rotate_webhook_secret(*, key: ServiceKey) -> str:
+    """Give ``key`` a new callback signing secret and return it (``whsec_…``), shown once.
+
+    Callbacks of tasks the key submitted are signed with it from the next attempt on; until the
+    first rotation they are signed with the global ``WEBHOOK_SECRET``.
+    """
+    import base64
+    import secrets
+
+    from podi.crypto import encrypt_secret
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted=encrypt_secret(secret))
+    key.refresh_from_db(fields=["webhook_secret_encrypted"])
+    return secret
