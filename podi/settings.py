@@ -78,6 +78,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "podi.urls"
+# /api/abilities is mounted without a trailing slash, so its sub-routes start with "/".
+SILENCED_SYSTEM_CHECKS = ["urls.W002"]
 ASGI_APPLICATION = "podi.asgi.application"
 WSGI_APPLICATION = None
 
@@ -239,6 +241,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {
+        "AbilityStatusEnum": "integrations.models.Ability.Status",
+        "VendorApiKeyStatusEnum": "integrations.models.VendorApiKey.Status",
+        "ExecutorHealthStatusEnum": "integrations.models.HealthStatus",
+    },
 }
 IDEMPOTENCY_TTL = env.int("IDEMPOTENCY_TTL", 86400, min_value=60)
 
@@ -360,6 +367,8 @@ WEBHOOK_RETRY_SCHEDULE = env.int_list(
     "WEBHOOK_RETRY_SCHEDULE", [5, 300, 1800, 7200, 18000, 36000, 36000]
 )
 WEBHOOK_TIMEOUT = env.int("WEBHOOK_TIMEOUT", 10, min_value=1, max_value=120)
+# Seconds between heartbeats on /api/notify/v1/stream (DESIGN: 25).
+NOTIFY_HEARTBEAT_INTERVAL = env.int("NOTIFY_HEARTBEAT_INTERVAL", 25, min_value=1, max_value=3600)
 
 # --- Integrations ---------------------------------------------------------------------------
 # Key for vendor secrets at rest (Fernet); derived from SECRET_KEY when not set.
