@@ -97,7 +97,7 @@ class Executor(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=10, choices=ExecutorKind.choices)
-    base_url = models.URLField(max_length=500)
+    base_url = models.CharField(max_length=500, help_text="http(s)://host:port of the executor.")
     enabled = models.BooleanField(default=True)
     max_concurrency = models.PositiveIntegerField(default=1)
     weight = models.PositiveIntegerField(default=1)

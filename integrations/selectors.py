@@ -16,6 +16,8 @@ from integrations.models import (
     Executor,
     ExecutorKind,
     Preset,
+    VendorApiKey,
+    Workflow,
     WorkflowBinding,
     WorkflowVersion,
 )
@@ -161,15 +163,25 @@ def _preset_of(ability: Ability, preset: Any) -> Preset | None:
     return found
 
 
-def ability_validate_params(*, ability: Ability, params: dict, preset: Any = None) -> dict:
+def ability_validate_params(
+    *,
+    ability: Ability,
+    params: dict,
+    preset: Any = None,
+    version: WorkflowVersion | None = None,
+) -> dict:
     """The params a task runs with: schema defaults ← base preset ← ability.defaults ← preset ←
-    params, validated against the ability's schema. ``preset`` is a Preset, its id or its name.
-    Errors are VALIDATION_ERROR with ``details.fields`` keyed by the param path."""
+    params, validated against the ability's schema (or ``version``'s, when given: a binding
+    pinned to another version). ``preset`` is a Preset, its id or its name. Errors are
+    VALIDATION_ERROR with ``details.fields`` keyed by the param path."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise validation_error({"params": ["Must be an object."]})
-    schema = ability_params_schema(ability)
+    if version is not None:
+        schema = copy.deepcopy(version.params_schema or EMPTY_SCHEMA)
+    else:
+        schema = ability_params_schema(ability)
     chosen = _preset_of(ability, preset)
     base = ability.presets.filter(is_base=True).first()
     merged: dict[str, Any] = _schema_defaults(schema)
@@ -226,3 +238,92 @@ def executor_health_requirements(executor: Executor) -> HealthRequirements:
         }
         return HealthRequirements(workflow_ids=frozenset(ids))
     return HealthRequirements()
+
+
+# ------------------------------------------------------------------------------ fetch-or-404
+
+
+def _get(queryset: QuerySet, pk: Any, error) -> Any:
+    try:
+        pk = int(pk)
+    except (TypeError, ValueError):
+        raise AppError(error) from None
+    found = queryset.filter(pk=pk).first()
+    if found is None:
+        raise AppError(error)
+    return found
+
+
+def executor_get(*, executor_id: Any) -> Executor:
+    return _get(
+        Executor.objects.prefetch_related("api_keys"), executor_id, codes.EXECUTOR_NOT_FOUND
+    )
+
+
+def workflow_get(*, workflow_id: Any) -> Workflow:
+    return _get(
+        Workflow.objects.select_related("active_version"), workflow_id, codes.WORKFLOW_NOT_FOUND
+    )
+
+
+def workflow_version_get(*, workflow: Workflow, version: Any) -> WorkflowVersion:
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        raise AppError(codes.WORKFLOW_VERSION_NOT_FOUND) from None
+    found = workflow.versions.filter(version=number).first()
+    if found is None:
+        raise AppError(codes.WORKFLOW_VERSION_NOT_FOUND)
+    return found
+
+
+def ability_get(*, ability_id: Any) -> Ability:
+    return _get(with_ordered_bindings(Ability.objects.all()), ability_id, codes.ABILITY_NOT_FOUND)
+
+
+def ability_get_public(*, ability_id: Any) -> Ability:
+    """An active ability by id (404 ABILITY_NOT_FOUND for inactive ones too)."""
+    return _get(
+        with_ordered_bindings(Ability.objects.filter(status=Ability.Status.ACTIVE)),
+        ability_id,
+        codes.ABILITY_NOT_FOUND,
+    )
+
+
+def binding_get(*, binding_id: Any) -> WorkflowBinding:
+    return _get(
+        WorkflowBinding.objects.select_related("workflow_version", "workflow", "executor"),
+        binding_id,
+        codes.BINDING_NOT_FOUND,
+    )
+
+
+def api_key_get(*, key_id: Any) -> VendorApiKey:
+    return _get(VendorApiKey.objects.all(), key_id, codes.API_KEY_NOT_FOUND)
+
+
+def preset_get(*, preset_id: Any) -> Preset:
+    return _get(Preset.objects.select_related("ability"), preset_id, codes.PRESET_NOT_FOUND)
+
+
+def binding_preview(*, binding: WorkflowBinding, params: dict | None, preset: Any = None) -> dict:
+    """What a task with these params would send through this binding, without sending it:
+    ``{"version", "params", "filled"}``. Raises VALIDATION_ERROR like a submit would."""
+    from django.conf import settings
+
+    from integrations.templating import fill_template
+
+    version = binding.resolved_version()
+    if version is None:
+        raise AppError(codes.INVALID_WORKFLOW_OR_EXECUTOR, "The binding's workflow has no version.")
+    merged = ability_validate_params(
+        ability=binding.ability, params=params or {}, preset=preset, version=version
+    )
+    task_id = "tsk_testrun"
+    system = {
+        "taskId": task_id,
+        "callbackUrl": f"{settings.PUBLIC_BASE_URL}/api/tasks/v1/{task_id}/complete",
+        "callbackToken": "test-run-token",
+    }
+    filled = fill_template(version.definition, merged, system=system, kind=binding.workflow.kind)
+    return {"version": version.version, "params": merged, "filled": filled}

@@ -37,6 +37,7 @@ from integrations.validation import (
     clean_executor_config,
     clean_outputs,
     clean_params_schema,
+    config_keep_masked,
 )
 from podi.crypto import encrypt_secret, mask_secret
 from podi.errors import AppError, validation_error
@@ -239,6 +240,8 @@ def executor_update(*, executor: Executor, **changes: Any) -> Executor:
         _clean_count(changes["max_concurrency"], "maxConcurrency", 1)
     if "weight" in changes:
         _clean_count(changes["weight"], "weight", 0)
+    if "config" in changes:
+        changes["config"] = config_keep_masked(executor.config, changes["config"])
     kind = changes.get("kind", executor.kind)
     if kind != executor.kind and executor.bindings.exists():
         raise validation_error({"kind": ["Cannot change the kind of an executor with bindings."]})
@@ -507,7 +510,7 @@ def ability_delete(*, ability: Ability) -> None:
 # ------------------------------------------------------------------------------ bindings
 
 
-def _check_binding(
+def binding_check(
     *, workflow: Workflow, executor: Executor, workflow_version: WorkflowVersion | None
 ) -> None:
     if workflow.kind != executor.kind:
@@ -557,7 +560,7 @@ def binding_create(
     queue_timeout: int = 600,
     run_timeout: int = 600,
 ) -> WorkflowBinding:
-    _check_binding(workflow=workflow, executor=executor, workflow_version=workflow_version)
+    binding_check(workflow=workflow, executor=executor, workflow_version=workflow_version)
     numbers = {
         "priority": priority,
         "weight": weight,
@@ -585,7 +588,7 @@ def binding_update(*, binding: WorkflowBinding, **changes: Any) -> WorkflowBindi
     if "workflow" in changes and "workflow_version" not in changes and version is not None:
         if version.workflow_id != workflow.pk:
             changes["workflow_version"] = version = None
-    _check_binding(workflow=workflow, executor=executor, workflow_version=version)
+    binding_check(workflow=workflow, executor=executor, workflow_version=version)
     fields = _set_fields(
         binding,
         changes,

@@ -305,7 +305,7 @@ def _check_http(definition: Any) -> None:
         raise _invalid("bad_definition", f"Unknown key(s) in an HTTP definition: {sorted(extra)}.")
 
 
-def _media_inputs(definition: dict) -> set[str]:
+def media_placeholders(definition: dict) -> set[str]:
     """Placeholders that are the whole value of a ComfyUI loader's file input."""
     from integrations.templating import PLACEHOLDER
 
@@ -393,7 +393,9 @@ def clean_definition(kind: str, definition: Any, schema: dict) -> Any:
         )
     if kind == ExecutorKind.COMFYUI:
         props = schema.get("properties") or {}
-        unmarked = sorted(n for n in _media_inputs(definition) if not is_media_param(props.get(n)))
+        unmarked = sorted(
+            n for n in media_placeholders(definition) if not is_media_param(props.get(n))
+        )
         if unmarked:
             raise _invalid(
                 "media_param_unmarked",
@@ -402,3 +404,41 @@ def clean_definition(kind: str, definition: Any, schema: dict) -> Any:
                 unmarked=unmarked,
             )
     return definition
+
+
+# ------------------------------------------------------------------------------ secrets in config
+
+SENSITIVE_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "password")
+
+
+def _is_sensitive(header: str) -> bool:
+    lowered = header.lower()
+    return any(word in lowered for word in SENSITIVE_HEADER_WORDS)
+
+
+def config_for_display(config: dict) -> dict:
+    """The config with sensitive header values masked (keep secrets in vendor API keys)."""
+    from podi.crypto import mask_secret
+
+    headers = (config or {}).get("headers")
+    if not isinstance(headers, dict):
+        return dict(config or {})
+    masked = {k: mask_secret(str(v)) if _is_sensitive(k) else v for k, v in headers.items()}
+    return {**config, "headers": masked}
+
+
+def config_keep_masked(old: dict, new: dict) -> dict:
+    """A config sent back with masked header values keeps the stored ones."""
+    from podi.crypto import mask_secret
+
+    old_headers = (old or {}).get("headers") or {}
+    new_headers = (new or {}).get("headers")
+    if not isinstance(new_headers, dict) or not isinstance(old_headers, dict):
+        return new
+    kept = {
+        k: old_headers[k]
+        if k in old_headers and _is_sensitive(k) and v == mask_secret(str(old_headers[k]))
+        else v
+        for k, v in new_headers.items()
+    }
+    return {**new, "headers": kept}
