@@ -183,6 +183,9 @@ class ExecutorForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # What is stored, before the form writes posted values onto the instance.
+        self.instance_config = dict(self.instance.config or {})
+        self.instance_kind = self.instance.kind
         if self.instance.pk and not self.is_bound:
             self.initial["config"] = config_for_display(self.instance.config)
 
@@ -203,12 +206,6 @@ class ExecutorForm(forms.ModelForm):
         if self.instance.pk and kind != self.instance_kind and self.instance.bindings.exists():
             self.add_error("kind", "Cannot change the kind of an executor with bindings.")
         return data
-
-    def _post_clean(self):
-        # Keep what is stored before the form writes the posted values onto the instance.
-        self.instance_config = dict(self.instance.config or {})
-        self.instance_kind = self.instance.kind
-        super()._post_clean()
 
 
 class HealthFilter(admin.SimpleListFilter):
@@ -1095,6 +1092,8 @@ class AbilityAdmin(admin.ModelAdmin):
 
     def save_formset(self, request, form, formset, change):
         ability = Ability.objects.get(pk=form.instance.pk)
+        # What the admin's change message reads (formset.save() is bypassed for services).
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         if formset.model is WorkflowBinding:
             for sub in formset.forms:
                 if not sub.has_changed() and not sub.cleaned_data.get("DELETE"):
