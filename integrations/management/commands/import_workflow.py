@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from integrations.models import Ability, Executor, ExecutorKind, Workflow, WorkflowBinding
 from integrations.services import (
@@ -86,23 +87,8 @@ class Command(BaseCommand):
         outputs = [o.strip() for o in opts["outputs"].split(",")] if opts["outputs"] else None
         workflow = Workflow.objects.filter(name=opts["name"]).first()
         try:
-            if workflow is None:
-                workflow = workflow_create(
-                    name=opts["name"], kind=kind, description=opts["description"]
-                )
-                self.stdout.write(f"Created workflow {workflow.name!r}.")
-            elif workflow.kind != kind:
-                raise CommandError(
-                    f"Workflow {workflow.name!r} is a {workflow.kind} workflow, not {kind}."
-                )
-            version = workflow_version_create(
-                workflow=workflow,
-                definition=definition,
-                params_schema=schema,
-                outputs=outputs,
-                changelog=opts["changelog"],
-                activate=not opts["no_activate"],
-            )
+            with transaction.atomic():  # a refused version leaves no empty workflow behind
+                workflow, version = self._import(opts, workflow, kind, definition, schema, outputs)
         except AppError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from None
         workflow.refresh_from_db()
@@ -112,6 +98,26 @@ class Command(BaseCommand):
         )
         if opts["ability"]:
             self._bind(opts, workflow)
+
+    def _import(self, opts, workflow, kind, definition, schema, outputs):
+        if workflow is None:
+            workflow = workflow_create(
+                name=opts["name"], kind=kind, description=opts["description"]
+            )
+            self.stdout.write(f"Created workflow {workflow.name!r}.")
+        elif workflow.kind != kind:
+            raise CommandError(
+                f"Workflow {workflow.name!r} is a {workflow.kind} workflow, not {kind}."
+            )
+        version = workflow_version_create(
+            workflow=workflow,
+            definition=definition,
+            params_schema=schema,
+            outputs=outputs,
+            changelog=opts["changelog"],
+            activate=not opts["no_activate"],
+        )
+        return workflow, version
 
     def _bind(self, opts, workflow: Workflow) -> None:
         code = opts["ability"]
