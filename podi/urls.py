@@ -7,6 +7,7 @@ import media_app.urls
 import tasks.urls
 import wallet.urls
 from podi import apis, views
+from tasks.apis import TaskListApi
 
 auth_urlpatterns = [
     path("login", apis.LoginApi.as_view(), name="auth-login"),
@@ -24,9 +25,13 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/auth/v1/", include(auth_urlpatterns)),
     path("api/wallet/v1/", include(wallet.urls.urlpatterns)),
+    path("api/tasks/v1", TaskListApi.as_view(), name="task-list"),
     path("api/tasks/v1/", include(tasks.urls.urlpatterns)),
     path("api/notify/v1/", include(tasks.urls.notify_urlpatterns)),
-    path("api/abilities", include(integrations.urls.ability_urlpatterns)),
+    path(
+        "api/abilities",
+        include(integrations.urls.ability_urlpatterns + tasks.urls.ability_invoke_urlpatterns),
+    ),
     path("api/admin/", include(integrations.urls.admin_urlpatterns)),
     path("api/agent/v1/", include(integrations.urls.agent_urlpatterns)),
     path("api/media/v1/", include(media_app.urls.urlpatterns)),

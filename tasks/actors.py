@@ -1,0 +1,39 @@
+"""Dramatiq actors of the tasks app. They take ids, check state, and call services."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from podi.reconcile import reconcile_step
+from tasks import execution, services
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dramatiq.actor(max_retries=0, time_limit=120_000)
+def dispatch_pending() -> None:
+    services.tasks_dispatch_pending()
+
+
+@dramatiq.actor(queue_name="runs", max_retries=0, time_limit=DAY_MS)
+def run_task(task_id: str, attempt: int) -> None:
+    execution.task_run(task_id=task_id, attempt=attempt)
+
+
+@dramatiq.actor(max_retries=3, min_backoff=1000, max_backoff=30_000, time_limit=60_000)
+def interrupt_on_executor(executor_id: int, external_id: str, client_id: str = "") -> None:
+    execution.executor_interrupt(
+        executor_id=executor_id, external_id=external_id, state={"clientId": client_id}
+    )
+
+
+@dramatiq.actor(max_retries=0, time_limit=120_000)
+def deliver_task_callback(delivery_id: int) -> None:
+    from tasks.webhooks import webhook_attempt
+
+    webhook_attempt(delivery_id=delivery_id)
+
+
+@reconcile_step
+def reconcile_tasks() -> dict[str, int]:
+    return execution.tasks_reconcile()

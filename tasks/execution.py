@@ -1,0 +1,329 @@
+"""Running one task attempt on its executor, and the reconciler's passes over tasks.
+
+``task_run`` is what the ``run_task`` actor does: build a run context, let the executor's adapter
+submit and follow, store the outputs through Django storage, then finish the task. It checks the
+task's state first and at every heartbeat, so a duplicate message or a canceled task is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from integrations.executors.base import ExecutorError
+from integrations.executors.runtime import InputFile, RunStopped
+from integrations.templating import fill_template
+from integrations.validation import media_params
+from tasks import error_codes as codes
+from tasks.models import Task, TaskStatus
+from tasks.services import (
+    task_callback_url,
+    task_finish,
+    task_heartbeat,
+    task_progress,
+    task_requeue_or_fail,
+    task_set_external,
+    task_token,
+    tasks_dispatch_pending,
+)
+
+logger = logging.getLogger("podi.tasks.execution")
+
+HEARTBEAT_EVERY = 5.0
+# A running attempt whose worker has not touched its heartbeat for this long is presumed dead.
+HEARTBEAT_STALE = timedelta(seconds=60)
+TIMEOUT_GRACE = timedelta(seconds=30)
+
+
+class TaskRunContext:
+    """The ``RunContext`` an adapter sees for one attempt of one task."""
+
+    def __init__(self, task: Task, attempt: int):
+        self.task = task
+        self.task_id = task.public_id
+        self.user_id = task.user_id
+        self.attempt = attempt
+        self.params = dict(task.params)
+        self.deadline = task.run_deadline or (timezone.now() + timedelta(seconds=task.run_timeout))
+        self.external_id = task.external_id
+        self.state = dict(task.executor_state)
+        version = task.binding.resolved_version() if task.binding else None
+        if version is None:
+            raise ExecutorError("The binding has no workflow version to run.", permanent=True)
+        self.definition = version.definition
+        self.params_schema = version.params_schema or {}
+        self.outputs_declared = version.outputs or []
+        self.inputs = self._inputs()
+        self._last_beat = 0.0
+        self._last_progress = -1
+
+    def _inputs(self) -> list[InputFile]:
+        from media_app.services import media_open, signed_download_url
+
+        files = []
+        for name in media_params(self.params_schema):
+            key = self.params.get(name)
+            if not key:
+                continue
+            mime = next(
+                (i.get("mimeType", "") for i in self.task.inputs if i.get("objectKey") == key), ""
+            )
+            files.append(
+                InputFile(
+                    param=name,
+                    object_key=key,
+                    mime_type=mime,
+                    open=lambda key=key: contextlib.closing(media_open(object_key=key)),
+                    url=lambda ttl, key=key: signed_download_url(object_key=key, ttl=ttl)[0],
+                )
+            )
+        return files
+
+    def fill(self, overrides: dict[str, Any] | None = None) -> Any:
+        values = {**self.params, **(overrides or {})}
+        system = {
+            "podi.taskId": self.task_id,
+            "podi.callbackUrl": task_callback_url(self.task),
+            "podi.callbackToken": task_token(self.task),
+        }
+        return fill_template(self.definition, values, system=system)
+
+    def save_external(self, external_id: str, **state: Any) -> None:
+        self.external_id = external_id
+        self.state.update(state)
+        task_set_external(
+            task_id=self.task_id, attempt=self.attempt, external_id=external_id, **state
+        )
+
+    def progress(self, percent: float, detail: dict[str, Any] | None = None) -> None:
+        value = int(max(0, min(99, percent)))
+        if value <= self._last_progress:
+            self.check()
+            return
+        self._last_progress = value
+        if not task_progress(
+            task_id=self.task_id, attempt=self.attempt, progress=value, detail=detail
+        ):
+            raise RunStopped(self._stop_reason())
+        self._last_beat = time.monotonic()
+
+    def check(self) -> None:
+        if timezone.now() > self.deadline:
+            raise RunStopped("timeout")
+        if time.monotonic() - self._last_beat < HEARTBEAT_EVERY:
+            return
+        self._last_beat = time.monotonic()
+        status = task_heartbeat(task_id=self.task_id, attempt=self.attempt)
+        if status != TaskStatus.RUNNING:
+            raise RunStopped(status or "superseded")
+
+    def _stop_reason(self) -> str:
+        status = (
+            Task.objects.filter(public_id=self.task_id).values_list("status", flat=True).first()
+        )
+        return status or "superseded"
+
+
+def _adapter_for(executor):
+    from integrations.executors.registry import run_adapter_for
+
+    return run_adapter_for(executor)
+
+
+def _store_outputs(task: Task, outputs) -> list:
+    import io
+
+    from media_app.services import media_store_output
+
+    stored = []
+    for index, output in enumerate(outputs):
+        name = output.filename or f"output-{index}"
+        if output.node_id:
+            name = f"{output.node_id}-{name}"
+        if output.text is not None:
+            data = output.text.encode()
+            media = media_store_output(
+                user_id=task.user_id,
+                task_id=task.public_id,
+                filename=name if "." in name else f"{name}.txt",
+                stream=io.BytesIO(data),
+                mime_type="text/plain; charset=utf-8",
+                size=len(data),
+            )
+        else:
+            with output.open() as stream:
+                media = media_store_output(
+                    user_id=task.user_id,
+                    task_id=task.public_id,
+                    filename=name,
+                    stream=stream,
+                    mime_type=output.mime_type,
+                )
+        media.node_id = output.node_id
+        stored.append(media)
+    return stored
+
+
+def task_run(*, task_id: str, attempt: int) -> str:
+    """Run (or resume) one attempt. Returns what happened, for logs and tests."""
+    task = (
+        Task.objects.select_related(
+            "executor", "binding__workflow", "binding__workflow_version", "ability"
+        )
+        .filter(public_id=task_id)
+        .first()
+    )
+    if task is None or task.status != TaskStatus.RUNNING or task.attempts != attempt:
+        return "skipped"
+    executor = task.executor
+    context = None
+    try:
+        context = TaskRunContext(task, attempt)
+        adapter = _adapter_for(executor)
+        outcome = adapter.run(context)
+        media = _store_outputs(task, outcome.outputs)
+    except RunStopped as stop:
+        if stop.reason == "timeout":
+            _interrupt_quietly(executor, context.external_id, context.state)
+            task_finish(
+                task_id=task_id,
+                status=TaskStatus.FAILED,
+                attempt=attempt,
+                error_code=codes.TASK_TIMEOUT.code,
+                error_message=f"Ran longer than {task.run_timeout} s.",
+            )
+            return "timeout"
+        return f"stopped:{stop.reason}"
+    except ExecutorError as exc:
+        if exc.permanent:
+            task_finish(
+                task_id=task_id,
+                status=TaskStatus.FAILED,
+                attempt=attempt,
+                error_code=getattr(exc, "code", "") or codes.EXECUTOR_ERROR.code,
+                error_message=str(exc),
+            )
+            return "failed"
+        task_requeue_or_fail(
+            task_id=task_id,
+            attempt=attempt,
+            error_code=getattr(exc, "code", "") or codes.EXECUTOR_ERROR.code,
+            error_message=str(exc),
+        )
+        return "requeued"
+    except Exception as exc:
+        # A bug or an unexpected answer: recorded and treated as transient, never silent.
+        logger.exception("task %s attempt %s crashed", task_id, attempt)
+        task_requeue_or_fail(
+            task_id=task_id,
+            attempt=attempt,
+            error_code=codes.EXECUTOR_ERROR.code,
+            error_message=f"{type(exc).__name__}: {exc}",
+        )
+        return "requeued"
+    task_finish(
+        task_id=task_id,
+        status=TaskStatus.SUCCEEDED,
+        attempt=attempt,
+        outputs=media,
+        result=outcome.result,
+    )
+    return "succeeded"
+
+
+def _interrupt_quietly(executor, external_id: str, state: dict[str, Any]) -> None:
+    if executor is None or not external_id:
+        return
+    try:
+        _adapter_for(executor).cancel(external_id, state)
+    except ExecutorError as exc:
+        logger.warning("interrupting %s on %s failed: %s", external_id, executor, exc)
+
+
+def executor_interrupt(*, executor_id: int, external_id: str, state: dict[str, Any]) -> None:
+    from integrations.models import Executor
+
+    executor = Executor.objects.filter(pk=executor_id).first()
+    if executor is None:
+        return
+    _adapter_for(executor).cancel(external_id, state)
+
+
+# --- Reconciler ------------------------------------------------------------------------------
+
+
+def tasks_fail_queue_timeouts(*, now=None) -> int:
+    now = now or timezone.now()
+    failed = 0
+    for task_id in Task.objects.filter(
+        status=TaskStatus.QUEUED, queue_deadline__lt=now
+    ).values_list("public_id", flat=True)[:500]:
+        task = task_finish(
+            task_id=task_id,
+            status=TaskStatus.FAILED,
+            error_code=codes.TASK_QUEUE_TIMEOUT.code,
+            error_message="No executor picked the task up before its queue timeout.",
+        )
+        failed += task.error_code == codes.TASK_QUEUE_TIMEOUT.code
+    return failed
+
+
+def tasks_fail_run_timeouts(*, now=None) -> int:
+    """Running tasks past their deadline (plus grace, for the worker to act first)."""
+    now = now or timezone.now()
+    failed = 0
+    rows = Task.objects.filter(
+        status=TaskStatus.RUNNING, run_deadline__lt=now - TIMEOUT_GRACE
+    ).select_related("executor")[:500]
+    for task in rows:
+        _interrupt_quietly(task.executor, task.external_id, task.executor_state)
+        finished = task_finish(
+            task_id=task.public_id,
+            status=TaskStatus.FAILED,
+            attempt=task.attempts,
+            error_code=codes.TASK_TIMEOUT.code,
+            error_message=f"Ran longer than {task.run_timeout} s.",
+        )
+        failed += finished.error_code == codes.TASK_TIMEOUT.code
+    return failed
+
+
+def tasks_resume_silent(*, now=None) -> int:
+    """Running attempts whose worker went silent: hand them to a new worker to resume.
+
+    The resumed run asks the executor about the known external id: finished → collect outputs;
+    still running → follow; unknown → lost (retried or failed). A guarded update makes sure only
+    one reconciler pass re-enqueues a given attempt.
+    """
+    from podi.events import enqueue_on_commit
+    from tasks.actors import run_task
+
+    now = now or timezone.now()
+    resumed = 0
+    stale = Task.objects.filter(
+        status=TaskStatus.RUNNING, heartbeat_at__lt=now - HEARTBEAT_STALE
+    ).values_list("public_id", "attempts", "heartbeat_at")[:200]
+    for task_id, attempt, beat in stale:
+        with transaction.atomic():
+            claimed = Task.objects.filter(
+                public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
+            ).update(heartbeat_at=now)
+            if claimed:
+                enqueue_on_commit(run_task, task_id, attempt)
+                resumed += 1
+    return resumed
+
+
+def tasks_reconcile() -> dict[str, int]:
+    return {
+        "queueTimeouts": tasks_fail_queue_timeouts(),
+        "runTimeouts": tasks_fail_run_timeouts(),
+        "resumed": tasks_resume_silent(),
+        "dispatched": tasks_dispatch_pending(),
+    }

@@ -1,0 +1,795 @@
+"""Writes of the tasks app: submit, dispatch (claim an executor), finish, cancel, retry, events.
+
+Money and state move together: a task's hold is frozen in the submit transaction and confirmed or
+released in the finish transaction, so a task is charged iff it succeeded (invariant 3).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
+from podi.errors import AppError, validation_error
+from podi.events import emit, enqueue_on_commit
+from podi.ids import new_id
+from podi.urlguard import validate_callback_url
+from tasks import error_codes as codes
+from tasks.models import (
+    DEFAULT_CALLBACK_EVENTS,
+    EventCursor,
+    Task,
+    TaskAsset,
+    TaskBatch,
+    TaskEvent,
+    TaskStatus,
+    TaskTemplate,
+)
+
+logger = logging.getLogger("podi.tasks")
+
+# Seconds a hold outlives the task's deadlines, so it can never expire under a running task.
+HOLD_MARGIN = 900
+CALLBACK_EVENT_TYPES = {
+    "task.queued",
+    "task.running",
+    "task.progress",
+    "task.succeeded",
+    "task.failed",
+    "task.canceled",
+}
+TOKEN_SALT = "podi.tasks.callback-token"  # noqa: S105 - a signing salt, not a secret
+MAX_INPUTS = 16
+MAX_BASE64_BYTES = 20 * 1024 * 1024
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+
+def event_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The recorder registered with ``podi.events``: persist with the user's next ``seq``.
+
+    The user's cursor row is locked, so seqs are handed out in commit order per user and a
+    subscriber that resumes after ``seq`` N misses nothing.
+    """
+    user_id = event.get("userId")
+    if user_id is None:
+        return event
+    EventCursor.objects.get_or_create(user_id=user_id)
+    cursor = EventCursor.objects.select_for_update().get(user_id=user_id)
+    cursor.last_seq += 1
+    cursor.save(update_fields=["last_seq"])
+    task_pk = None
+    if event.get("taskId"):
+        task_pk = (
+            Task.objects.filter(public_id=event["taskId"]).values_list("pk", flat=True).first()
+        )
+    row = TaskEvent.objects.create(
+        public_id=event["id"],
+        user_id=user_id,
+        seq=cursor.last_seq,
+        task_id=task_pk,
+        type=event["type"],
+        payload=event["payload"],
+    )
+    return {**event, "seq": row.seq, "timestamp": row.as_message()["timestamp"]}
+
+
+def task_status_payload(task: Task, *, outputs: list[dict] | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "taskId": task.public_id,
+        "status": task.status,
+        "progress": task.progress,
+    }
+    if outputs is not None:
+        payload["outputs"] = outputs
+    if task.error_code:
+        payload["error"] = {"code": task.error_code, "message": task.error_message}
+    return payload
+
+
+def _emit_status(task: Task, *, outputs: list[dict] | None = None) -> None:
+    emit(
+        user_id=task.user_id,
+        type="task.status",
+        payload=task_status_payload(task, outputs=outputs),
+        task_id=task.public_id,
+    )
+    _enqueue_callback(task, f"task.{task.status}")
+
+
+def _enqueue_callback(task: Task, event_name: str) -> None:
+    if not task.callback_url:
+        return
+    wanted = task.callback_events or DEFAULT_CALLBACK_EVENTS
+    if event_name not in wanted:
+        return
+    from tasks.actors import deliver_task_callback
+    from tasks.webhooks import webhook_delivery_create
+
+    delivery = webhook_delivery_create(task=task, event_name=event_name)
+    enqueue_on_commit(deliver_task_callback, delivery.pk)
+
+
+# --- Tokens ----------------------------------------------------------------------------------
+
+
+def task_token(task: Task) -> str:
+    """The task's own short-lived token for ``POST /tasks/{id}/complete`` (signed, not stored)."""
+    return signing.dumps({"t": task.public_id, "a": task.attempts}, salt=TOKEN_SALT, compress=True)
+
+
+def task_token_max_age(task: Task) -> int:
+    return task.queue_timeout + task.run_timeout * max(task.max_attempts, 1) + HOLD_MARGIN
+
+
+def task_from_token(raw: str) -> Task:
+    try:
+        unsigned = signing.loads(raw, salt=TOKEN_SALT, max_age=None)
+    except signing.BadSignature:
+        raise AppError(codes.TASK_TOKEN_INVALID) from None
+    task = Task.objects.filter(public_id=unsigned.get("t")).first()
+    if task is None:
+        raise AppError(codes.TASK_TOKEN_INVALID)
+    try:
+        signing.loads(raw, salt=TOKEN_SALT, max_age=task_token_max_age(task))
+    except signing.SignatureExpired:
+        raise AppError(codes.TASK_TOKEN_INVALID, "The task token has expired.") from None
+    return task
+
+
+def task_callback_url(task: Task) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/api/tasks/v1/{task.public_id}/complete"
+
+
+# --- Submit ----------------------------------------------------------------------------------
+
+
+def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str, Any]]:
+    from media_app.selectors import media_get_uploaded_for_user
+
+    if not isinstance(inputs, list):
+        raise validation_error({"inputs": ["Must be a list."]})
+    if len(inputs) > MAX_INPUTS:
+        raise validation_error({"inputs": [f"At most {MAX_INPUTS} inputs."]})
+    normalised: list[dict[str, Any]] = []
+    for index, item in enumerate(inputs):
+        field = f"inputs[{index}]"
+        if not isinstance(item, dict):
+            raise validation_error({field: ["Must be an object."]})
+        if item.get("objectKey"):
+            key = str(item["objectKey"])
+            try:
+                media = media_get_uploaded_for_user(user=user, object_key=key)
+            except AppError:
+                raise validation_error(
+                    {f"{field}.objectKey": ["No uploaded object of yours has this key."]}
+                ) from None
+            normalised.append(
+                {"objectKey": media.object_key, "mimeType": media.mime_type, "size": media.size}
+            )
+        elif item.get("url"):
+            url = str(item["url"])
+            validate_callback_url(url, field=f"{field}.url")
+            normalised.append({"url": url})
+        elif item.get("base64"):
+            normalised.append(
+                _store_base64_input(user=user, item=item, field=field, task_id=task_id)
+            )
+        else:
+            raise validation_error({field: ["Give objectKey, url, or base64 with fileName."]})
+    return normalised
+
+
+def _store_base64_input(*, user, item: dict, field: str, task_id: str) -> dict[str, Any]:
+    import io
+
+    from media_app.services import media_store_output
+
+    file_name = str(item.get("fileName") or "")
+    if not file_name:
+        raise validation_error({f"{field}.fileName": ["Required with base64."]})
+    raw = str(item["base64"])
+    if len(raw) > MAX_BASE64_BYTES * 4 // 3 + 4:
+        raise validation_error({f"{field}.base64": ["Too large; upload it and pass objectKey."]})
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise validation_error({f"{field}.base64": ["Not valid base64."]}) from None
+    media = media_store_output(
+        user_id=user.pk,
+        task_id=task_id,
+        filename=f"input-{file_name}",
+        stream=io.BytesIO(data),
+        size=len(data),
+    )
+    return {"objectKey": media.object_key, "mimeType": media.mime_type, "size": media.size}
+
+
+def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> dict:
+    """Media params take an objectKey: given in params (checked to be the user's), or else the
+    next uploaded input in order. ``inputs`` gains the objectKeys given only in params."""
+    from integrations.selectors import ability_media_params
+    from media_app.selectors import media_get_uploaded_for_user
+
+    names = ability_media_params(ability)
+    if not names:
+        return params
+    known = {item["objectKey"] for item in inputs if item.get("objectKey")}
+    free = [item["objectKey"] for item in inputs if item.get("objectKey")]
+    for name in names:
+        value = params.get(name)
+        if value:
+            if not isinstance(value, str):
+                raise validation_error({f"params.{name}": ["Must be an objectKey string."]})
+            if value in free:
+                free.remove(value)
+            elif value not in known:
+                try:
+                    media = media_get_uploaded_for_user(user=user, object_key=value)
+                except AppError:
+                    raise validation_error(
+                        {f"params.{name}": ["No uploaded object of yours has this key."]}
+                    ) from None
+                inputs.append(
+                    {"objectKey": media.object_key, "mimeType": media.mime_type, "size": media.size}
+                )
+                known.add(value)
+        elif free:
+            params[name] = free.pop(0)
+    return params
+
+
+def _validate_callback_events(events: list[str] | None) -> list[str]:
+    if not events:
+        return []
+    unknown = sorted(set(events) - CALLBACK_EVENT_TYPES)
+    if unknown:
+        raise validation_error(
+            {
+                "callbackEvents": [
+                    f"Unknown: {', '.join(unknown)}. Known: {sorted(CALLBACK_EVENT_TYPES)}"
+                ]
+            }
+        )
+    return sorted(set(events))
+
+
+def task_submit(
+    *,
+    user,
+    action: str,
+    params: dict[str, Any] | None = None,
+    inputs: list[Any] | None = None,
+    priority: int = 0,
+    callback_url: str = "",
+    callback_events: list[str] | None = None,
+    client_ref: str = "",
+    preset: str | None = None,
+    batch: TaskBatch | None = None,
+    original_task: Task | None = None,
+    service_key=None,
+) -> Task:
+    """Create a queued task with its hold and first event in one transaction; dispatch on commit."""
+    from wallet.services import hold_freeze
+
+    ability = ability_get_active(code=action)
+    bindings = list(bindings_for_ability(ability))
+    if not bindings:
+        raise AppError(codes.NO_EXECUTOR)
+    if not isinstance(params, dict | type(None)):
+        raise validation_error({"params": ["Must be an object."]})
+    if callback_url:
+        validate_callback_url(callback_url, field="callbackUrl")
+    events = _validate_callback_events(callback_events)
+    public_id = new_id("tsk")
+    normalised_inputs = _normalise_inputs(user=user, inputs=inputs or [], task_id=public_id)
+    if ability.requires_image and not normalised_inputs:
+        raise validation_error({"inputs": ["This ability needs an input image."]})
+    params = _bind_media_params(
+        user=user, ability=ability, params=dict(params or {}), inputs=normalised_inputs
+    )
+    merged = ability_validate_params(ability=ability, params=params, preset=preset)
+
+    first = bindings[0]
+    now = timezone.now()
+    with transaction.atomic():
+        task = Task.objects.create(
+            public_id=public_id,
+            user=user,
+            ability=ability,
+            action=ability.code,
+            preset=preset or "",
+            params=merged,
+            inputs=normalised_inputs,
+            priority=priority,
+            max_attempts=max(b.max_attempts for b in bindings),
+            points=ability.points,
+            callback_url=callback_url or "",
+            callback_events=events,
+            client_ref=client_ref or "",
+            batch=batch,
+            original_task=original_task,
+            service_key=service_key,
+            queue_timeout=first.queue_timeout,
+            run_timeout=first.run_timeout,
+            queue_deadline=now + timedelta(seconds=first.queue_timeout),
+            created_at=now,
+        )
+        if ability.points > 0:
+            ttl = task_token_max_age(task)
+            hold, _ = hold_freeze(
+                user=user,
+                task_id=task.public_id,
+                points=ability.points,
+                action=ability.code,
+                channel="task",
+                ttl_seconds=ttl,
+            )
+            task.hold_id = hold.public_id
+            task.save(update_fields=["hold_id"])
+        for item in normalised_inputs:
+            if item.get("objectKey"):
+                TaskAsset.objects.create(
+                    task=task,
+                    kind=TaskAsset.Kind.INPUT,
+                    object_key=item["objectKey"],
+                    mime_type=item.get("mimeType") or "",
+                    size=item.get("size"),
+                )
+        _emit_status(task)
+        _enqueue_dispatch()
+    return task
+
+
+def batch_submit(
+    *,
+    user,
+    action: str,
+    items: list[dict[str, Any]],
+    callback_url: str = "",
+    template: TaskTemplate | None = None,
+    service_key=None,
+) -> tuple[TaskBatch, list[Task]]:
+    """All tasks or none: one hold per task, one transaction."""
+    if not isinstance(items, list) or not items:
+        raise validation_error({"items": ["Give at least one item."]})
+    if len(items) > 100:
+        raise validation_error({"items": ["At most 100 items per batch."]})
+    with transaction.atomic():
+        batch = TaskBatch.objects.create(
+            public_id=new_id("bat"),
+            user=user,
+            action=action,
+            template=template,
+            callback_url=callback_url or "",
+        )
+        tasks = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise validation_error({f"items[{index}]": ["Must be an object."]})
+            try:
+                tasks.append(
+                    task_submit(
+                        user=user,
+                        action=action,
+                        params=item.get("params") or {},
+                        inputs=item.get("inputs") or [],
+                        callback_url=callback_url,
+                        client_ref=str(item.get("clientRef") or ""),
+                        batch=batch,
+                        service_key=service_key,
+                    )
+                )
+            except AppError as exc:
+                if exc.code == "VALIDATION_ERROR":
+                    fields = exc.details.get("fields", {})
+                    raise validation_error(
+                        {f"items[{index}].{k}": v for k, v in fields.items()}, exc.message
+                    ) from None
+                raise
+        batch.points = sum(task.points for task in tasks)
+        batch.save(update_fields=["points"])
+    return batch, tasks
+
+
+def template_create_batch(
+    *, user, template: TaskTemplate, overrides: dict[str, Any] | None = None
+) -> tuple[TaskBatch, list[Task]]:
+    overrides = overrides or {}
+    if not isinstance(overrides, dict):
+        raise validation_error({"overrides": ["Must be an object."]})
+    items = []
+    for item in template.items or []:
+        item = item if isinstance(item, dict) else {}
+        params = {**(template.params or {}), **(item.get("params") or {}), **overrides}
+        items.append({"params": params, "inputs": item.get("inputs") or []})
+    if not items:
+        items = [{"params": {**(template.params or {}), **overrides}, "inputs": []}]
+    return batch_submit(user=user, action=template.ability.code, items=items, template=template)
+
+
+# --- Dispatch --------------------------------------------------------------------------------
+
+
+def _enqueue_dispatch() -> None:
+    from tasks.actors import dispatch_pending
+
+    enqueue_on_commit(dispatch_pending)
+
+
+def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
+    rows = (
+        Task.objects.filter(executor_id__in=executor_ids, status=TaskStatus.RUNNING)
+        .values("executor_id")
+        .annotate(n=Count("id"))
+    )
+    return {row["executor_id"]: row["n"] for row in rows}
+
+
+def _claim_executor(task: Task):
+    """Lock and return (binding, executor) with free capacity for ``task``, or None."""
+    from integrations.models import Executor
+
+    bindings = [b for b in bindings_for_ability(task.ability) if b.executor.is_dispatchable]
+    if not bindings:
+        return None
+    tried = set(task.executor_state.get("triedExecutors", []))
+    load = executor_running_counts([b.executor_id for b in bindings])
+
+    def rank(binding):
+        executor = binding.executor
+        return (
+            executor.pk in tried,
+            -binding.priority,
+            load.get(executor.pk, 0) / max(executor.max_concurrency, 1),
+            -binding.weight,
+            -executor.weight,
+            executor.pk,
+        )
+
+    for binding in sorted(bindings, key=rank):
+        executor = Executor.objects.select_for_update().get(pk=binding.executor_id)
+        if not executor.is_dispatchable:
+            continue
+        running = Task.objects.filter(executor=executor, status=TaskStatus.RUNNING).count()
+        if running < executor.max_concurrency:
+            return binding, executor
+    return None
+
+
+def tasks_dispatch_pending(*, limit: int = 100) -> int:
+    """Start queued tasks, highest priority then oldest first, while executors have capacity."""
+    from tasks.actors import run_task
+
+    candidates = list(
+        Task.objects.filter(status=TaskStatus.QUEUED)
+        .order_by("-priority", "created_at", "pk")
+        .values_list("pk", "ability_id")[:limit]
+    )
+    blocked_abilities: set[int] = set()
+    started = 0
+    now = timezone.now()
+    for pk, ability_id in candidates:
+        if ability_id in blocked_abilities:
+            continue
+        with transaction.atomic():
+            task = (
+                Task.objects.select_for_update()
+                .select_related("ability")
+                .filter(pk=pk, status=TaskStatus.QUEUED)
+                .first()
+            )
+            if task is None:
+                continue
+            not_before = task.executor_state.get("notBefore")
+            if not_before and not_before > now.timestamp():
+                continue
+            claim = _claim_executor(task)
+            if claim is None:
+                blocked_abilities.add(ability_id)
+                continue
+            binding, executor = claim
+            task.status = TaskStatus.RUNNING
+            task.binding = binding
+            task.executor = executor
+            task.attempts += 1
+            task.started_at = task.started_at or now
+            task.heartbeat_at = now
+            task.dispatched_at = now
+            task.run_timeout = binding.run_timeout
+            task.run_deadline = now + timedelta(seconds=binding.run_timeout)
+            task.external_id = ""
+            state = dict(task.executor_state)
+            state.pop("notBefore", None)
+            state.pop("submitted", None)
+            task.executor_state = state
+            task.save()
+            _emit_status(task)
+            enqueue_on_commit(run_task, task.public_id, task.attempts)
+            started += 1
+    return started
+
+
+def queue_position(task: Task) -> int | None:
+    """1-based position among queued tasks of the same ability that would start before it."""
+    if task.status != TaskStatus.QUEUED:
+        return None
+    ahead = Task.objects.filter(status=TaskStatus.QUEUED, ability_id=task.ability_id).filter(
+        Q(priority__gt=task.priority)
+        | Q(priority=task.priority, created_at__lt=task.created_at)
+        | Q(priority=task.priority, created_at=task.created_at, pk__lt=task.pk)
+    )
+    return ahead.count() + 1
+
+
+# --- Progress, finish, retry -----------------------------------------------------------------
+
+
+def task_progress(*, task_id: str, attempt: int, progress: int, detail: dict | None = None) -> bool:
+    """Record progress of a running attempt; False when the attempt is no longer current."""
+    progress = max(0, min(99, int(progress)))
+    now = timezone.now()
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update()
+            .filter(public_id=task_id, status=TaskStatus.RUNNING, attempts=attempt)
+            .first()
+        )
+        if task is None:
+            return False
+        changed = progress > task.progress
+        task.heartbeat_at = now
+        fields = ["heartbeat_at", "updated_at"]
+        if changed:
+            task.progress = progress
+            fields.append("progress")
+        task.save(update_fields=fields)
+        if changed:
+            payload = task_status_payload(task)
+            if detail:
+                payload["detail"] = detail
+            emit(user_id=task.user_id, type="task.progress", payload=payload, task_id=task_id)
+            _enqueue_callback(task, "task.progress")
+    return True
+
+
+def task_heartbeat(*, task_id: str, attempt: int) -> str | None:
+    """Touch the attempt's heartbeat; return the task status (None if the attempt is stale)."""
+    updated = Task.objects.filter(
+        public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING
+    ).update(heartbeat_at=timezone.now())
+    if updated:
+        return TaskStatus.RUNNING
+    row = Task.objects.filter(public_id=task_id).values_list("status", "attempts").first()
+    if row is None or row[1] != attempt:
+        return None
+    return row[0]
+
+
+def task_set_external(*, task_id: str, attempt: int, external_id: str, **state: Any) -> None:
+    """Persist the executor-side id of an attempt before it is submitted (idempotent submit)."""
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update()
+            .filter(public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING)
+            .first()
+        )
+        if task is None:
+            return
+        task.external_id = external_id
+        task.executor_state = {**task.executor_state, **state}
+        task.save(update_fields=["external_id", "executor_state", "updated_at"])
+
+
+def _asset_dict(asset: TaskAsset) -> dict[str, Any]:
+    item = {"objectKey": asset.object_key, "mimeType": asset.mime_type, "size": asset.size}
+    if asset.width:
+        item["width"] = asset.width
+        item["height"] = asset.height
+    return item
+
+
+def task_finish(
+    *,
+    task_id: str,
+    status: str,
+    attempt: int | None = None,
+    outputs: list[Any] | None = None,
+    result: Any = None,
+    error_code: str = "",
+    error_message: str = "",
+) -> Task:
+    """Move a task to a terminal state and settle its hold, once.
+
+    ``outputs`` are stored media objects (``media_app.models.MediaObject``). A call for a stale
+    attempt, or for a task already terminal, changes nothing and returns the task as it is.
+    """
+    from wallet.selectors import hold_get
+    from wallet.services import hold_confirm, hold_release
+
+    if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
+        raise ValueError(f"not a terminal status: {status}")
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(public_id=task_id)
+        if task.is_terminal or (attempt is not None and task.attempts != attempt):
+            return task
+        now = timezone.now()
+        task.status = status
+        task.finished_at = now
+        task.result = result
+        if status == TaskStatus.SUCCEEDED:
+            task.progress = 100
+            task.error_code = ""
+            task.error_message = ""
+        else:
+            task.error_code = error_code or codes.EXECUTOR_ERROR.code
+            task.error_message = (error_message or "")[:4000]
+        task.save()
+        output_items = None
+        if outputs is not None:
+            for media in outputs:
+                TaskAsset.objects.get_or_create(
+                    task=task,
+                    kind=TaskAsset.Kind.OUTPUT,
+                    object_key=media.object_key,
+                    defaults={
+                        "mime_type": media.mime_type or "",
+                        "size": media.size,
+                        "width": media.width,
+                        "height": media.height,
+                        "sha256": media.sha256 or "",
+                        "node_id": getattr(media, "node_id", "") or "",
+                    },
+                )
+            output_items = [_asset_dict(a) for a in task.assets.filter(kind=TaskAsset.Kind.OUTPUT)]
+        if task.hold_id:
+            hold = hold_get(hold_id=task.hold_id)
+            if status == TaskStatus.SUCCEEDED:
+                hold_confirm(hold=hold)
+            else:
+                hold_release(hold=hold)
+        _emit_status(task, outputs=output_items)
+        _enqueue_dispatch()
+    return task
+
+
+def task_requeue_or_fail(
+    *, task_id: str, attempt: int, error_code: str, error_message: str
+) -> Task:
+    """After a transient failure: queue the task again (preferring another executor) or fail it."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(public_id=task_id)
+        if task.is_terminal or task.attempts != attempt or task.status != TaskStatus.RUNNING:
+            return task
+        if task.attempts >= task.max_attempts:
+            return task_finish(
+                task_id=task_id,
+                status=TaskStatus.FAILED,
+                attempt=attempt,
+                error_code=error_code,
+                error_message=error_message,
+            )
+        now = timezone.now()
+        backoff = min(2 ** (task.attempts - 1), 30)
+        state = dict(task.executor_state)
+        tried = list(dict.fromkeys([*state.get("triedExecutors", []), task.executor_id]))
+        state.update(
+            triedExecutors=tried,
+            notBefore=(now + timedelta(seconds=backoff)).timestamp(),
+            lastError={"code": error_code, "message": error_message[:500]},
+        )
+        task.status = TaskStatus.QUEUED
+        task.executor = None
+        task.binding = None
+        task.external_id = ""
+        task.progress = 0
+        task.executor_state = state
+        task.queue_deadline = now + timedelta(seconds=task.queue_timeout)
+        task.run_deadline = None
+        task.save()
+        _emit_status(task)
+        from tasks.actors import dispatch_pending
+
+        enqueue_on_commit(dispatch_pending, delay=backoff * 1000 + 50)
+    return task
+
+
+# --- Cancel, retry, receipts -----------------------------------------------------------------
+
+
+def task_cancel(*, task: Task) -> Task:
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if locked.is_terminal:
+            raise AppError(codes.TASK_NOT_CANCELABLE, details={"status": locked.status})
+        was_running = locked.status == TaskStatus.RUNNING
+        executor_id, external_id, state = (
+            locked.executor_id,
+            locked.external_id,
+            locked.executor_state,
+        )
+        locked = task_finish(
+            task_id=locked.public_id,
+            status=TaskStatus.CANCELED,
+            error_code=codes.TASK_CANCELED.code,
+            error_message="Canceled by the user.",
+        )
+        if was_running and executor_id:
+            from tasks.actors import interrupt_on_executor
+
+            enqueue_on_commit(
+                interrupt_on_executor, executor_id, external_id, state.get("clientId", "")
+            )
+    return locked
+
+
+def task_retry(*, task: Task) -> Task:
+    if task.status not in {TaskStatus.FAILED, TaskStatus.CANCELED}:
+        raise AppError(codes.TASK_NOT_RETRYABLE, details={"status": task.status})
+    inputs = [
+        {"objectKey": item["objectKey"]} if item.get("objectKey") else {"url": item["url"]}
+        for item in task.inputs
+    ]
+    return task_submit(
+        user=task.user,
+        action=task.action,
+        params=task.params,
+        inputs=inputs,
+        priority=task.priority,
+        callback_url=task.callback_url,
+        callback_events=task.callback_events,
+        client_ref=task.client_ref,
+        original_task=task,
+        service_key=task.service_key,
+    )
+
+
+def task_complete_receipt(
+    *,
+    task: Task,
+    status: str,
+    outputs: list[dict[str, Any]] | None = None,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> Task:
+    """A receipt from the executor or agent (authenticated by the task token)."""
+    from media_app.selectors import media_get_uploaded_for_user
+
+    if task.is_terminal:
+        if task.status == status:
+            return task
+        raise AppError(codes.TASK_ALREADY_FINISHED, details={"status": task.status})
+    media = []
+    for index, item in enumerate(outputs or []):
+        key = item.get("objectKey") if isinstance(item, dict) else None
+        if not key:
+            raise validation_error({f"outputs[{index}].objectKey": ["Required."]})
+        try:
+            media.append(media_get_uploaded_for_user(user=task.user, object_key=key))
+        except AppError:
+            raise validation_error(
+                {f"outputs[{index}].objectKey": ["No uploaded object of the task's user."]}
+            ) from None
+    if status == TaskStatus.SUCCEEDED:
+        return task_finish(
+            task_id=task.public_id, status=TaskStatus.SUCCEEDED, outputs=media, result=result
+        )
+    error = error or {}
+    return task_finish(
+        task_id=task.public_id,
+        status=TaskStatus.FAILED,
+        outputs=media,
+        result=result,
+        error_code=str(error.get("code") or codes.EXECUTOR_ERROR.code)[:64],
+        error_message=str(error.get("message") or "The executor reported a failure."),
+    )

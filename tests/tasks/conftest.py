@@ -1,0 +1,167 @@
+"""Fixtures for task tests: a real worker, real HTTP, and executors on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import dramatiq
+import httpx
+import pytest
+
+from integrations.models import Ability, Executor, Workflow, WorkflowBinding
+from integrations.services import workflow_version_create
+from podi.runtime import import_actor_modules
+from tests.conftest import access_token
+from tests.servers import ComfyUITestServer, CozeTestServer
+
+INVERT_GRAPH = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {
+            "width": "{{width}}",
+            "height": "{{height}}",
+            "batch_size": 1,
+            "color": "{{color}}",
+        },
+    },
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+}
+INVERT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "width": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 64},
+        "height": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 48},
+        "color": {"type": "integer", "minimum": 0, "maximum": 16777215, "default": 16711680},
+    },
+    "additionalProperties": False,
+}
+SLEEP_GRAPH = {
+    "1": {"class_type": "PodiTestSleep", "inputs": {"seconds": "{{seconds}}", "steps": 10}},
+}
+SLEEP_SCHEMA = {
+    "type": "object",
+    "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 60, "default": 0.2}},
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def worker(transactional_db):
+    """A real Dramatiq worker on the configured broker (stub or Redis), in this process."""
+    broker = dramatiq.get_broker()
+    import_actor_modules()
+    broker.flush_all()
+    worker = dramatiq.Worker(broker, worker_threads=6, worker_timeout=50)
+    worker.start()
+    yield worker
+    worker.stop(timeout=10_000)
+    broker.flush_all()
+
+
+@pytest.fixture
+def comfy():
+    with ComfyUITestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def comfy2():
+    with ComfyUITestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def coze():
+    with CozeTestServer() as server:
+        yield server
+
+
+def make_executor(name: str, url: str, *, kind: str = "comfyui", max_concurrency: int = 4, **extra):
+    return Executor.objects.create(
+        name=name, kind=kind, base_url=url, max_concurrency=max_concurrency, **extra
+    )
+
+
+def make_ability(
+    code: str,
+    executors: list[Executor],
+    *,
+    graph=None,
+    schema=None,
+    points: int = 10,
+    kind: str = "comfyui",
+    max_attempts: int = 3,
+    queue_timeout: int = 600,
+    run_timeout: int = 600,
+    priorities: list[int] | None = None,
+    **ability_fields,
+) -> Ability:
+    workflow = Workflow.objects.create(name=f"wf-{code}", kind=kind)
+    workflow_version_create(
+        workflow=workflow,
+        definition=graph if graph is not None else INVERT_GRAPH,
+        params_schema=schema if schema is not None else INVERT_SCHEMA,
+        activate=True,
+    )
+    ability = Ability.objects.create(
+        code=code, display_name=code.title(), points=points, **ability_fields
+    )
+    for index, executor in enumerate(executors):
+        WorkflowBinding.objects.create(
+            ability=ability,
+            workflow=workflow,
+            executor=executor,
+            priority=(priorities or [0] * len(executors))[index],
+            max_attempts=max_attempts,
+            queue_timeout=queue_timeout,
+            run_timeout=run_timeout,
+        )
+    return ability
+
+
+@pytest.fixture
+def funded(owner):
+    from wallet.services import wallet_grant
+
+    wallet_grant(user=owner, points=1000, reason="test", reference="seed-owner")
+    return owner
+
+
+@pytest.fixture
+def api(live_server, settings):
+    """``api(user_or_token)`` → an httpx client on the live server, logged in."""
+    settings.PUBLIC_BASE_URL = live_server.url
+    clients: list[httpx.Client] = []
+
+    def build(user_or_token=None) -> httpx.Client:
+        headers = {}
+        if user_or_token is not None:
+            token = user_or_token if isinstance(user_or_token, str) else access_token(user_or_token)
+            headers["Authorization"] = f"Bearer {token}"
+        client = httpx.Client(base_url=live_server.url, headers=headers, timeout=30)
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def wait_status(client: httpx.Client, task_id: str, statuses: set[str], timeout: float = 20.0):
+    def check():
+        body = client.get(f"/api/tasks/v1/{task_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(check, timeout=timeout)
