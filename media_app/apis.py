@@ -387,9 +387,8 @@ class FilesApi(APIView):
                 mime_type=upload.content_type or "",
                 file_name=upload.name or "",
             )
-        url, _ = services.signed_download_url(object_key=media.object_key, ttl=600)
-        body = self.UploadOutputSerializer(media).data | {"url": url}
-        return Response(body, status=201)
+        media.url, _ = services.signed_download_url(object_key=media.object_key, ttl=600)
+        return Response(self.UploadOutputSerializer(media).data, status=201)
 
 
 class FileDetailApi(APIView):

@@ -401,7 +401,6 @@ def media_oss_callback(
         _mark_deleted(media)
         raise AppError(
             MEDIA_CALLBACK_INVALID,
-            MEDIA_DOWNLOAD_DENIED,
             "Callback refused: the object's size or type differs from the declared upload.",
         )
     return _mark_uploaded(

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,40 +15,104 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='UploadKeyVersion',
+            name="UploadKeyVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='upload_key_version', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="upload_key_version",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MediaObject',
+            name="MediaObject",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('object_key', models.CharField(max_length=1024, unique=True)),
-                ('backend', models.CharField(help_text='local, oss or s3 at the time of writing.', max_length=8)),
-                ('bucket', models.CharField(blank=True, max_length=255)),
-                ('file_name', models.CharField(blank=True, help_text='As the client named it.', max_length=255)),
-                ('size', models.BigIntegerField(default=0, help_text='Bytes (declared while pending).')),
-                ('mime_type', models.CharField(blank=True, max_length=255)),
-                ('sha256', models.CharField(blank=True, max_length=64)),
-                ('width', models.PositiveIntegerField(blank=True, null=True)),
-                ('height', models.PositiveIntegerField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('uploaded', 'uploaded'), ('deleted', 'deleted')], db_index=True, default='pending', max_length=16)),
-                ('purpose', models.CharField(choices=[('input', 'input'), ('output', 'output'), ('file', 'file')], db_index=True, default='input', max_length=16)),
-                ('task_id', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('uploaded_at', models.DateTimeField(blank=True, null=True)),
-                ('deleted_at', models.DateTimeField(blank=True, null=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='media_objects', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("object_key", models.CharField(max_length=1024, unique=True)),
+                (
+                    "backend",
+                    models.CharField(
+                        help_text="local, oss or s3 at the time of writing.", max_length=8
+                    ),
+                ),
+                ("bucket", models.CharField(blank=True, max_length=255)),
+                (
+                    "file_name",
+                    models.CharField(
+                        blank=True, help_text="As the client named it.", max_length=255
+                    ),
+                ),
+                (
+                    "size",
+                    models.BigIntegerField(default=0, help_text="Bytes (declared while pending)."),
+                ),
+                ("mime_type", models.CharField(blank=True, max_length=255)),
+                ("sha256", models.CharField(blank=True, max_length=64)),
+                ("width", models.PositiveIntegerField(blank=True, null=True)),
+                ("height", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("uploaded", "uploaded"),
+                            ("deleted", "deleted"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[("input", "input"), ("output", "output"), ("file", "file")],
+                        db_index=True,
+                        default="input",
+                        max_length=16,
+                    ),
+                ),
+                ("task_id", models.CharField(blank=True, db_index=True, max_length=64)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("uploaded_at", models.DateTimeField(blank=True, null=True)),
+                ("deleted_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="media_objects",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['owner', 'status'], name='media_owner_status')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('size__gte', 0)), name='media_size_gte_0')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["owner", "status"], name="media_owner_status")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("size__gte", 0)), name="media_size_gte_0"
+                    )
+                ],
             },
         ),
     ]
