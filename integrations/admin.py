@@ -81,8 +81,8 @@ COLOURS = {
 }
 
 
-def pretty(value) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+def pretty(value, *, sort_keys: bool = False) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=sort_keys)
 
 
 def json_block(value):
@@ -753,11 +753,14 @@ def version_diff(old: WorkflowVersion | None, new: WorkflowVersion):
     """A unified diff of two versions' pretty-printed JSON, coloured, escaped."""
     if old is None:
         return "—"
+    # Sorted keys: PostgreSQL's jsonb does not keep key order, and a diff must not show noise.
     before = pretty(
-        {"definition": old.definition, "paramsSchema": old.params_schema, "outputs": old.outputs}
+        {"definition": old.definition, "paramsSchema": old.params_schema, "outputs": old.outputs},
+        sort_keys=True,
     ).splitlines()
     after = pretty(
-        {"definition": new.definition, "paramsSchema": new.params_schema, "outputs": new.outputs}
+        {"definition": new.definition, "paramsSchema": new.params_schema, "outputs": new.outputs},
+        sort_keys=True,
     ).splitlines()
     lines = list(
         difflib.unified_diff(before, after, f"v{old.version}", f"v{new.version}", lineterm="", n=3)

@@ -230,8 +230,8 @@ def test_workflow_pages_and_diff(console, comfy_workflow, staff):
     text = page(console, url("workflow_change", comfy_workflow.pk))
     assert "version history" in text.lower() and "diff with v1" in text
     text = page(console, url("workflowversion_change", v2.pk))
-    assert '<span style="background:#ffebe9">-        &quot;color&quot;: 0</span>' in text
-    assert '<span style="background:#e6ffec">+        &quot;color&quot;: 255</span>' in text
+    assert '<span style="background:#ffebe9">-        &quot;color&quot;: 0,</span>' in text
+    assert '<span style="background:#e6ffec">+        &quot;color&quot;: 255,</span>' in text
     page(console, url("workflowversion_changelist"))
     page(console, url("workflow_add"))
 
