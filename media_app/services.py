@@ -314,6 +314,43 @@ def media_complete(*, media: MediaObject) -> MediaObject:
     return _mark_uploaded(media, size=stat.size, sha256=sha256, image=image)
 
 
+PENDING_GRACE = timedelta(hours=1)
+
+
+def media_pending_sweep(*, limit: int = 50) -> dict[str, int]:
+    """Settle upload grants that expired (plus a grace hour) without a callback or complete.
+
+    OSS does not retry a failed callback, so an object may be in storage with nobody having
+    told PODI: such uploads are completed as ``complete`` would (same checks); grants whose
+    object never arrived are marked deleted. Storage errors leave the row for the next pass.
+    """
+    backend = get_backend()
+    window = settings.MEDIA_UPLOAD_URL_TTL
+    if backend.name == "oss" and settings.OSS_ROLE_ARN:
+        window = max(window, settings.OSS_STS_DURATION)
+    cutoff = timezone.now() - timedelta(seconds=window) - PENDING_GRACE
+    rows = list(
+        MediaObject.objects.filter(
+            status=MediaStatus.PENDING, backend=backend.name, created_at__lt=cutoff
+        ).order_by("created_at", "pk")[:limit]
+    )
+    counts = {"completed": 0, "expired": 0, "mismatched": 0, "failed": 0}
+    for media in rows:
+        try:
+            media_complete(media=media)
+        except AppError as exc:
+            if exc.error is MEDIA_UPLOAD_INCOMPLETE:
+                _mark_deleted(media)
+                counts["expired"] += 1
+            elif exc.error is MEDIA_UPLOAD_MISMATCH:
+                counts["mismatched"] += 1
+            else:
+                counts["failed"] += 1
+        else:
+            counts["completed"] += 1
+    return counts
+
+
 # --- OSS callback ------------------------------------------------------------------------------
 
 
