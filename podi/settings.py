@@ -356,6 +356,8 @@ elif STORAGE_BACKEND == "s3":
     STORAGES["default"] = {"BACKEND": "media_app.storage.s3.PodiS3Storage"}
 else:
     STORAGES["default"]["OPTIONS"] = {"allow_overwrite": True}
+# Browsers also PUT to / GET from the local backend's signed URLs from the app's origin.
+CORS_URLS_REGEX = rf"(?:{CORS_URLS_REGEX})|^/media-(?:upload|download)/"
 
 # --- Wallet ---------------------------------------------------------------------------------
 WALLET_HOLD_TTL = env.int("WALLET_HOLD_TTL", 3600, min_value=10)

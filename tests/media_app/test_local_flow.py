@@ -225,3 +225,22 @@ def test_download_urls_are_forgery_proof_and_check_the_row(anon, grant, settings
     gone = anon.get(local_path(url))
     assert gone.status_code == 404
     assert gone.json()["code"] == "MEDIA_OBJECT_NOT_FOUND"
+
+
+def test_browsers_may_call_the_signed_urls_cross_origin(anon, grant, settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    preflight = anon.options(
+        local_path(grant["uploadUrl"]),
+        HTTP_ORIGIN="https://app.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="PUT",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="content-type",
+    )
+    assert preflight.status_code == 200
+    assert preflight["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "PUT" in preflight["Access-Control-Allow-Methods"]
+    other = anon.options(
+        local_path(grant["uploadUrl"]),
+        HTTP_ORIGIN="https://evil.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="PUT",
+    )
+    assert "Access-Control-Allow-Origin" not in other
