@@ -207,6 +207,32 @@ def test_refused_put_stores_nothing_over_http(http, alice):
     assert incomplete.json()["code"] == "MEDIA_UPLOAD_INCOMPLETE"
 
 
+def test_chunked_put_bodies_are_measured_while_streaming(http, alice):
+    grant = _grant(http, alice)
+
+    def body(data, step=16):
+        for start in range(0, len(data), step):
+            yield data[start : start + step]
+
+    too_long = http.put(
+        grant["uploadUrl"], content=body(DATA + b"x" * 100), headers=grant["headers"]
+    )
+    assert too_long.status_code == 413
+    assert too_long.json()["code"] == "MEDIA_TOO_LARGE"
+    assert (
+        http.post(
+            "/api/media/v1/complete", json={"objectKey": grant["objectKey"]}, headers=alice
+        ).json()["code"]
+        == "MEDIA_UPLOAD_INCOMPLETE"
+    )
+    exact = http.put(grant["uploadUrl"], content=body(DATA), headers=grant["headers"])
+    assert exact.status_code == 200, exact.text
+    done = http.post(
+        "/api/media/v1/complete", json={"objectKey": grant["objectKey"]}, headers=alice
+    )
+    assert done.json()["status"] == "uploaded"
+
+
 def test_someone_elses_object_over_http(http, alice, bob):
     grant = _grant(http, alice)
     http.put(grant["uploadUrl"], content=DATA, headers=grant["headers"])

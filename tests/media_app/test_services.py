@@ -169,3 +169,34 @@ def test_media_delete_removes_the_file_and_marks_the_row(owner, settings):
     assert deleted.status == MediaStatus.DELETED
     assert deleted.deleted_at is not None
     assert media_delete(media=deleted).status == MediaStatus.DELETED
+
+
+@pytest.mark.django_db
+def test_local_backend_interface(settings):
+    from media_app.storage import get_backend
+
+    backend = get_backend()
+    assert backend.name == "local"
+    with pytest.raises(AppError) as caught:
+        backend.save_stream("files/t/big.bin", io.BytesIO(b"x" * 11), mime_type="x", max_bytes=10)
+    assert (caught.value.code, caught.value.status) == ("MEDIA_TOO_LARGE", 413)
+    assert not backend.exists("files/t/big.bin")
+    backend.save_stream("files/t/a.bin", io.BytesIO(b"aa"), mime_type="x", max_bytes=10)
+    backend.save_stream("files/t/sub/b.bin", io.BytesIO(b"bbb"), mime_type="x")
+    backend.save_stream("files/u/c.bin", io.BytesIO(b"c"), mime_type="x")
+    listed = backend.list("files/t/")
+    assert [(item.key, item.size) for item in listed] == [
+        ("files/t/a.bin", 2),
+        ("files/t/sub/b.bin", 3),
+    ]
+    assert all(item.modified is not None for item in listed)
+    assert [item.key for item in backend.list("files/", limit=2)] == [
+        "files/t/a.bin",
+        "files/t/sub/b.bin",
+    ]
+    assert backend.list("nothing/") == []
+    assert backend.stat("files/t/a.bin").size == 2
+    assert backend.read_head("files/t/sub/b.bin", 2) == b"bb"
+    with pytest.raises(AppError) as caught:
+        backend.stat("../outside")
+    assert caught.value.code == "MEDIA_STORAGE_ERROR"
