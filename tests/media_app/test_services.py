@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from media_app.models import MediaObject, MediaStatus
@@ -102,6 +103,8 @@ def test_concurrent_writers_of_one_output_leave_one_row(owner):
             )
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
+        finally:
+            connections.close_all()
 
     threads = [threading.Thread(target=write, args=(b"x" * 100,)) for _ in range(4)]
     for thread in threads:
