@@ -1284,6 +1284,8 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
                     params=form.cleaned_data.get("params") or {},
                     preset=form.cleaned_data.get("preset"),
                 )
+                if "_submit" in request.POST:
+                    return self._submit_test_task(request, binding, form)
             except AppError as exc:
                 errors = app_error_text(exc)
         context = {
@@ -1300,6 +1302,28 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
         return TemplateResponse(
             request, "admin/integrations/workflowbinding/test_run.html", context
         )
+
+    def _submit_test_task(self, request, binding: WorkflowBinding, form):
+        """Submit a real, free task pinned to this binding and open it in the task console."""
+        from django.db import transaction
+
+        from tasks.services import task_submit
+
+        preset = form.cleaned_data.get("preset")
+        with transaction.atomic():
+            task = task_submit(
+                user=request.user,
+                action=binding.ability.code,
+                params=form.cleaned_data.get("params") or {},
+                preset=preset.name if preset else None,
+                client_ref=f"test-run:binding:{binding.pk}",
+                test_binding=binding,
+            )
+        self.message_user(
+            request,
+            f"Submitted test task {task.public_id} on {binding.executor} (free of charge).",
+        )
+        return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
 
 
 # ============================================================================== presets

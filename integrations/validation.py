@@ -60,6 +60,13 @@ CONFIG_SCHEMAS: dict[str, dict] = {
         "properties": {
             **_COMMON_CONFIG,
             "api_prefix": {"type": "string", "pattern": r"^(/[A-Za-z0-9_.-]+)*$"},
+            "lost_after": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 3600,
+                "description": "seconds a prompt may be missing from queue and history",
+            },
+            "poll_every": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
         },
     },
     ExecutorKind.COZE: {

@@ -57,6 +57,7 @@ class TaskRunContext:
         if version is None:
             raise ExecutorError("The binding has no workflow version to run.", permanent=True)
         self.definition = version.definition
+        self.kind = task.binding.workflow.kind
         self.params_schema = version.params_schema or {}
         self.outputs_declared = version.outputs or []
         self.inputs = self._inputs()
@@ -88,11 +89,11 @@ class TaskRunContext:
     def fill(self, overrides: dict[str, Any] | None = None) -> Any:
         values = {**self.params, **(overrides or {})}
         system = {
-            "podi.taskId": self.task_id,
-            "podi.callbackUrl": task_callback_url(self.task),
-            "podi.callbackToken": task_token(self.task),
+            "taskId": self.task_id,
+            "callbackUrl": task_callback_url(self.task),
+            "callbackToken": task_token(self.task),
         }
-        return fill_template(self.definition, values, system=system)
+        return fill_template(self.definition, values, system=system, kind=self.kind)
 
     def save_external(self, external_id: str, **state: Any) -> None:
         self.external_id = external_id

@@ -278,12 +278,20 @@ def task_submit(
     batch: TaskBatch | None = None,
     original_task: Task | None = None,
     service_key=None,
+    test_binding=None,
 ) -> Task:
-    """Create a queued task with its hold and first event in one transaction; dispatch on commit."""
+    """Create a queued task with its hold and first event in one transaction; dispatch on commit.
+
+    ``test_binding`` (the console's "test run"): the task runs only on that binding and is free.
+    """
     from wallet.services import hold_freeze
 
-    ability = ability_get_active(code=action)
-    bindings = list(bindings_for_ability(ability))
+    if test_binding is not None:
+        ability = test_binding.ability
+        bindings = [test_binding]
+    else:
+        ability = ability_get_active(code=action)
+        bindings = list(bindings_for_ability(ability))
     if not bindings:
         raise AppError(codes.NO_EXECUTOR)
     if not isinstance(params, dict | type(None)):
@@ -313,7 +321,8 @@ def task_submit(
             inputs=normalised_inputs,
             priority=priority,
             max_attempts=max(b.max_attempts for b in bindings),
-            points=ability.points,
+            points=0 if test_binding is not None else ability.points,
+            executor_state={"testBinding": test_binding.pk} if test_binding is not None else {},
             callback_url=callback_url or "",
             callback_events=events,
             client_ref=client_ref or "",
@@ -325,12 +334,12 @@ def task_submit(
             queue_deadline=now + timedelta(seconds=first.queue_timeout),
             created_at=now,
         )
-        if ability.points > 0:
+        if task.points > 0:
             ttl = task_token_max_age(task)
             hold, _ = hold_freeze(
                 user=user,
                 task_id=task.public_id,
-                points=ability.points,
+                points=task.points,
                 action=ability.code,
                 channel="task",
                 ttl_seconds=ttl,
@@ -438,9 +447,16 @@ def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
 
 def _claim_executor(task: Task):
     """Lock and return (binding, executor) with free capacity for ``task``, or None."""
-    from integrations.models import Executor
+    from integrations.models import Executor, WorkflowBinding
 
-    bindings = [b for b in bindings_for_ability(task.ability) if b.executor.is_dispatchable]
+    pinned = task.executor_state.get("testBinding")
+    if pinned:
+        candidates = WorkflowBinding.objects.filter(pk=pinned).select_related(
+            "workflow", "workflow__active_version", "workflow_version", "executor"
+        )
+    else:
+        candidates = bindings_for_ability(task.ability)
+    bindings = [b for b in candidates if b.executor.is_dispatchable]
     if not bindings:
         return None
     tried = set(task.executor_state.get("triedExecutors", []))

@@ -152,3 +152,27 @@ def test_ability_invocation_stats_exact(funded, comfy):
     assert row["p50"] == 3.0  # nearest rank over [1, 2, 3, 10]
     assert row["p95"] == 10.0
     assert row["points"] == 6
+
+
+def test_binding_test_run_submits_a_free_task_on_that_binding(
+    console, staff, worker, comfy, comfy2
+):
+    from integrations.models import WorkflowBinding
+
+    first, second = make_executor("gpu-a", comfy.url), make_executor("gpu-b", comfy2.url)
+    make_ability("invert", [first, second], priorities=[10, 0], points=50)
+    pinned = WorkflowBinding.objects.get(executor=second)
+    response = console.post(
+        f"/admin/integrations/workflowbinding/{pinned.pk}/test-run/",
+        {"params": '{"width": 4, "height": 4}', "_submit": "1"},
+    )
+    assert response.status_code == 302
+    task = Task.objects.get(client_ref=f"test-run:binding:{pinned.pk}")
+    assert response["Location"] == f"/admin/tasks/task/{task.pk}/change/"
+    assert (task.user, task.points, task.hold_id) == (staff, 0, "")
+    from tests.tasks.conftest import wait_for
+
+    wait_for(lambda: Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED)
+    task.refresh_from_db()
+    assert task.executor == second  # pinned, although gpu-a has the higher priority
+    assert len(comfy2.prompts) == 1 and not comfy.prompts

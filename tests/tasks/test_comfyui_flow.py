@@ -291,3 +291,43 @@ def test_run_timeout_interrupts_and_fails(worker, comfy, funded, api):
     prompt_id = Task.objects.get(public_id=task_id).external_id
     wait_for(lambda: prompt_id in comfy.interrupts)
     assert balance(funded) == (1000, 0)
+
+
+def test_system_placeholders_let_a_node_report_back(worker, comfy, funded, api):
+    graph = {
+        "1": {"class_type": "PodiTestSleep", "inputs": {"seconds": 30, "steps": 300}},
+        "2": {"class_type": "PrimitiveString", "inputs": {"value": "{{podi.taskId}}"}},
+        "3": {"class_type": "PrimitiveString", "inputs": {"value": "{{podi.callbackUrl}}"}},
+        "4": {"class_type": "PrimitiveString", "inputs": {"value": "{{podi.callbackToken}}"}},
+    }
+    make_ability(
+        "report",
+        [make_executor("gpu-1", comfy.url)],
+        graph=graph,
+        schema={"type": "object", "properties": {}},
+        points=5,
+    )
+    client = api(funded)
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "report"}).json()["taskId"]
+    wait_for(lambda: comfy.prompts)
+    (sent,) = comfy.prompts.values()
+    nodes = sent["prompt"]
+    assert nodes["2"]["inputs"]["value"] == task_id
+    callback_url = nodes["3"]["inputs"]["value"]
+    assert callback_url.endswith(f"/api/tasks/v1/{task_id}/complete")
+    token = nodes["4"]["inputs"]["value"]
+    # The node inside the workflow reports the outcome itself, as seed 001's nodes did.
+    receipt = httpx.post(
+        callback_url,
+        json={"status": "succeeded", "result": {"note": "from the node"}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert receipt.status_code == 200, receipt.text
+    done = wait_status(client, task_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+    assert done["result"] == {"note": "from the node"}
+    # The worker that was following the prompt stops; the task stays succeeded, charged once.
+    time.sleep(1.0)
+    assert Task.objects.get(public_id=task_id).status == TaskStatus.SUCCEEDED
+    assert balance(funded) == (995, 0)

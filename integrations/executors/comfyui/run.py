@@ -78,8 +78,10 @@ class ComfyUIRunner:
         headers: dict,
         lost_after: float = LOST_AFTER,
         poll_every: float = POLL_EVERY,
+        api_prefix: str = "/api",
     ):
         self.base_url = base_url.rstrip("/")
+        self.prefix = api_prefix.rstrip("/")
         self.lost_after = lost_after
         self.poll_every = poll_every
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
@@ -100,6 +102,7 @@ class ComfyUIRunner:
             headers={str(k): str(v) for k, v in (config.get("headers") or {}).items()},
             lost_after=float(config.get("lost_after") or LOST_AFTER),
             poll_every=float(config.get("poll_every") or POLL_EVERY),
+            api_prefix=str(config.get("api_prefix", "/api")),
         )
 
     # --- HTTP ----------------------------------------------------------------------------
@@ -127,7 +130,7 @@ class ComfyUIRunner:
             raise executor_error(f"ComfyUI sent non-JSON on {path}", permanent=False) from None
 
     def history(self, client: httpx.Client, prompt_id: str) -> dict | None:
-        response = self._call(client, "GET", f"/api/history/{prompt_id}")
+        response = self._call(client, "GET", f"{self.prefix}/history/{prompt_id}")
         if response.status_code != 200:
             raise executor_error(
                 f"ComfyUI history answered {response.status_code}", permanent=False
@@ -137,7 +140,7 @@ class ComfyUIRunner:
         return entry or None
 
     def in_queue(self, client: httpx.Client, prompt_id: str) -> bool:
-        body = self._json(self._call(client, "GET", "/api/queue"), "/queue")
+        body = self._json(self._call(client, "GET", f"{self.prefix}/queue"), "/queue")
         for key in ("queue_running", "queue_pending"):
             for item in body.get(key) or []:
                 if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
@@ -167,7 +170,7 @@ class ComfyUIRunner:
                 response = self._call(
                     client,
                     "POST",
-                    "/api/upload/image",
+                    f"{self.prefix}/upload/image",
                     files={"image": (name, stream, item.mime_type or "application/octet-stream")},
                     data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
                 )
@@ -195,7 +198,7 @@ class ComfyUIRunner:
         try:
             return sockets.enter_context(
                 ws_connect(
-                    f"{self.ws_base}/ws?{urlencode({'clientId': client_id})}",
+                    f"{self.ws_base}{self.prefix}/ws?{urlencode({'clientId': client_id})}",
                     open_timeout=self.timeout.connect or 5,
                     close_timeout=1,
                     max_size=None,
@@ -213,7 +216,7 @@ class ComfyUIRunner:
         ctx.save_external(prompt_id, clientId=client_id, submitted=False)
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         try:
-            response = client.post("/api/prompt", json=body)
+            response = client.post(f"{self.prefix}/prompt", json=body)
         except httpx.TimeoutException:
             # It may have been queued anyway: look before resubmitting (§1.10 rule 1).
             if self.in_queue(client, prompt_id) or self.history(client, prompt_id):
@@ -371,7 +374,7 @@ class ComfyUIRunner:
         def opener() -> Iterator[io.RawIOBase]:
             with self._client() as client:
                 try:
-                    with client.stream("GET", "/api/view", params=query) as response:
+                    with client.stream("GET", f"{self.prefix}/view", params=query) as response:
                         if response.status_code != 200:
                             raise executor_error(
                                 f"ComfyUI /view answered {response.status_code} for {item['filename']}",
@@ -397,5 +400,5 @@ class ComfyUIRunner:
         if not external_id:
             return
         with self._client() as client:
-            self._call(client, "POST", "/api/queue", json={"delete": [external_id]})
-            self._call(client, "POST", "/api/interrupt", json={"prompt_id": external_id})
+            self._call(client, "POST", f"{self.prefix}/queue", json={"delete": [external_id]})
+            self._call(client, "POST", f"{self.prefix}/interrupt", json={"prompt_id": external_id})
