@@ -412,6 +412,8 @@ LOGGING = {
         "dramatiq": {"level": "WARNING"},
         "django_dramatiq": {"level": "WARNING"},
         "pika": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
 
