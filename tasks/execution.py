@@ -65,23 +65,43 @@ class TaskRunContext:
         self._last_progress = -1
 
     def _inputs(self) -> list[InputFile]:
+        from django.conf import settings
+
+        from integrations.executors.runtime import download_opener
         from media_app.services import media_open, signed_download_url
+        from podi.urlguard import url_refusal
 
         files = []
         for name in media_params(self.params_schema):
-            key = self.params.get(name)
-            if not key:
+            value = self.params.get(name)
+            if not value:
+                continue
+            if value.startswith(("http://", "https://")):
+                # Checked again now: DNS may have changed since the submit.
+                reason = url_refusal(value)
+                if reason:
+                    raise ExecutorError(f"Input {name}: {reason}", permanent=True)
+                files.append(
+                    InputFile(
+                        param=name,
+                        object_key=value.split("?", 1)[0].rsplit("/", 1)[-1] or name,
+                        mime_type="",
+                        open=download_opener(value, timeout=settings.EXECUTOR_HTTP_TIMEOUT),
+                        url=lambda ttl, value=value: value,
+                    )
+                )
                 continue
             mime = next(
-                (i.get("mimeType", "") for i in self.task.inputs if i.get("objectKey") == key), ""
+                (i.get("mimeType", "") for i in self.task.inputs if i.get("objectKey") == value),
+                "",
             )
             files.append(
                 InputFile(
                     param=name,
-                    object_key=key,
+                    object_key=value,
                     mime_type=mime,
-                    open=lambda key=key: contextlib.closing(media_open(object_key=key)),
-                    url=lambda ttl, key=key: signed_download_url(object_key=key, ttl=ttl)[0],
+                    open=lambda key=value: contextlib.closing(media_open(object_key=key)),
+                    url=lambda ttl, key=value: signed_download_url(object_key=key, ttl=ttl)[0],
                 )
             )
         return files

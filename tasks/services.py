@@ -216,24 +216,30 @@ def _store_base64_input(*, user, item: dict, field: str, task_id: str) -> dict[s
 
 
 def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> dict:
-    """Media params take an objectKey: given in params (checked to be the user's), or else the
-    next uploaded input in order. ``inputs`` gains the objectKeys given only in params."""
+    """Media params take an uploaded ``objectKey`` (the user's own) or an http(s) URL (through
+    the SSRF guard): given in ``params``, or else the next ``inputs`` item in order. ``inputs``
+    gains what was given only in ``params``."""
     from integrations.selectors import ability_media_params
     from media_app.selectors import media_get_uploaded_for_user
 
     names = ability_media_params(ability)
     if not names:
         return params
-    known = {item["objectKey"] for item in inputs if item.get("objectKey")}
-    free = [item["objectKey"] for item in inputs if item.get("objectKey")]
+    known = {item.get("objectKey") or item.get("url") for item in inputs}
+    free = [item.get("objectKey") or item.get("url") for item in inputs]
     for name in names:
         value = params.get(name)
         if value:
             if not isinstance(value, str):
-                raise validation_error({f"params.{name}": ["Must be an objectKey string."]})
+                raise validation_error({f"params.{name}": ["Must be an objectKey or a URL."]})
             if value in free:
                 free.remove(value)
-            elif value not in known:
+            elif value in known:
+                continue
+            elif value.startswith(("http://", "https://")):
+                validate_callback_url(value, field=f"params.{name}")
+                inputs.append({"url": value})
+            else:
                 try:
                     media = media_get_uploaded_for_user(user=user, object_key=value)
                 except AppError:
@@ -243,7 +249,7 @@ def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> di
                 inputs.append(
                     {"objectKey": media.object_key, "mimeType": media.mime_type, "size": media.size}
                 )
-                known.add(value)
+            known.add(value)
         elif free:
             params[name] = free.pop(0)
     return params

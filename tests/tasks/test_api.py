@@ -340,3 +340,32 @@ def test_invoke_waits_for_the_result(comfy, worker, funded, api):
     assert slow.json()["taskId"].startswith("tsk_")
     missing = client.post("/api/abilities/999999/invoke", json={})
     assert missing.status_code == 404
+
+
+def test_media_param_from_an_input_url(comfy, worker, funded, api, settings):
+    from tests.servers.comfyui import solid_png
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # the image is served on loopback in this test
+    comfy.add_input_file("green.png", solid_png(2, 5, (0, 255, 0)))
+    image_url = f"{comfy.url}/view?filename=green.png&type=input"
+    executor = make_executor("gpu-1", comfy.url)
+    make_ability("invert-image", [executor], graph=IMAGE_GRAPH, schema=IMAGE_SCHEMA, points=2)
+    client = api(funded)
+    task_id = client.post(
+        "/api/tasks/v1/submit", json={"action": "invert-image", "inputs": [{"url": image_url}]}
+    ).json()["taskId"]
+    done = wait_status(client, task_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done
+    assert done["params"]["image"] == image_url
+    assert (done["outputs"][0]["width"], done["outputs"][0]["height"]) == (2, 5)
+
+
+def test_input_url_to_a_private_address_is_refused(ability, funded, api):
+    client = api(funded)
+    response = client.post(
+        "/api/tasks/v1/submit",
+        json={"action": "sleep", "inputs": [{"url": "http://169.254.169.254/latest/meta-data"}]},
+    )
+    assert response.status_code == 400
+    assert "inputs[0].url" in response.json()["details"]["fields"]
+    assert Task.objects.count() == 0
