@@ -58,3 +58,19 @@ class BearerAuthenticationScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "A user access JWT from /api/auth/v1/login, or a service key psk_….",
         }
+
+
+def page_of(name: str, item_serializer) -> serializers.Serializer:
+    """The documented shape of a paginated list: ``{items, total, page, pageSize, totalPages}``."""
+    from drf_spectacular.utils import inline_serializer
+
+    return inline_serializer(
+        name,
+        {
+            "items": item_serializer,
+            "total": serializers.IntegerField(),
+            "page": serializers.IntegerField(),
+            "pageSize": serializers.IntegerField(),
+            "totalPages": serializers.IntegerField(),
+        },
+    )

@@ -20,7 +20,7 @@ from podi.auth import acting_user, service_key_of
 from podi.errors import AppError
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
-from podi.schema import error_responses
+from podi.schema import error_responses, page_of
 from tasks import error_codes as codes
 from tasks.models import Task, TaskAsset, TaskStatus, TaskTemplate
 from tasks.selectors import (
@@ -230,16 +230,7 @@ class TaskListApi(APIView):
             OpenApiParameter("pageSize", int),
         ],
         responses={
-            200: inline_serializer(
-                "TaskPage",
-                {
-                    "items": TaskSerializer(many=True),
-                    "total": serializers.IntegerField(),
-                    "page": serializers.IntegerField(),
-                    "pageSize": serializers.IntegerField(),
-                    "totalPages": serializers.IntegerField(),
-                },
-            ),
+            200: page_of("TaskPage", TaskSerializer(many=True)),
             **error_responses(400, 401, 403),
         },
         summary="The caller's tasks, newest first",
@@ -503,16 +494,7 @@ class TemplateListApi(APIView):
 
     @extend_schema(
         responses={
-            200: inline_serializer(
-                "TemplatePage",
-                {
-                    "items": TemplateSerializer(many=True),
-                    "total": serializers.IntegerField(),
-                    "page": serializers.IntegerField(),
-                    "pageSize": serializers.IntegerField(),
-                    "totalPages": serializers.IntegerField(),
-                },
-            ),
+            200: page_of("TemplatePage", TemplateSerializer(many=True)),
             **error_responses(401),
         },
         summary="Task templates",
