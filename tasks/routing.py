@@ -1,3 +1,9 @@
 """WebSocket routes (served by ``podi.asgi``)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from tasks.consumers import NotifyConsumer
+
+websocket_urlpatterns = [
+    path("api/notify/v1/stream", NotifyConsumer.as_asgi(), name="notify-stream"),
+]
