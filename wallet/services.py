@@ -2,28 +2,37 @@
 
 - runs in ``transaction.atomic()`` (never ``durable``: ``task_submit``/``task_finish`` call them
   inside their own transaction; the API views make the outermost block durable);
-- locks the account row (``select_for_update``) before reading anything it decides on, and takes
-  hold rows only after their account, so two writers never wait on each other in a cycle;
+- decides with guarded updates that must change exactly one row, never read-then-write:
+  a hold changes state only by ``UPDATE … WHERE status = 'held'`` (so it is settled once, however
+  many callers race), and the account only by a relative ``UPDATE … SET balance = balance + x …
+  WHERE balance + x >= 0 RETURNING balance, frozen``, which takes the account's row lock and
+  returns the figures the ledger entry records. ``CheckConstraint``s back both;
+- takes row locks in one order — the hold first, then its account — so writers never wait on
+  each other in a cycle, and holds the hot account row only for that ``UPDATE``, one ``INSERT``
+  and the commit (ADR 0004);
 - writes one ledger entry per change of the account in the same transaction;
 - emits a ``wallet.points`` event ``{taskId?, holdId, status, points, balance}``, published after
   commit.
 
-On SQLite ``select_for_update`` is a no-op, but every transaction starts ``IMMEDIATE`` (see
-settings), which serialises writers for the whole transaction.
+On SQLite every transaction starts ``IMMEDIATE`` (see settings), which serialises writers for the
+whole transaction; the same statements are correct there too.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import CharField
 from django.utils import timezone
 
 from podi.errors import AppError, validation_error
 from podi.events import emit
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
+from wallet.selectors import account_for_user
 
 EVENT_TYPE = "wallet.points"
 MAX_POINTS = 10**12  # far above any real figure; keeps sums inside a 64-bit integer
@@ -41,36 +50,158 @@ def _points(value, *, field: str = "points", allow_zero: bool = False, signed: b
     return value
 
 
-def _locked_account(*, user=None, account_id: int | None = None) -> Account:
-    """The account row, locked until the end of the transaction (created empty if missing)."""
-    if account_id is not None:
-        return Account.objects.select_for_update().get(pk=account_id)
-    account = Account.objects.select_for_update().filter(user=user).first()
-    if account is not None:
-        return account
-    try:
-        with transaction.atomic():
-            Account.objects.create(user=user)
-    except IntegrityError:  # created concurrently; fall through and lock it
-        pass
-    return Account.objects.select_for_update().get(user=user)
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
-def _save_account(account: Account, now: datetime) -> None:
+# --- The one way an account changes ---------------------------------------------------------
+
+
+def _entry(*, type: str, points: int, amount: int, back: tuple[int, int] = (0, 0), **fields):
+    """A ledger entry to append; ``back`` is how far its after-figures lie behind the account's
+    figures after the whole change (for the first of two entries of one change)."""
+    entry = LedgerEntry(type=type, points=points, amount=amount, **fields)
+    entry._back = back
+    return entry
+
+
+def _hold_entry(hold: Hold, **kwargs) -> LedgerEntry:
+    return _entry(
+        hold=hold, task_id=hold.task_id, action=hold.action, channel=hold.channel, **kwargs
+    )
+
+
+def _apply(account: Account, *, balance: int, frozen: int, entries: list[LedgerEntry], now) -> bool:
+    """Add ``balance`` and ``frozen`` (signed) to the account and append ``entries``, unless the
+    balance would go below 0 (then False, and nothing changed).
+
+    The change is one guarded ``UPDATE … WHERE balance + x >= 0 RETURNING balance, frozen``: it
+    takes the account's row lock (held until commit) and must change exactly that row; the
+    entries record the figures it returns. On PostgreSQL the update and the inserts are a single
+    statement, so the hot row stays locked only for that statement and the commit; the entries
+    are built before it. On success ``account`` and the entries carry the new figures.
+    """
+    for entry in entries:
+        entry.account = account
+        entry.created_at = now
+    if connection.vendor == "postgresql":
+        row = _apply_postgresql(account, balance, frozen, entries, now)
+    else:
+        row = _apply_generic(account, balance, frozen, entries, now)
+    if row is None:
+        return False
+    account.balance, account.frozen = row
     account.updated_at = now
-    account.save(update_fields=["balance", "frozen", "updated_at"])
+    return True
 
 
-def _entry(account: Account, *, type: str, points: int, amount: int, now: datetime, **fields):
-    return LedgerEntry.objects.create(
-        account=account,
-        type=type,
-        points=points,
-        amount=amount,
-        balance_after=account.balance,
-        frozen_after=account.frozen,
-        created_at=now,
-        **fields,
+_ACCOUNT_UPDATE = (
+    "UPDATE {account} SET balance = balance + %s, frozen = frozen + %s, updated_at = %s "
+    "WHERE id = %s AND balance + %s >= 0 RETURNING balance, frozen"
+)
+
+
+_ENTRY_FIGURES = {"balance_after": "balance", "frozen_after": "frozen"}
+
+
+@functools.cache
+def _entry_fields() -> list:
+    return [f for f in LedgerEntry._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _apply_sql(entry_count: int) -> str:
+    """``UPDATE`` the account and ``INSERT`` ``entry_count`` entries in one statement."""
+    # Only table and column names of our own models are interpolated; values are parameters.
+    quote = connection.ops.quote_name
+    fields = _entry_fields()
+    items = []
+    for field in fields:
+        if field.attname in _ENTRY_FIGURES:
+            items.append(f"moved.{_ENTRY_FIGURES[field.attname]} - %s")
+        else:
+            # Strings as text: an over-long value then fails instead of being cut by a cast.
+            cast = "text" if isinstance(field, CharField) else field.cast_db_type(connection)
+            items.append(f"%s::{cast}")
+    select = f"SELECT {', '.join(items)} FROM moved"  # noqa: S608
+    update = _ACCOUNT_UPDATE.format(account=quote(Account._meta.db_table))
+    insert = (
+        f"INSERT INTO {quote(LedgerEntry._meta.db_table)} "
+        f"({', '.join(quote(f.column) for f in fields)}) "
+        + " UNION ALL ".join([select] * entry_count)
+        + " RETURNING id, balance_after, frozen_after"
+    )
+    return (
+        f"WITH moved AS ({update}), added AS ({insert}) "  # noqa: S608
+        "SELECT moved.balance, moved.frozen, added.id, added.balance_after, added.frozen_after "
+        "FROM moved CROSS JOIN added ORDER BY added.id"
+    )
+
+
+def _apply_postgresql(account, balance, frozen, entries, now):
+    params = [balance, frozen, now, account.pk, balance]
+    for entry in entries:
+        for field in _entry_fields():
+            if field.attname == "balance_after":
+                params.append(entry._back[0])
+            elif field.attname == "frozen_after":
+                params.append(entry._back[1])
+            else:
+                params.append(field.get_db_prep_save(getattr(entry, field.attname), connection))
+    with connection.cursor() as cursor:
+        cursor.execute(_apply_sql(len(entries)), params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    for entry, (_, _, pk, balance_after, frozen_after) in zip(entries, rows, strict=True):
+        entry.pk, entry.balance_after, entry.frozen_after = pk, balance_after, frozen_after
+        entry._state.adding, entry._state.db = False, connection.alias
+    return rows[0][:2]
+
+
+def _apply_generic(account, balance, frozen, entries, now):
+    """SQLite: the transaction already holds the database's write lock (IMMEDIATE)."""
+    table = connection.ops.quote_name(Account._meta.db_table)
+    update = _ACCOUNT_UPDATE.format(account=table)
+    when = connection.ops.adapt_datetimefield_value(now)
+    params = [balance, frozen, when, account.pk, balance]
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:  # SQLite ≥ 3.35
+            cursor.execute(update, params)
+            row = cursor.fetchone()
+        else:
+            cursor.execute(update.removesuffix(" RETURNING balance, frozen"), params)
+            row = None
+            if cursor.rowcount == 1:
+                select = f"SELECT balance, frozen FROM {table} WHERE id = %s"  # noqa: S608
+                cursor.execute(select, [account.pk])
+                row = cursor.fetchone()
+    if row is None:
+        return None
+    for entry in entries:
+        entry.balance_after = row[0] - entry._back[0]
+        entry.frozen_after = row[1] - entry._back[1]
+    LedgerEntry.objects.bulk_create(entries)
+    return row
+
+
+def _account_ref(user) -> Account:
+    """A handle on the user's account (created on first use): its id and owner only; the figures
+    are filled in by the change that follows. One indexed lookup, without the ORM's overhead."""
+    table = connection.ops.quote_name(Account._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {table} WHERE user_id = %s", [user.pk])  # noqa: S608
+        row = cursor.fetchone()
+    account_id = row[0] if row else account_for_user(user).pk
+    return Account(pk=account_id, user_id=user.pk)
+
+
+def _insufficient(account: Account, needed: int, message: str) -> AppError:
+    account.refresh_from_db(fields=["balance", "frozen"])
+    return AppError(
+        codes.WALLET_INSUFFICIENT,
+        message.format(needed=needed, balance=account.balance),
+        details={"balance": account.balance, "required": needed},
     )
 
 
@@ -87,19 +218,6 @@ def _emit(account: Account, *, status: str, points: int, hold: Hold | None = Non
     )
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _hold_fields(hold: Hold) -> dict:
-    return {
-        "hold": hold,
-        "task_id": hold.task_id,
-        "action": hold.action,
-        "channel": hold.channel,
-    }
-
-
 # --- Grants and corrections -----------------------------------------------------------------
 
 
@@ -107,42 +225,53 @@ def wallet_grant(*, user, points: int, reason: str = "", reference: str = "", st
     """Add ``points`` to the user's balance. Idempotent by ``reference``: the same reference again
     returns the first entry (other points for it → 409 ``WALLET_GRANT_CONFLICT``).
 
-    The returned entry's ``account`` is the account as it is now.
+    The returned entry's ``account`` carries the account's current balance and frozen.
     """
     points = _points(points)
     reason = (reason or "")[:500]
     reference = reference or ""
     if len(reference) > 128:
         raise validation_error({"reference": ["At most 128 characters."]})
-    with transaction.atomic():
-        account = _locked_account(user=user)
-        now = timezone.now()
-        if reference:
-            existing = LedgerEntry.objects.filter(
-                account=account, type=EntryType.GRANT, reference=reference
-            ).first()
-            if existing is not None:
-                if existing.points != points:
-                    raise AppError(
-                        codes.WALLET_GRANT_CONFLICT,
-                        details={"entryId": existing.public_id, "points": existing.points},
-                    )
-                existing.account = account
-                return existing
-        account.balance += points
-        _save_account(account, now)
-        entry = _entry(
-            account,
-            type=EntryType.GRANT,
-            points=points,
-            amount=points,
-            now=now,
-            reason=reason,
-            reference=reference,
-            created_by=staff_user,
-        )
-        _emit(account, status="granted", points=points)
+    try:
+        with transaction.atomic():
+            account = _account_ref(user)
+            if reference:
+                existing = _granted(account, reference, points)
+                if existing is not None:
+                    return existing
+            now = timezone.now()
+            entry = _entry(
+                type=EntryType.GRANT,
+                points=points,
+                amount=points,
+                reason=reason,
+                reference=reference,
+                created_by=staff_user,
+            )
+            _apply(account, balance=points, frozen=0, entries=[entry], now=now)
+            _emit(account, status="granted", points=points)
+    except IntegrityError:  # the same reference, granted concurrently
+        existing = _granted(_account_ref(user), reference, points) if reference else None
+        if existing is None:
+            raise
+        return existing
     return entry
+
+
+def _granted(account: Account, reference: str, points: int) -> LedgerEntry | None:
+    existing = LedgerEntry.objects.filter(
+        account=account, type=EntryType.GRANT, reference=reference
+    ).first()
+    if existing is None:
+        return None
+    if existing.points != points:
+        raise AppError(
+            codes.WALLET_GRANT_CONFLICT,
+            details={"entryId": existing.public_id, "points": existing.points},
+        )
+    account.refresh_from_db(fields=["balance", "frozen"])
+    existing.account = account
+    return existing
 
 
 def wallet_adjust(*, user, points: int, reason: str, staff_user) -> LedgerEntry:
@@ -152,25 +281,21 @@ def wallet_adjust(*, user, points: int, reason: str, staff_user) -> LedgerEntry:
     if not reason:
         raise validation_error({"reason": ["A reason is required for an adjustment."]})
     with transaction.atomic():
-        account = _locked_account(user=user)
+        account = _account_ref(user)
         now = timezone.now()
-        if account.balance + points < 0:
-            raise AppError(
-                codes.WALLET_INSUFFICIENT,
-                f"An adjustment of {points} would take the balance of {account.balance} below 0.",
-                details={"balance": account.balance, "required": -points},
-            )
-        account.balance += points
-        _save_account(account, now)
         entry = _entry(
-            account,
             type=EntryType.ADJUST,
             points=points,
             amount=abs(points),
-            now=now,
             reason=reason[:500],
             created_by=staff_user,
         )
+        if not _apply(account, balance=points, frozen=0, entries=[entry], now=now):
+            raise _insufficient(
+                account,
+                -points,
+                "An adjustment of -{needed} needs more than the balance {balance}.",
+            )
         _emit(account, status="adjusted", points=points)
     return entry
 
@@ -192,7 +317,8 @@ def hold_freeze(
 
     Idempotent per ``(user, task_id)``: the same points again returns the existing hold with
     ``created=False``; other points → 409 ``WALLET_HOLD_CONFLICT``. Not enough balance → 402
-    ``WALLET_INSUFFICIENT``, and nothing is written.
+    ``WALLET_INSUFFICIENT``, and nothing is written. The hold's ``account`` carries the account's
+    current balance and frozen.
     """
     points = _points(points)
     task_id = task_id or ""
@@ -202,58 +328,79 @@ def hold_freeze(
         ttl_seconds = settings.WALLET_HOLD_TTL
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
         raise validation_error({"ttlSeconds": ["Must be a positive integer."]})
-    with transaction.atomic():
-        account = _locked_account(user=user)
-        now = timezone.now()
-        if task_id:
-            existing = Hold.objects.filter(account=account, task_id=task_id).first()
-            if existing is not None:
-                if existing.points != points:
-                    raise AppError(
-                        codes.WALLET_HOLD_CONFLICT,
-                        details={"holdId": existing.public_id, "points": existing.points},
-                    )
-                existing.account = account
-                return existing, False
-        if account.balance < points:
-            raise AppError(
-                codes.WALLET_INSUFFICIENT,
-                f"Needs {points} points; the balance is {account.balance}.",
-                details={"balance": account.balance, "required": points},
+    try:
+        with transaction.atomic():
+            # Created with the first change, so a refused first freeze leaves no account either.
+            account = _account_ref(user)
+            now = timezone.now()
+            # The hold first: a second freeze for the same task stops here, on the unique
+            # (account, task_id) constraint, before it touches the account row.
+            hold = Hold.objects.create(
+                account=account,
+                task_id=task_id,
+                points=points,
+                expires_at=now + timedelta(seconds=ttl_seconds),
+                action=(action or "")[:100],
+                channel=(channel or "")[:64],
+                owner_settles=owner_settles,
+                created_at=now,
+                updated_at=now,
             )
-        account.balance -= points
-        account.frozen += points
-        _save_account(account, now)
-        hold = Hold.objects.create(
-            account=account,
-            task_id=task_id,
-            points=points,
-            expires_at=now + timedelta(seconds=ttl_seconds),
-            action=(action or "")[:100],
-            channel=(channel or "")[:64],
-            owner_settles=owner_settles,
-            created_at=now,
-            updated_at=now,
+            entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points)
+            if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
+                raise _insufficient(
+                    account, points, "Needs {needed} points; the balance is {balance}."
+                )
+            _emit(account, status="frozen", points=points, hold=hold)
+    except IntegrityError:
+        account = _account_ref(user)
+        existing = (
+            Hold.objects.filter(account=account, task_id=task_id).first() if task_id else None
         )
-        _entry(
-            account, type=EntryType.FREEZE, points=0, amount=points, now=now, **_hold_fields(hold)
-        )
-        _emit(account, status="frozen", points=points, hold=hold)
+        if existing is None:
+            raise
+        if existing.points != points:
+            raise AppError(
+                codes.WALLET_HOLD_CONFLICT,
+                details={"holdId": existing.public_id, "points": existing.points},
+            ) from None
+        account.refresh_from_db(fields=["balance", "frozen"])
+        existing.account = account
+        return existing, False
     return hold, True
 
 
-def _locked_hold(hold: Hold) -> tuple[Account, Hold]:
-    """Lock the hold's account, then the hold; the returned hold carries the locked account."""
-    account = _locked_account(account_id=hold.account_id)
-    locked = Hold.objects.select_for_update().get(pk=hold.pk)
-    locked.account = account
-    return account, locked
+def _account_of(hold: Hold) -> Account:
+    if Hold.account.is_cached(hold):
+        return hold.account
+    return Account.objects.only("id", "user_id").get(pk=hold.account_id)
 
 
-def _give_back(account: Account, hold: Hold, *, amount: int, type: str, now: datetime) -> None:
-    account.frozen -= amount
-    account.balance += amount
-    _entry(account, type=type, points=0, amount=amount, now=now, **_hold_fields(hold))
+def _as_it_is(hold: Hold, account: Account) -> Hold:
+    """The hold as stored now, with its account's current figures (for no-ops and refusals)."""
+    current = Hold.objects.get(pk=hold.pk)
+    account.refresh_from_db(fields=["balance", "frozen"])
+    current.account = account
+    return current
+
+
+def _settle(hold: Hold, *, now: datetime, status: str, deducted: int, due_by: datetime | None):
+    """Move a held hold to ``status``, once: True when this call did it."""
+    guard = Hold.objects.filter(pk=hold.pk, status=HoldStatus.HELD)
+    if status == HoldStatus.CONFIRMED:
+        guard = guard.filter(expires_at__gt=now)
+    if due_by is not None:
+        guard = guard.filter(expires_at__lte=due_by)
+    return (
+        guard.update(
+            status=status,
+            deducted=deducted,
+            released=hold.points - deducted,
+            settled_at=now,
+            updated_at=now,
+        )
+        == 1
+    )
 
 
 def hold_confirm(*, hold: Hold, points: int | None = None) -> Hold:
@@ -261,97 +408,95 @@ def hold_confirm(*, hold: Hold, points: int | None = None) -> Hold:
 
     Repeating a confirm is a no-op returning the settled hold. On a released hold → 409
     ``WALLET_HOLD_SETTLED``; on an expired hold, or one still held past ``expires_at`` → 409
-    ``WALLET_HOLD_EXPIRED``.
+    ``WALLET_HOLD_EXPIRED``. The returned hold's ``account`` carries the current figures.
     """
     if points is not None:
         points = _points(points, allow_zero=True)
+    charge = hold.points if points is None else points
+    account = _account_of(hold)
     with transaction.atomic():
-        account, hold = _locked_hold(hold)
         now = timezone.now()
-        if hold.status == HoldStatus.CONFIRMED:
-            return hold
-        if hold.status == HoldStatus.RELEASED:
-            raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was released.")
-        if hold.status == HoldStatus.EXPIRED or hold.is_overdue(now):
-            raise AppError(codes.WALLET_HOLD_EXPIRED, details={"expiresAt": _iso(hold.expires_at)})
-        charge = hold.points if points is None else points
-        if charge > hold.points:
+        if charge > hold.points or not _settle(
+            hold, now=now, status=HoldStatus.CONFIRMED, deducted=charge, due_by=None
+        ):
+            current = _as_it_is(hold, account)
+            if current.status == HoldStatus.CONFIRMED:
+                return current
+            if current.status == HoldStatus.RELEASED:
+                raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was released.")
+            if current.status == HoldStatus.EXPIRED or current.is_overdue(now):
+                raise AppError(
+                    codes.WALLET_HOLD_EXPIRED, details={"expiresAt": _iso(current.expires_at)}
+                )
             raise validation_error({"points": [f"At most the {hold.points} points held."]})
         rest = hold.points - charge
-        account.frozen -= charge
-        fields = _hold_fields(hold)
-        _entry(account, type=EntryType.CONFIRM, points=-charge, amount=charge, now=now, **fields)
-        if rest:
-            _give_back(account, hold, amount=rest, type=EntryType.RELEASE, now=now)
-        _save_account(account, now)
-        hold.status = HoldStatus.CONFIRMED
-        hold.deducted = charge
-        hold.released = rest
-        hold.settled_at = hold.updated_at = now
-        hold.save(update_fields=["status", "deducted", "released", "settled_at", "updated_at"])
+        entries = [
+            _hold_entry(
+                hold, type=EntryType.CONFIRM, points=-charge, amount=charge, back=(rest, -rest)
+            )
+        ]
+        if rest:  # the unspent part goes back in the same change, shown as its own entry
+            entries.append(_hold_entry(hold, type=EntryType.RELEASE, points=0, amount=rest))
+        _apply(account, balance=rest, frozen=-hold.points, entries=entries, now=now)
         _emit(account, status="deducted", points=charge, hold=hold)
         if rest:
             _emit(account, status="released", points=rest, hold=hold)
+    hold.status, hold.deducted, hold.released = HoldStatus.CONFIRMED, charge, rest
+    hold.settled_at = hold.updated_at = now
+    hold.account = account
     return hold
 
 
 def hold_release(*, hold: Hold) -> Hold:
     """Give the held points back. Idempotent (a released or expired hold is returned as it is);
     on a confirmed hold → 409 ``WALLET_HOLD_SETTLED``."""
+    account = _account_of(hold)
     with transaction.atomic():
-        account, hold = _locked_hold(hold)
         now = timezone.now()
-        if hold.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
-            return hold
-        if hold.status == HoldStatus.CONFIRMED:
-            raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was confirmed.")
-        _settle_back(account, hold, status=HoldStatus.RELEASED, now=now)
+        if not _settle(hold, now=now, status=HoldStatus.RELEASED, deducted=0, due_by=None):
+            current = _as_it_is(hold, account)
+            if current.status == HoldStatus.CONFIRMED:
+                raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was confirmed.")
+            return current
+        _give_back(account, hold, type=EntryType.RELEASE, now=now)
         _emit(account, status="released", points=hold.points, hold=hold)
+    hold.status, hold.deducted, hold.released = HoldStatus.RELEASED, 0, hold.points
+    hold.settled_at = hold.updated_at = now
+    hold.account = account
     return hold
 
 
-def _settle_back(account: Account, hold: Hold, *, status: str, now: datetime) -> None:
-    entry_type = EntryType.RELEASE if status == HoldStatus.RELEASED else EntryType.EXPIRE
-    _give_back(account, hold, amount=hold.points, type=entry_type, now=now)
-    _save_account(account, now)
-    hold.status = status
-    hold.released = hold.points
-    hold.settled_at = hold.updated_at = now
-    hold.save(update_fields=["status", "released", "settled_at", "updated_at"])
+def _give_back(account: Account, hold: Hold, *, type: str, now: datetime) -> None:
+    entry = _hold_entry(hold, type=type, points=0, amount=hold.points)
+    _apply(account, balance=hold.points, frozen=-hold.points, entries=[entry], now=now)
 
 
 def holds_expire(*, now: datetime | None = None, batch_size: int = 500) -> int:
     """Release every hold still held at ``now`` past its ``expires_at``, once (entry ``expire``).
 
-    One transaction per account; a hold settled meanwhile by someone else is left alone.
+    One short transaction per hold; a hold settled meanwhile by someone else is left alone.
     Returns how many holds this call expired.
     """
-    now = now or timezone.now()
-    expired = 0
+    due_by = now or timezone.now()
+    expired, last_pk = 0, 0
     while True:
-        account_ids = list(
-            Hold.objects.filter(status=HoldStatus.HELD, expires_at__lte=now)
-            .order_by("account_id")
-            .values_list("account_id", flat=True)
-            .distinct()[:batch_size]
+        batch = list(
+            Hold.objects.filter(status=HoldStatus.HELD, expires_at__lte=due_by, pk__gt=last_pk)
+            .select_related("account")
+            .order_by("pk")[:batch_size]
         )
-        if not account_ids:
+        if not batch:
             return expired
-        for account_id in account_ids:
-            expired += _expire_account_holds(account_id=account_id, now=now)
+        for hold in batch:
+            expired += _expire_one(hold, due_by=due_by)
+        last_pk = batch[-1].pk
 
 
-def _expire_account_holds(*, account_id: int, now: datetime) -> int:
+def _expire_one(hold: Hold, *, due_by: datetime) -> int:
     with transaction.atomic():
-        account = _locked_account(account_id=account_id)
-        holds = list(
-            Hold.objects.select_for_update()
-            .filter(account_id=account_id, status=HoldStatus.HELD, expires_at__lte=now)
-            .order_by("pk")
-        )
-        stamp = timezone.now()
-        for hold in holds:
-            hold.account = account
-            _settle_back(account, hold, status=HoldStatus.EXPIRED, now=stamp)
-            _emit(account, status="expired", points=hold.points, hold=hold)
-    return len(holds)
+        now = timezone.now()  # entries carry the real time, even when due_by is another
+        if not _settle(hold, now=now, status=HoldStatus.EXPIRED, deducted=0, due_by=due_by):
+            return 0
+        _give_back(hold.account, hold, type=EntryType.EXPIRE, now=now)
+        _emit(hold.account, status="expired", points=hold.points, hold=hold)
+    return 1

@@ -158,6 +158,7 @@ def test_freeze_for_a_user_without_an_account_is_insufficient(outsider):
         hold_freeze(user=outsider, task_id="t", points=1)
     assert caught.value.code == "WALLET_INSUFFICIENT"
     assert Hold.objects.count() == 0 and LedgerEntry.objects.count() == 0
+    assert not Account.objects.filter(user=outsider).exists()
 
 
 @pytest.mark.parametrize(
