@@ -26,7 +26,7 @@ from podi.auth import acting_user, is_staff_principal, service_key_of
 from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import MAX_PAGE_SIZE, paginate
-from podi.schema import error_responses
+from podi.schema import error_responses, page_of
 from wallet.models import EntryType
 from wallet.selectors import account_for_user, account_statistics, hold_get, ledger_entries
 from wallet.services import (
@@ -310,14 +310,6 @@ class WalletEntrySerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField(source="created_at")
 
 
-class WalletEntryPageSerializer(serializers.Serializer):
-    items = WalletEntrySerializer(many=True)
-    total = serializers.IntegerField()
-    page = serializers.IntegerField()
-    pageSize = serializers.IntegerField()
-    totalPages = serializers.IntegerField()
-
-
 class WalletTransactionsApi(APIView):
     scope_area = "wallet"
     OutputSerializer = WalletEntrySerializer
@@ -330,7 +322,10 @@ class WalletTransactionsApi(APIView):
             OpenApiParameter("page", OpenApiTypes.INT),
             OpenApiParameter("pageSize", OpenApiTypes.INT, description=f"At most {MAX_PAGE_SIZE}."),
         ],
-        responses={200: WalletEntryPageSerializer, **error_responses(400, 401, 403, 404, 429)},
+        responses={
+            200: page_of("WalletEntryPage", WalletEntrySerializer(many=True)),
+            **error_responses(400, 401, 403, 404, 429),
+        },
         summary="Ledger entries of an account, newest first (paginated)",
     )
     def get(self, request):

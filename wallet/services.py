@@ -9,7 +9,7 @@
   returns the figures the ledger entry records. ``CheckConstraint``s back both;
 - takes row locks in one order — the hold first, then its account — so writers never wait on
   each other in a cycle, and holds the hot account row only for that ``UPDATE``, one ``INSERT``
-  and the commit (ADR 0004);
+  and the commit (ADR 0003);
 - writes one ledger entry per change of the account in the same transaction;
 - emits a ``wallet.points`` event ``{taskId?, holdId, status, points, balance}``, published after
   commit.
