@@ -1385,3 +1385,7 @@ class PresetAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"Kept {skipped} base preset(s): they cannot be deleted.", messages.WARNING
             )
+
+
+# GPU-server agents, manifests, agent tasks and alerts (their own module).
+from integrations.agents import admin as agents_admin  # noqa: E402, F401

@@ -274,6 +274,9 @@ def executor_health_check(*, executor: Executor) -> Executor:
         result = HealthResult.unhealthy(exc.message)
     except ImproperlyConfigured as exc:  # e.g. a key that no longer decrypts
         result = HealthResult.unhealthy(str(exc))
+    from integrations.agents.services import executor_agent_gate  # an offline agent keeps it out
+
+    result = executor_agent_gate(executor, result)
     previous = executor.health_status
     Executor.objects.filter(pk=executor.pk).update(
         health_status=result.status,

@@ -245,6 +245,8 @@ SPECTACULAR_SETTINGS = {
         "AbilityStatusEnum": "integrations.models.Ability.Status",
         "VendorApiKeyStatusEnum": "integrations.models.VendorApiKey.Status",
         "ExecutorHealthStatusEnum": "integrations.models.HealthStatus",
+        "AgentStatusEnum": "integrations.models.Agent.Status",
+        "AgentTaskStatusEnum": "integrations.models.AgentTask.Status",
     },
 }
 IDEMPOTENCY_TTL = env.int("IDEMPOTENCY_TTL", 86400, min_value=60)
@@ -380,7 +382,29 @@ EXECUTOR_HTTP_TIMEOUT = env.int("EXECUTOR_HTTP_TIMEOUT", 30, min_value=1, max_va
 EXECUTOR_HEALTH_INTERVAL = env.int("EXECUTOR_HEALTH_INTERVAL", 60, min_value=5, max_value=86400)
 
 # --- Agents ---------------------------------------------------------------------------------
-AGENT_JWT_SECRETS = env.str("AGENT_JWT_SECRETS")
+
+
+def _agent_jwt_secrets(raw: str | None) -> dict[str, str]:
+    """``kid1:secret1,kid2:secret2`` → ``{kid: secret}`` in order: the first kid signs new agent
+    tokens, every listed kid verifies (rotation: add a new kid first, remove the old one later).
+    Empty = agents off. A malformed value stops start-up; messages never echo a secret."""
+    name, secrets_by_kid = "AGENT_JWT_SECRETS", {}
+    for index, item in enumerate((raw or "").split(",") if raw else [], start=1):
+        kid, sep, secret = item.strip().partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", kid):
+            raise ImproperlyConfigured(
+                f"{name} must look like kid1:secret1,kid2:secret2 (item {index}: a kid of "
+                "letters, digits, '.', '_' or '-', then ':' and the secret)"
+            )
+        if len(secret.strip()) < 32:
+            raise ImproperlyConfigured(f"{name}: the secret of kid {kid!r} needs >= 32 characters")
+        if kid in secrets_by_kid:
+            raise ImproperlyConfigured(f"{name} lists kid {kid!r} twice")
+        secrets_by_kid[kid] = secret.strip()
+    return secrets_by_kid
+
+
+AGENT_JWT_SECRETS = _agent_jwt_secrets(env.str("AGENT_JWT_SECRETS"))
 AGENT_HEARTBEAT_TOKEN_TTL = env.int("AGENT_HEARTBEAT_TOKEN_TTL", 30 * 86400, min_value=60)
 AGENT_TASK_TOKEN_TTL = env.int("AGENT_TASK_TOKEN_TTL", 3600, min_value=60)
 AGENT_HEARTBEAT_INTERVAL = env.int("AGENT_HEARTBEAT_INTERVAL", 30, min_value=1)
