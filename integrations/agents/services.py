@@ -7,6 +7,7 @@ drive liveness and expiry without waiting.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +72,22 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+MAX_JSON_BYTES = 32 * 1024
+
+
+def _bounded_json(value: Any, field: str, *, must_be_object: bool = False) -> Any:
+    """What agents send to be stored (metrics, payloads): JSON, an object when asked, ≤ 32 KB."""
+    if must_be_object and value is not None and not isinstance(value, dict):
+        raise validation_error({field: ["Must be an object."]})
+    try:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+    except (TypeError, ValueError):
+        raise validation_error({field: ["Must be JSON."]}) from None
+    if size > MAX_JSON_BYTES:
+        raise validation_error({field: [f"At most {MAX_JSON_BYTES // 1024} KB of JSON."]})
+    return value
 
 
 # ============================================================================== agents
@@ -264,8 +281,7 @@ def alert_raise(
     type = _required_text(type, "type", 64)
     if severity not in Alert.Severity.values:
         raise validation_error({"severity": [f"One of {', '.join(Alert.Severity.values)}."]})
-    if payload is not None and not isinstance(payload, dict):
-        raise validation_error({"payload": ["Must be an object."]})
+    payload = _bounded_json(payload, "payload", must_be_object=True)
     with transaction.atomic():
         return _alert_record(
             agent=agent,
@@ -340,8 +356,8 @@ def agent_heartbeat(
         "cpu": cpu,
         "mem": mem,
         "diskFreeGb": disk_free_gb,
-        "gpu": gpu,
-        "metrics": metrics or {},
+        "gpu": _bounded_json(gpu, "gpu"),
+        "metrics": _bounded_json(metrics or {}, "metrics", must_be_object=True),
     }
     with transaction.atomic():
         locked = Agent.objects.select_for_update().select_related("executor").get(pk=agent.pk)
@@ -885,6 +901,7 @@ def agent_task_report(
     type = _required_text(type or "progress", "type", 32)
     if progress is not None and (isinstance(progress, bool) or not 0 <= int(progress) <= 100):
         raise validation_error({"progress": ["An integer from 0 to 100."]})
+    payload = _bounded_json(payload, "payload", must_be_object=True)
     with transaction.atomic():
         locked = AgentTask.objects.select_for_update().get(pk=task.pk)
         _check_open(locked, now)
@@ -915,6 +932,7 @@ def agent_task_complete(
     """The agent finished the task. Repeating is a no-op; after another ending 409. A sync task's
     manifest version becomes the agent's ``manifest_version``."""
     now = now or timezone.now()
+    result = _bounded_json(result, "result")
     with transaction.atomic():
         locked = AgentTask.objects.select_for_update().get(pk=task.pk)
         if locked.status == AgentTask.Status.SUCCEEDED:
@@ -951,6 +969,7 @@ def agent_task_fail(
 ) -> AgentTask:
     """The agent gave up on the task. Repeating is a no-op; after another ending 409."""
     now = now or timezone.now()
+    payload = _bounded_json(payload, "payload", must_be_object=True)
     with transaction.atomic():
         locked = AgentTask.objects.select_for_update().get(pk=task.pk)
         if locked.status == AgentTask.Status.FAILED:

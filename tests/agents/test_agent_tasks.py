@@ -195,3 +195,25 @@ def test_expiry_step_is_registered(agent):
     agent_task_create(agent=agent, actions=["restart"], ttl_seconds=60, push=False, now=past)
     assert agent_tasks_expiry() == 1
     assert AgentTask.objects.get().status == "expired"
+
+
+def test_oversized_reports_are_refused(task, client, agent, agent_client):
+    big = {"log": "x" * 40_000}
+    for route, body in (
+        ("events", {"payload": big}),
+        ("complete", {"result": big}),
+        ("failed", {"payload": big}),
+    ):
+        response = client.post(url(task, route), body)
+        assert response.status_code == 400, route
+        assert "At most 32 KB of JSON." in str(response.json()["details"]["fields"])
+    task.refresh_from_db()
+    assert task.status == AgentTask.Status.PENDING and task.events.count() == 1
+    response = agent_client.post(f"/api/agent/v1/agents/{agent.pk}/heartbeat", {"metrics": big})
+    assert response.status_code == 400
+    response = agent_client.post(
+        f"/api/agent/v1/agents/{agent.pk}/alerts", {"type": "x", "payload": big}
+    )
+    assert response.status_code == 400
+    agent.refresh_from_db()
+    assert agent.last_heartbeat_at is None and agent.alerts.count() == 0

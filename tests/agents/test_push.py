@@ -227,3 +227,25 @@ def test_reconciler_push_through_a_real_worker(pointed, agent_server, worker):
 
     agent_server.wait_until(running, timeout=10)
     assert task.push_attempts == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_pushes_reach_the_agent_once(pointed, agent_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    agent_server.mode, agent_server.delay = "slow", 0.3
+    task = agent_task_create(agent=pointed, actions=["restart"], push=False)
+
+    def push(_):
+        try:
+            return agent_task_push(task_id=task.public_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(push, range(4)))
+    assert len(agent_server.pushes) == 1
+    task.refresh_from_db()
+    assert (task.status, task.push_attempts) == ("running", 1)
