@@ -18,15 +18,20 @@ Protocol (JSON text frames):
   ``userId``.
 * ``{"action":"ping"}`` → ``{"type":"pong"}``; the server sends ``{"type":"heartbeat"}`` every
   ``NOTIFY_HEARTBEAT_INTERVAL`` seconds (25). A JWT connection closes with 4401 when the token
-  expires; a service-key one when the key is revoked.
+  expires; any connection when its user is deactivated or its service key revoked.
 
 How "no gap, no duplicate" holds: a user's ``seq`` is allocated under a lock in the event's
 transaction, so committed seqs are exactly 1..N in commit order. The consumer remembers the last
 seq it sent; a live event at or below it is a duplicate and dropped; one above ``last + 1`` means
 something is still in flight (or was lost), so the missing range is read from the database first.
-Every heartbeat also compares the user's newest seq with the last one sent. Channel-layer messages
-are only queued by the handlers; a separate task does the sending and the database reads, so the
-layer's channel never backs up behind a slow replay.
+Once per heartbeat interval the process compares every connected user's newest seq with what
+its sockets sent, so even a lost last event arrives.
+
+How it scales: each web process has one :class:`Hub` per event loop. The hub is the process's only
+reader of the channel layer: it joins the groups its sockets need (``user.<id>``,
+``task.<tsk_…>``, ``staff``), receives each event once, and hands it to the local sockets, which
+queue it and send from a task of their own. Nothing here waits on a client: Daphne buffers what a
+slow client has not read, and drops it when its pings go unanswered.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +49,8 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 from channels.db import DatabaseSyncToAsync
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from tasks import realtime
@@ -61,7 +68,6 @@ MAX_TASK_IDS_PER_MESSAGE = 100
 SEEN_IDS = 4_096
 GROUP_REFRESH_SECONDS = 3_600
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-EVENT_MESSAGE_TYPES = frozenset({*realtime.KNOWN_TYPES, realtime.GENERIC_TYPE})
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,33 @@ def token_from_scope(scope) -> tuple[str | None, str | None]:
     return token or None, accept
 
 
+def resume_from_scope(scope) -> int | None:
+    """``?after=N`` in the URL: resume before anything live is sent; -1 when malformed."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if "after" not in query:
+        return None
+    raw = query["after"][0].strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else -1
+
+
+def event_text(event: dict, *, with_user: bool) -> str:
+    """The wire form of ``event``, encoded once per process however many sockets get it."""
+    cache_key = "__text_user" if with_user else "__text"
+    text = event.get(cache_key)
+    if text is None:
+        wire = {
+            "id": event.get("id"),
+            "seq": event.get("seq"),
+            "type": event.get("type"),
+            "payload": event.get("payload"),
+            "timestamp": event.get("timestamp"),
+        }
+        if with_user:
+            wire["userId"] = event.get("userId")
+        text = event[cache_key] = json.dumps(wire)
+    return text
+
+
 # --- Database helpers (the only ORM access of the consumer) ----------------------------------
 
 # Sockets' database reads run on a small pool of their own, in parallel (a reconnect storm of a
@@ -101,23 +134,37 @@ def db_helper(func):
 
 
 @db_helper
-def authenticate(raw: str) -> Principal | None:
+def authenticate(raw: str) -> tuple[Principal, int] | None:
+    """The principal of a raw token and its user's newest event seq, or None."""
     from podi.auth import principal_from_token
     from podi.errors import AppError
     from podi.models import ServiceKey
+    from tasks.models import EventCursor
 
     try:
         user, auth = principal_from_token(raw)
     except AppError:
         return None
     if isinstance(auth, ServiceKey):
-        return Principal(user.pk, auth.has_scope("admin"), auth.pk, None)
-    return Principal(user.pk, bool(user.is_staff), None, float(auth["exp"]))
+        principal = Principal(user.pk, auth.has_scope("admin"), auth.pk, None)
+    else:
+        principal = Principal(user.pk, bool(user.is_staff), None, float(auth["exp"]))
+    latest = EventCursor.objects.filter(user_id=user.pk).values_list("last_seq", flat=True)
+    return principal, latest.first() or 0
 
 
 @db_helper
-def principal_state(principal: Principal) -> tuple[bool, int]:
-    """(still allowed, the user's newest event seq)."""
+def latest_seq(user_id: int) -> int:
+    from tasks.models import EventCursor
+
+    latest = EventCursor.objects.filter(user_id=user_id).values_list("last_seq", flat=True)
+    return latest.first() or 0
+
+
+@db_helper
+def sockets_state(user_ids: set[int], key_ids: set[int]) -> tuple[set, set, dict[int, int]]:
+    """For the hub's periodic check, in three queries whatever the number of sockets:
+    (active user ids, usable service key ids, newest seq by user id)."""
     from django.contrib.auth import get_user_model
     from django.db.models import Q
     from django.utils import timezone
@@ -125,21 +172,20 @@ def principal_state(principal: Principal) -> tuple[bool, int]:
     from podi.models import ServiceKey
     from tasks.models import EventCursor
 
-    if principal.key_id is not None:
-        allowed = (
-            ServiceKey.objects.filter(pk=principal.key_id, revoked_at__isnull=True)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-            .filter(user__is_active=True)
-            .exists()
-        )
-    else:
-        allowed = get_user_model().objects.filter(pk=principal.user_id, is_active=True).exists()
-    latest = (
-        EventCursor.objects.filter(user_id=principal.user_id)
-        .values_list("last_seq", flat=True)
-        .first()
+    active = set(
+        get_user_model()
+        .objects.filter(pk__in=user_ids, is_active=True)
+        .values_list("pk", flat=True)
     )
-    return allowed, latest or 0
+    keys = set(
+        ServiceKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .values_list("pk", flat=True)
+    )
+    latest = dict(
+        EventCursor.objects.filter(user_id__in=user_ids).values_list("user_id", "last_seq")
+    )
+    return active, keys, latest
 
 
 @db_helper
@@ -149,7 +195,7 @@ def events_after(user_id: int, after: int, until: int | None, limit: int) -> lis
     queryset = TaskEvent.objects.filter(user_id=user_id, seq__gt=after)
     if until is not None:
         queryset = queryset.filter(seq__lte=until)
-    return [event.as_message() for event in queryset.order_by("seq")[:limit]]
+    return [{**event.as_message(), "userId": user_id} for event in queryset.order_by("seq")[:limit]]
 
 
 @db_helper
@@ -171,13 +217,195 @@ def followable_tasks(principal: Principal, task_ids: list[str]) -> tuple[set[str
     return own, foreign
 
 
+# --- The hub: one channel-layer reader per process and event loop ----------------------------
+
+
+class Hub:
+    """Receives events from the channel layer once and hands them to this process's sockets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer) -> None:
+        self.loop = loop
+        self.layer = layer
+        self.channel: str | None = None
+        self.by_user: dict[int, set[NotifyConsumer]] = {}
+        self.by_task: dict[str, set[NotifyConsumer]] = {}
+        self.everything: set[NotifyConsumer] = set()
+        self.joined: set[str] = set()
+        self.membership = asyncio.Lock()
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.joined_at = time.monotonic()
+        self.tasks: list[asyncio.Task] = []
+        self.started: asyncio.Future | None = None
+
+    async def start(self) -> None:
+        if self.layer is not None:
+            self.channel = await self.layer.new_channel("notify.")
+            self.tasks.append(asyncio.create_task(self._receive(), name="notify-hub"))
+        self.tasks.append(asyncio.create_task(self._watch(), name="notify-watch"))
+
+    # Membership -------------------------------------------------------------------------------
+
+    async def attach(self, consumer: NotifyConsumer) -> None:
+        self.by_user.setdefault(consumer.principal.user_id, set()).add(consumer)
+        await self._join(realtime.user_group(consumer.principal.user_id))
+
+    async def follow_task(self, consumer: NotifyConsumer, task_id: str) -> None:
+        self.by_task.setdefault(task_id, set()).add(consumer)
+        await self._join(realtime.task_group(task_id))
+
+    async def follow_everything(self, consumer: NotifyConsumer) -> None:
+        self.everything.add(consumer)
+        await self._join(realtime.STAFF_GROUP)
+
+    def detach(self, consumer: NotifyConsumer) -> None:
+        """Forget a socket; groups nobody here needs any more are left at the next check."""
+        for table, key in [(self.by_user, consumer.principal.user_id)] + [
+            (self.by_task, task_id) for task_id in consumer.task_ids
+        ]:
+            members = table.get(key)
+            if members is not None:
+                members.discard(consumer)
+                if not members:
+                    del table[key]
+        self.everything.discard(consumer)
+
+    def _needed(self, group: str) -> bool:
+        kind, _, name = group.partition(".")
+        if group == realtime.STAFF_GROUP:
+            return bool(self.everything)
+        if kind == "user":
+            return int(name) in self.by_user
+        return name in self.by_task
+
+    def _needed_groups(self) -> set[str]:
+        groups = {realtime.user_group(uid) for uid in self.by_user}
+        groups |= {realtime.task_group(tid) for tid in self.by_task}
+        if self.everything:
+            groups.add(realtime.STAFF_GROUP)
+        return groups
+
+    async def _join(self, group: str) -> None:
+        if self.layer is None or group in self.joined:
+            return
+        async with self.membership:  # joins and leaves happen in order
+            if group in self.joined:
+                return
+            try:
+                await self.layer.group_add(group, self.channel)
+            except Exception:  # the layer is down: the next check joins again
+                logger.exception("notify hub could not join %s", group)
+                return
+            self.joined.add(group)
+
+    async def _tidy_groups(self) -> None:
+        if self.layer is None:
+            return
+        async with self.membership:
+            for group in list(self.joined):
+                if not self._needed(group):
+                    self.joined.discard(group)  # before awaiting: a new member re-joins after us
+                    await self.layer.group_discard(group, self.channel)
+            refresh = time.monotonic() - self.joined_at > GROUP_REFRESH_SECONDS
+            if refresh:  # layers forget members after a day
+                self.joined_at = time.monotonic()
+                self.joined.clear()
+        for group in self._needed_groups() - self.joined:
+            await self._join(group)
+
+    # Events -----------------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notify hub could not read the channel layer")
+                await asyncio.sleep(1)
+                continue
+            event = message.get("event")
+            if isinstance(event, dict):
+                self.route(event)
+
+    def route(self, event: dict) -> None:
+        event_id = event.get("id")
+        if event_id in self.seen:  # the same event through the user, task and staff groups
+            return
+        self.seen[event_id] = None
+        if len(self.seen) > SEEN_IDS:
+            self.seen.popitem(last=False)
+        targets = set(self.by_user.get(event.get("userId"), ()))
+        if event.get("taskId"):
+            targets |= self.by_task.get(event["taskId"], set())
+        targets |= self.everything
+        for consumer in targets:
+            consumer.push(event)
+
+    # The periodic check ----------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, float(settings.NOTIFY_HEARTBEAT_INTERVAL)))
+            if time.monotonic() - last < float(settings.NOTIFY_HEARTBEAT_INTERVAL):
+                continue
+            last = time.monotonic()
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notify hub check failed")
+
+    async def check(self) -> None:
+        """Close sockets whose user or key was disabled; wake those behind the database."""
+        consumers = [c for members in self.by_user.values() for c in members]
+        if consumers:
+            user_ids = {c.principal.user_id for c in consumers}
+            key_ids = {c.principal.key_id for c in consumers if c.principal.key_id is not None}
+            active, keys, latest = await sockets_state(user_ids, key_ids)
+            for consumer in consumers:
+                principal = consumer.principal
+                if principal.user_id not in active or (
+                    principal.key_id is not None and principal.key_id not in keys
+                ):
+                    await consumer.close(code=CLOSE_UNAUTHORIZED)
+                elif latest.get(principal.user_id, 0) > consumer.last_seq:
+                    consumer.recheck()
+        await self._tidy_groups()
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+async def hub() -> Hub:
+    """This event loop's hub, started on first use."""
+    loop = asyncio.get_running_loop()
+    current = _hubs.get(loop)
+    if current is None:
+        layer = get_channel_layer() if realtime.uses_channel_layer() else None
+        current = _hubs[loop] = Hub(loop, layer)
+        if layer is None:  # embedded: the publisher hands events straight to us
+            realtime.publisher.attach_local(loop, current.route)
+        current.started = asyncio.ensure_future(current.start())
+    await current.started
+    return current
+
+
 # --- The consumer -----------------------------------------------------------------------------
 
 
-class NotifyConsumer(AsyncJsonWebsocketConsumer):
+class NotifyConsumer(AsyncWebsocketConsumer):
     """One socket of one principal. See the module docstring for the protocol."""
 
+    # No channel of its own: events come from the process's hub (one layer reader, not one per
+    # socket). There is no layer of this name, so Channels gives the consumer none.
+    channel_layer_alias = "notify-sockets-use-the-hub"
+
     principal: Principal | None = None
+    task_ids: frozenset[str] = frozenset()
+    last_seq: int = 0
 
     # Connection ---------------------------------------------------------------------------
 
@@ -186,73 +414,54 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
         # slower than 5 s), and a refused client gets a close code it can read.
         token, subprotocol = token_from_scope(self.scope)
         await self.accept(subprotocol)
-        principal = await authenticate(token) if token else None
-        if principal is None or (principal.expires_at and principal.expires_at <= time.time()):
+        opened = await authenticate(token) if token else None
+        if opened is None or (opened[0].expires_at and opened[0].expires_at <= time.time()):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        principal, self.last_seq = opened
         self.principal = principal
-        self._joined: set[str] = set()
-        self._task_ids: set[str] = set()
+        # Every event with _sent_from < seq <= last_seq has been sent on this socket.
+        self._sent_from = self.last_seq
         self._inbox: deque[dict] = deque()
         self._wake = asyncio.Event()
         self._resume_after: int | None = None
         self._recheck = False
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._groups_refreshed = time.monotonic()
-        realtime.attach_serving_loop()
-        await self._join(realtime.user_group(principal.user_id))
-        # Read after joining: anything committed later reaches us live.
-        _, self._last_seq = await principal_state(principal)
+        self._hub = await hub()
+        await self._hub.attach(self)
+        # Anything committed after the seq read above either reaches us live now, or is read
+        # from the database when the next event (or the hub's check) shows the gap.
         self._heartbeat_interval = float(settings.NOTIFY_HEARTBEAT_INTERVAL)
-        await self.send_json(
+        await self._send(
             {
                 "type": "hello",
                 "userId": principal.user_id,
-                "lastSeq": self._last_seq,
+                "lastSeq": self.last_seq,
                 "heartbeat": self._heartbeat_interval,
             }
         )
+        after = resume_from_scope(self.scope)
+        if after == -1:
+            await self._error("INVALID_MESSAGE", "'after' must be an integer ≥ 0.")
+        elif after is not None:  # ?after=N: the replay comes before any live event
+            self._resume_after = after
+            self._wake.set()
         self._tasks = [
             asyncio.create_task(self._pump(), name="notify-pump"),
             asyncio.create_task(self._heartbeat(), name="notify-heartbeat"),
         ]
+        # The first check after connect closes the window between the seq read and joining.
+        self.recheck()
 
     async def disconnect(self, code) -> None:
         for task in getattr(self, "_tasks", []):
             task.cancel()
-        for group in list(getattr(self, "_joined", ())):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self._joined = set()
+        if self.principal is not None and getattr(self, "_hub", None) is not None:
+            self._hub.detach(self)
 
-    async def _join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
-        self._joined.add(group)
+    # From the hub: queue only, never wait here -------------------------------------------------
 
-    # Channel-layer messages: queue only, never wait here --------------------------------------
-
-    async def dispatch(self, message) -> None:
-        if message.get("type") in EVENT_MESSAGE_TYPES:
-            # Skip Channels' per-message close_old_connections thread hop: these handlers do
-            # not touch the database (the pump's helpers manage their own connections).
-            await self._queue(message["event"])
-            return
-        await super().dispatch(message)
-
-    async def task_status(self, message) -> None:
-        await self._queue(message["event"])
-
-    async def task_progress(self, message) -> None:
-        await self._queue(message["event"])
-
-    async def wallet_points(self, message) -> None:
-        await self._queue(message["event"])
-
-    async def notify_event(self, message) -> None:
-        await self._queue(message["event"])
-
-    async def _queue(self, event: dict) -> None:
-        if self.principal is None:
-            return
+    def push(self, event: dict) -> None:
         if len(self._inbox) >= MAX_INBOX:
             # Our own events come back from the database; foreign ones are lost for this socket.
             self._inbox.clear()
@@ -261,22 +470,25 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
         self._inbox.append(event)
         self._wake.set()
 
+    def recheck(self) -> None:
+        self._recheck = True
+        self._wake.set()
+
     # Client messages ------------------------------------------------------------------------
 
-    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+    async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.principal is None:
             return
         try:
             content = json.loads(text_data if text_data is not None else bytes_data)
         except (TypeError, ValueError):
-            await self._error("INVALID_MESSAGE", "Send a JSON object with an 'action'.")
-            return
+            content = None
         if not isinstance(content, dict):
             await self._error("INVALID_MESSAGE", "Send a JSON object with an 'action'.")
             return
         action = content.get("action")
         if action == "ping":
-            await self.send_json({"type": "pong", "timestamp": _now_iso()})
+            await self._send({"type": "pong", "timestamp": _now_iso()})
         elif action == "resume":
             await self._on_resume(content)
         elif action == "subscribe":
@@ -302,8 +514,8 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
             if not principal.is_staff:
                 await self._error("FORBIDDEN", "Only staff may subscribe to all events.")
                 return
-            await self._join(realtime.STAFF_GROUP)
-            await self.send_json({"type": "subscribed", "all": True})
+            await self._hub.follow_everything(self)
+            await self._send({"type": "subscribed", "all": True})
             return
         task_ids = content.get("taskIds")
         if (
@@ -321,24 +533,27 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
         wanted = list(dict.fromkeys(task_ids))
         valid = [t for t in wanted if TASK_ID_PATTERN.fullmatch(t)]
         own, foreign = await followable_tasks(principal, valid) if valid else (set(), set())
-        new_foreign = [t for t in wanted if t in foreign and t not in self._task_ids]
-        if len(self._task_ids) + len(new_foreign) > MAX_TASK_SUBSCRIPTIONS:
+        new_foreign = [t for t in wanted if t in foreign and t not in self.task_ids]
+        if len(self.task_ids) + len(new_foreign) > MAX_TASK_SUBSCRIPTIONS:
             await self._error(
                 "TOO_MANY_SUBSCRIPTIONS",
                 f"At most {MAX_TASK_SUBSCRIPTIONS} task subscriptions per connection.",
             )
             return
+        self.task_ids = self.task_ids | frozenset(new_foreign)
         for task_id in new_foreign:
-            await self._join(realtime.task_group(task_id))
-            self._task_ids.add(task_id)
+            await self._hub.follow_task(self, task_id)
         accepted = [t for t in wanted if t in own or t in foreign]
         refused = [t for t in wanted if t not in own and t not in foreign]
-        await self.send_json({"type": "subscribed", "taskIds": accepted})
+        await self._send({"type": "subscribed", "taskIds": accepted})
         if refused:
             await self._error("TASK_NOT_FOUND", "No such task of yours.", {"taskIds": refused})
 
+    async def _send(self, message: dict) -> None:
+        await self.send(text_data=json.dumps(message))
+
     async def _error(self, code: str, message: str, details: dict | None = None) -> None:
-        await self.send_json(
+        await self._send(
             {"type": "error", "code": code, "message": message, "details": details or {}}
         )
 
@@ -364,43 +579,60 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=1011)
 
     async def _replay(self, after: int) -> None:
-        _, latest = await principal_state(self.principal)
+        """Send the persisted events after ``after`` that this socket has not sent yet."""
+        latest = await latest_seq(self.principal.user_id)
         after = min(after, latest)
-        if latest - after > MAX_REPLAY:
+        if self._sent_from - after > MAX_REPLAY:
             await self._error(
                 "RESUME_TOO_FAR",
                 f"At most {MAX_REPLAY} events can be replayed; read older ones from "
                 "GET /api/tasks/v1/{taskId}/events.",
-                {"minAfter": latest - MAX_REPLAY, "lastSeq": latest},
+                {"minAfter": self._sent_from - MAX_REPLAY, "lastSeq": latest},
             )
             return
-        self._last_seq = after
-        count = await self._catch_up()
-        await self.send_json(
-            {"type": "resumed", "after": after, "lastSeq": self._last_seq, "count": count}
+        count = 0
+        if after < self._sent_from:
+            count = await self._send_range(after, self._sent_from)
+            self._sent_from = after
+        count += await self._catch_up()
+        await self._send(
+            {"type": "resumed", "after": after, "lastSeq": self.last_seq, "count": count}
         )
 
-    async def _catch_up(self, until: int | None = None) -> int:
-        """Send the caller's persisted events after the last one sent (up to ``until``)."""
+    async def _send_range(self, after: int, until: int) -> int:
+        """Send the persisted events with ``after < seq <= until``, in order."""
         sent = 0
         while True:
-            rows = await events_after(self.principal.user_id, self._last_seq, until, REPLAY_BATCH)
+            rows = await events_after(self.principal.user_id, after, until, REPLAY_BATCH)
             for row in rows:
-                await self.send_json(row)
-                self._last_seq = row["seq"]
+                await self.send(text_data=event_text(row, with_user=False))
+                after = row["seq"]
+                sent += 1
+            if len(rows) < REPLAY_BATCH:
+                return sent
+
+    async def _catch_up(self, until: int | None = None) -> int:
+        """Send the persisted events after the last one sent (up to ``until``)."""
+        sent = 0
+        while True:
+            rows = await events_after(self.principal.user_id, self.last_seq, until, REPLAY_BATCH)
+            for row in rows:
+                await self.send(text_data=event_text(row, with_user=False))
+                self.last_seq = row["seq"]
                 sent += 1
             if len(rows) < REPLAY_BATCH:
                 return sent
 
     async def _deliver(self, event: dict) -> None:
         seq = event.get("seq")
-        if event.get("userId") == self.principal.user_id and isinstance(seq, int):
-            if seq <= self._last_seq:
+        own = event.get("userId") == self.principal.user_id
+        if own and isinstance(seq, int):
+            if seq <= self.last_seq:
                 return  # already sent (replay, gap fill, or another group)
-            if seq > self._last_seq + 1:
+            if seq > self.last_seq + 1:
                 await self._catch_up(until=seq - 1)
-            await self.send_json(_wire(event))
-            self._last_seq = seq
+            await self.send(text_data=event_text(event, with_user=False))
+            self.last_seq = seq
             return
         event_id = event.get("id")
         if event_id in self._seen:
@@ -408,41 +640,16 @@ class NotifyConsumer(AsyncJsonWebsocketConsumer):
         self._seen[event_id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
-        message = _wire(event)
-        if event.get("userId") != self.principal.user_id:
-            message["userId"] = event.get("userId")
-        await self.send_json(message)
+        await self.send(text_data=event_text(event, with_user=not own))
 
     async def _heartbeat(self) -> None:
-        principal = self.principal
+        expires_at = self.principal.expires_at
         while True:
             delay = self._heartbeat_interval
-            if principal.expires_at is not None:
-                delay = max(0.0, min(delay, principal.expires_at - time.time()))
+            if expires_at is not None:
+                delay = max(0.0, min(delay, expires_at - time.time()))
             await asyncio.sleep(delay)
-            if principal.expires_at is not None and principal.expires_at <= time.time():
+            if expires_at is not None and expires_at <= time.time():
                 await self.close(code=CLOSE_UNAUTHORIZED)
                 return
-            allowed, latest = await principal_state(principal)
-            if not allowed:
-                await self.close(code=CLOSE_UNAUTHORIZED)
-                return
-            await self.send_json({"type": "heartbeat", "timestamp": _now_iso()})
-            if latest > self._last_seq:
-                self._recheck = True  # a publish was lost or is late: read it from the database
-                self._wake.set()
-            if time.monotonic() - self._groups_refreshed > GROUP_REFRESH_SECONDS:
-                # Channel layers forget group members after a day; stay a member.
-                for group in list(self._joined):
-                    await self.channel_layer.group_add(group, self.channel_name)
-                self._groups_refreshed = time.monotonic()
-
-
-def _wire(event: dict) -> dict:
-    return {
-        "id": event.get("id"),
-        "seq": event.get("seq"),
-        "type": event.get("type"),
-        "payload": event.get("payload"),
-        "timestamp": event.get("timestamp"),
-    }
+            await self._send({"type": "heartbeat", "timestamp": _now_iso()})

@@ -1,24 +1,21 @@
-"""Where events go after commit: the channel-layer fan-out to WebSocket subscribers.
+"""Where events go after commit: the fan-out to WebSocket subscribers.
 
 ``podi.events.publish_now`` calls :func:`channel_layer_sink` in whatever thread committed the
 transaction (a web request thread, a worker thread, the reconciler). The sink never waits on the
-network there: it hands the event to a *publisher loop* and returns. The publisher loop
-``group_send``s it to
+network there: it hands the event to an event loop and returns.
 
-* ``user.<userId>``: every socket of the event's user,
-* ``task.<taskId>``: sockets that subscribed to that task (staff, the service key that
-  submitted it),
-* ``staff``: staff sockets that subscribed to everything.
+* Production (a channel layer other than the in-memory one, i.e. Redis): a daemon thread of this
+  process runs a loop that ``group_send``s the event to ``user.<userId>``, ``task.<taskId>`` and
+  ``staff``. Every web process's hub (``tasks.consumers.Hub``) belongs to the groups its sockets
+  need, so an event raised in a worker reaches sockets held by any web process.
+* Embedded (the in-memory layer, which only ever reaches its own process): the event goes
+  straight to this process's hub on the loop that serves the sockets. A process without sockets
+  (``manage.py shell``, a separate worker) has nobody to tell and publishes nothing; its events
+  still reach sockets through the database, at the hub's next check.
 
-Which loop: with Redis (production) a daemon thread of its own, so a web or worker process reaches
-sockets held by any web process; with the in-memory layer (embedded) the loop that serves the
-sockets, which every consumer registers when it connects (an in-memory layer only reaches sockets
-of its own process and its queues belong to that loop). A process without sockets and without
-Redis has nobody to tell and publishes nothing.
-
-A subscriber that misses a message (channel full, a process died between commit and publish) is
-not left behind: every event is persisted with a per-user ``seq`` and the consumer fills gaps
-from the database (see ``tasks.consumers``).
+A subscriber that misses a message (channel full, Redis down, a process died between commit and
+publish) is not left behind: every event is persisted with a per-user ``seq`` and the consumer
+fills gaps from the database.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -35,8 +33,7 @@ from podi.events import Event, register_sink
 logger = logging.getLogger("podi.realtime")
 
 STAFF_GROUP = "staff"
-# Channel message types the consumer has handlers for (handler name = type with "." → "_");
-# any other event type travels as "notify.event".
+# Channel-layer message types mirror event types; other types travel as "notify.event".
 KNOWN_TYPES = frozenset({"task.status", "task.progress", "wallet.points"})
 GENERIC_TYPE = "notify.event"
 # Events waiting for the publisher loop; past this the sink drops (subscribers recover by seq).
@@ -66,26 +63,28 @@ def channel_message(event: Event) -> dict[str, Any]:
     return {"type": kind, "event": event}
 
 
+def uses_channel_layer() -> bool:
+    """False when events stay in this process (no layer, or the in-memory one)."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
 class _Publisher:
-    """Runs ``group_send`` on the right event loop without blocking the caller."""
+    """Hands events to the right event loop without blocking the caller."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._serving_loop: asyncio.AbstractEventLoop | None = None
+        self._local: tuple[asyncio.AbstractEventLoop, Callable[[Event], None]] | None = None
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
         self.dropped = 0
 
-    def attach_serving_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called by consumers: the loop that holds this process's sockets."""
-        if self._serving_loop is not loop:
-            with self._lock:
-                self._serving_loop = loop
+    def attach_local(self, loop: asyncio.AbstractEventLoop, route: Callable[[Event], None]):
+        """Called by the hub of the loop that serves this process's sockets."""
+        with self._lock:
+            self._local = (loop, route)
 
-    def _loop_for(self, layer) -> asyncio.AbstractEventLoop | None:
-        if isinstance(layer, InMemoryChannelLayer):
-            loop = self._serving_loop
-            return loop if loop is not None and not loop.is_closed() else None
+    def _publisher_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._own_loop is None or self._own_loop.is_closed():
                 loop = asyncio.new_event_loop()
@@ -98,19 +97,22 @@ class _Publisher:
 
     def publish(self, event: Event) -> bool:
         """Schedule the fan-out of ``event``; False when it was not scheduled."""
+        if not uses_channel_layer():
+            local = self._local
+            if local is None or local[0].is_closed():
+                return False
+            local[0].call_soon_threadsafe(local[1], dict(event))
+            return True
         layer = get_channel_layer()
-        if layer is None:
-            return False
-        loop = self._loop_for(layer)
-        if loop is None:
-            return False
         with self._lock:
             if self._pending >= MAX_PENDING:
                 self.dropped += 1
                 logger.warning("event publisher backlog full; dropped %s", event.get("id"))
                 return False
             self._pending += 1
-        future = asyncio.run_coroutine_threadsafe(self._fan_out(layer, event), loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._fan_out(layer, event), self._publisher_loop()
+        )
         future.add_done_callback(self._done)
         return True
 
@@ -123,9 +125,7 @@ class _Publisher:
         with self._lock:
             self._pending -= 1
         if not future.cancelled() and future.exception() is not None:
-            logger.error(
-                "publishing an event failed", exc_info=future.exception(), extra={"sink": "ws"}
-            )
+            logger.error("publishing an event failed", exc_info=future.exception())
 
     @property
     def pending(self) -> int:
@@ -133,10 +133,6 @@ class _Publisher:
 
 
 publisher = _Publisher()
-
-
-def attach_serving_loop(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    publisher.attach_serving_loop(loop or asyncio.get_running_loop())
 
 
 def channel_layer_sink(event: Event) -> None:

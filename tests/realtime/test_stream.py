@@ -12,11 +12,13 @@ from datetime import timedelta
 import pytest
 from django.db import transaction
 from rest_framework_simplejwt.tokens import AccessToken
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from podi.ids import new_id
 from podi.services import service_key_revoke
 from tests.realtime.conftest import (
+    CONTROL_TYPES,
     PRODUCTION,
     ROOT,
     assert_silent,
@@ -305,6 +307,23 @@ def test_subscribe_all_is_staff_only(ws_server, owner, outsider, staff):
 # --- Resume, gaps ------------------------------------------------------------------------------
 
 
+async def collect_until(
+    ws, last_seq: int, timeout: float = 30, *, resumed: bool = False
+) -> tuple[list[int], list[dict]]:
+    """Event seqs until ``last_seq`` (and, if asked, the "resumed" marker) arrived, and the
+    control messages seen meanwhile."""
+    seqs, controls = [], []
+    deadline = time.monotonic() + timeout
+    while last_seq not in seqs or (resumed and not controls):
+        message = await receive(ws, timeout=deadline - time.monotonic())
+        if message["type"] in CONTROL_TYPES:
+            controls.append(message)
+        else:
+            assert set(message) == EVENT_KEYS, message
+            seqs.append(message["seq"])
+    return seqs, controls
+
+
 def test_resume_after_a_disconnect_replays_then_goes_live_without_gap_or_duplicate(
     ws_server, owner
 ):
@@ -314,45 +333,56 @@ def test_resume_after_a_disconnect_replays_then_goes_live_without_gap_or_duplica
         first = await open_stream(ws_server, token)
         assert (await hello(first))["lastSeq"] == 0
         await db(emit_events, owner.pk, 3)
-        seen = [e["seq"] for e in await receive_events(first, 3)]
-        assert seen == [1, 2, 3]
+        assert [e["seq"] for e in await receive_events(first, 3)] == [1, 2, 3]
         await first.close()
 
         await db(emit_events, owner.pk, 5)  # while disconnected: seqs 4..8
 
-        second = await open_stream(ws_server, token)
-        assert (await hello(second))["lastSeq"] == 8
-        # Live events race with the replay: seqs 9..20 are committed while it runs.
-        racing = asyncio.create_task(db(emit_events, owner.pk, 12))
-        await second.send(json.dumps({"action": "resume", "after": 3}))
-        got, resumed = [], None
-        deadline = time.monotonic() + 30
-        while len(got) < 17 and time.monotonic() < deadline:
-            message = await receive(second, timeout=deadline - time.monotonic())
-            if message["type"] == "resumed":
-                resumed = message
-            else:
-                assert set(message) == EVENT_KEYS, message
-                got.append(message["seq"])
+        # Resume in the URL: the replay comes before anything live, even while events commit.
+        racing = asyncio.create_task(db(emit_events, owner.pk, 12))  # seqs 9..20
+        second = await connect(f"{ws_server.url(token)}&after=3", open_timeout=20)
+        assert (await hello(second))["lastSeq"] >= 8
+        seqs, controls = await collect_until(second, 20, resumed=True)
         await racing
-        assert got == list(range(4, 21))
-        assert resumed is not None and resumed["after"] == 3 and resumed["lastSeq"] >= 8
+        assert seqs == list(range(4, 21))
+        assert [c["type"] for c in controls] == ["resumed"]
+        assert controls[0]["after"] == 3
         await assert_silent(second, 1.0)
+        await second.close()
 
-        # Resuming from 0 replays everything, exactly once, then stays live.
+        # Resume by message right after hello: the same, exactly.
+        await db(emit_events, owner.pk, 2)  # 21, 22 while nobody listens
         third = await open_stream(ws_server, token)
-        await hello(third)
-        await third.send(json.dumps({"action": "resume", "after": 0}))
-        replayed = await receive_events(third, 20)
-        assert [e["seq"] for e in replayed] == list(range(1, 21))
-        assert await receive(third) == {"type": "resumed", "after": 0, "lastSeq": 20, "count": 20}
+        assert (await hello(third))["lastSeq"] == 22
+        await third.send(json.dumps({"action": "resume", "after": 20}))
+        assert [e["seq"] for e in await receive_events(third, 2)] == [21, 22]
+        assert await receive(third) == {"type": "resumed", "after": 20, "lastSeq": 22, "count": 2}
         await db(emit_events, owner.pk, 1)
-        assert [e["seq"] for e in await receive_events(third, 1)] == [21]
+        assert [e["seq"] for e in await receive_events(third, 1)] == [23]
+
+        # A resume racing live events: everything this socket had not sent yet (1..20 here,
+        # 21..23 it already sent), each exactly once.
+        racing = asyncio.create_task(db(emit_events, owner.pk, 10))  # 24..33
+        await asyncio.sleep(0.05)
+        await third.send(json.dumps({"action": "resume", "after": 0}))
+        seqs, controls = await collect_until(third, 33, resumed=True)
+        await racing
+        assert sorted(seqs) == list(range(1, 21)) + list(range(24, 34))
+        assert len(seqs) == len(set(seqs))
+        replayed = [s for s in seqs if s <= 20]
+        assert replayed == list(range(1, 21))  # the replay itself is in order
+        assert [c["type"] for c in controls] == ["resumed"]
+        await assert_silent(third, 1.0)
+
         # A resume from the future is clamped to now (nothing is skipped later).
         await third.send(json.dumps({"action": "resume", "after": 999}))
-        assert await receive(third) == {"type": "resumed", "after": 21, "lastSeq": 21, "count": 0}
+        assert await receive(third) == {"type": "resumed", "after": 33, "lastSeq": 33, "count": 0}
         await db(emit_events, owner.pk, 1)
-        assert [e["seq"] for e in await receive_events(third, 1)] == [22]
+        assert [e["seq"] for e in await receive_events(third, 1)] == [34]
+        # A malformed resume in the URL is reported, and the stream goes on live.
+        fourth = await connect(f"{ws_server.url(token)}&after=x", open_timeout=20)
+        await hello(fourth)
+        assert (await receive(fourth))["code"] == "INVALID_MESSAGE"
 
     run(main())
 
