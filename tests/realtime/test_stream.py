@@ -146,6 +146,25 @@ def test_a_jwt_stream_closes_with_4401_when_the_token_expires(ws_server, owner):
     run(main())
 
 
+def test_a_revoked_key_or_deactivated_user_is_closed_at_the_next_check(
+    heartbeat_server, owner, service_key
+):
+    key, raw = service_key(scopes=["tasks:read"])
+    token = jwt(owner)
+
+    async def main():
+        keyed = await open_stream(heartbeat_server, raw)
+        user = await open_stream(heartbeat_server, token)
+        await hello(keyed)
+        await hello(user)
+        await db(service_key_revoke, key=key)
+        await expect_close(keyed, 4401)
+        await db(lambda: type(owner).objects.filter(pk=owner.pk).update(is_active=False))
+        await expect_close(user, 4401)
+
+    run(main())
+
+
 # --- Whose events -----------------------------------------------------------------------------
 
 
