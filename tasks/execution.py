@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from integrations.executors.base import ExecutorError
@@ -24,13 +24,17 @@ from tasks import error_codes as codes
 from tasks.models import Task, TaskStatus
 from tasks.services import (
     task_callback_url,
-    task_finish,
     task_heartbeat,
     task_progress,
-    task_requeue_or_fail,
     task_set_external,
     task_token,
     tasks_dispatch_pending,
+)
+from tasks.services import (
+    task_finish as _task_finish,
+)
+from tasks.services import (
+    task_requeue_or_fail as _task_requeue_or_fail,
 )
 
 logger = logging.getLogger("podi.tasks.execution")
@@ -39,6 +43,27 @@ HEARTBEAT_EVERY = 5.0
 # A running attempt whose worker has not touched its heartbeat for this long is presumed dead.
 HEARTBEAT_STALE = timedelta(seconds=60)
 TIMEOUT_GRACE = timedelta(seconds=30)
+
+
+def _retrying(write):
+    """Run a state write again when the database refused it for a lock conflict (a deadlock
+    victim on PostgreSQL, a busy SQLite). The writes are idempotent under the task's lock."""
+
+    def run(**kwargs):
+        for attempt in range(4):
+            try:
+                return write(**kwargs)
+            except OperationalError:
+                if attempt == 3:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        return None
+
+    return run
+
+
+task_finish = _retrying(_task_finish)
+task_requeue_or_fail = _retrying(_task_requeue_or_fail)
 
 
 class TaskRunContext:

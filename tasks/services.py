@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -64,10 +64,7 @@ def event_record(event: dict[str, Any]) -> dict[str, Any]:
     user_id = event.get("userId")
     if user_id is None:
         return event
-    EventCursor.objects.get_or_create(user_id=user_id)
-    cursor = EventCursor.objects.select_for_update().get(user_id=user_id)
-    cursor.last_seq += 1
-    cursor.save(update_fields=["last_seq"])
+    seq = _next_seq(user_id)
     task_pk = None
     if event.get("taskId"):
         task_pk = (
@@ -76,12 +73,27 @@ def event_record(event: dict[str, Any]) -> dict[str, Any]:
     row = TaskEvent.objects.create(
         public_id=event["id"],
         user_id=user_id,
-        seq=cursor.last_seq,
+        seq=seq,
         task_id=task_pk,
         type=event["type"],
         payload=event["payload"],
     )
     return {**event, "seq": row.seq, "timestamp": row.as_message()["timestamp"]}
+
+
+def _next_seq(user_id: int) -> int:
+    """Bump the user's cursor in one statement; its row lock orders seqs by commit."""
+    table = connection.ops.quote_name(EventCursor._meta.db_table)
+    # The table name comes from the model, never from input.
+    sql = f"UPDATE {table} SET last_seq = last_seq + 1 WHERE user_id = %s RETURNING last_seq"  # noqa: S608
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [user_id])
+            row = cursor.fetchone()
+        if row is not None:
+            return row[0]
+        EventCursor.objects.get_or_create(user_id=user_id)
+    raise RuntimeError(f"no event cursor for user {user_id}")
 
 
 def task_status_payload(task: Task, *, outputs: list[dict] | None = None) -> dict[str, Any]:
@@ -317,7 +329,7 @@ def task_submit(
     first = bindings[0]
     now = timezone.now()
     with transaction.atomic():
-        task = Task.objects.create(
+        task = Task(
             public_id=public_id,
             user=user,
             ability=ability,
@@ -341,17 +353,18 @@ def task_submit(
             created_at=now,
         )
         if task.points > 0:
-            ttl = task_token_max_age(task)
+            # Freeze first (the hold names the task by its public id), then insert the task
+            # with its hold: one statement fewer on the hot path.
             hold, _ = hold_freeze(
                 user=user,
                 task_id=task.public_id,
                 points=task.points,
                 action=ability.code,
                 channel="task",
-                ttl_seconds=ttl,
+                ttl_seconds=task_token_max_age(task),
             )
             task.hold_id = hold.public_id
-            task.save(update_fields=["hold_id"])
+        task.save(force_insert=True)
         for item in normalised_inputs:
             if item.get("objectKey"):
                 TaskAsset.objects.create(
@@ -489,57 +502,78 @@ def _claim_executor(task: Task):
     return None
 
 
-def tasks_dispatch_pending(*, limit: int = 100) -> int:
-    """Start queued tasks, highest priority then oldest first, while executors have capacity."""
-    from tasks.actors import run_task
+def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
+    """Start queued tasks, highest priority then oldest first, while executors have capacity.
 
-    candidates = list(
-        Task.objects.filter(status=TaskStatus.QUEUED)
-        .order_by("-priority", "created_at", "pk")
-        .values_list("pk", "ability_id")[:limit]
-    )
+    An ability whose executors are all busy is skipped for the rest of the pass (its later tasks
+    could not start either), and the next candidates are fetched without it, so a long queue of
+    one busy ability never starves another ability's tasks.
+    """
     blocked_abilities: set[int] = set()
+    waiting: set[int] = set()
     started = 0
     now = timezone.now()
-    for pk, ability_id in candidates:
-        if ability_id in blocked_abilities:
-            continue
-        with transaction.atomic():
-            task = (
-                Task.objects.select_for_update()
-                .select_related("ability")
-                .filter(pk=pk, status=TaskStatus.QUEUED)
-                .first()
-            )
-            if task is None:
+    for _ in range(max_rounds):
+        candidates = list(
+            Task.objects.filter(status=TaskStatus.QUEUED)
+            .exclude(ability_id__in=blocked_abilities)
+            .exclude(pk__in=waiting)
+            .order_by("-priority", "created_at", "pk")
+            .values_list("pk", "ability_id")[:limit]
+        )
+        for pk, ability_id in candidates:
+            if ability_id in blocked_abilities:
                 continue
-            not_before = task.executor_state.get("notBefore")
-            if not_before and not_before > now.timestamp():
-                continue
-            claim = _claim_executor(task)
-            if claim is None:
+            outcome = _dispatch_one(pk, now)
+            if outcome == "started":
+                started += 1
+            elif outcome == "blocked":
                 blocked_abilities.add(ability_id)
-                continue
-            binding, executor = claim
-            task.status = TaskStatus.RUNNING
-            task.binding = binding
-            task.executor = executor
-            task.attempts += 1
-            task.started_at = task.started_at or now
-            task.heartbeat_at = now
-            task.dispatched_at = now
-            task.run_timeout = binding.run_timeout
-            task.run_deadline = now + timedelta(seconds=binding.run_timeout)
-            task.external_id = ""
-            state = dict(task.executor_state)
-            state.pop("notBefore", None)
-            state.pop("submitted", None)
-            task.executor_state = state
-            task.save()
-            _emit_status(task)
-            enqueue_on_commit(run_task, task.public_id, task.attempts)
-            started += 1
+            else:
+                waiting.add(pk)
+        if len(candidates) < limit:
+            break
     return started
+
+
+def _dispatch_one(pk: int, now) -> str:
+    """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
+    from tasks.actors import run_task
+
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update(of=("self",))
+            .select_related("ability")
+            .filter(pk=pk, status=TaskStatus.QUEUED)
+            .first()
+        )
+        if task is None:
+            return "skipped"
+        not_before = task.executor_state.get("notBefore")
+        if not_before and not_before > now.timestamp():
+            return "skipped"
+        claim = _claim_executor(task)
+        if claim is None:
+            return "blocked"
+        binding, executor = claim
+        task.status = TaskStatus.RUNNING
+        task.binding = binding
+        task.executor = executor
+        task.attempts += 1
+        task.started_at = task.started_at or now
+        task.heartbeat_at = now
+        task.dispatched_at = now
+        task.run_timeout = binding.run_timeout
+        task.run_deadline = now + timedelta(seconds=binding.run_timeout)
+        task.external_id = ""
+        state = dict(task.executor_state)
+        state.pop("notBefore", None)
+        state.pop("submitted", None)
+        task.executor_state = state
+        task.save()
+        _emit_status(task)
+        enqueue_on_commit(run_task, task.public_id, task.attempts)
+    return "started"
 
 
 def queue_position(task: Task) -> int | None:

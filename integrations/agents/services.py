@@ -682,11 +682,14 @@ def agent_task_create(
 
 
 def _claimable(now: datetime) -> Q:
+    """Only the task's own columns, so the claim is a single-table UPDATE: PostgreSQL re-checks
+    its WHERE against a row a concurrent claimer just committed (a join would make Django use
+    ``id IN (subquery)``, evaluated on the old snapshot, and two claimers could both win)."""
     return Q(
         status=AgentTask.Status.PENDING,
         next_push_at__lte=now,
         expires_at__gt=now,
-        agent__enabled=True,
+        agent_id__in=Agent.objects.filter(enabled=True).values("pk"),
     ) & (Q(push_claimed_at__isnull=True) | Q(push_claimed_at__lt=now - PUSH_LEASE))
 
 

@@ -30,7 +30,13 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from integrations.executors.base import ExecutorError
-from integrations.executors.runtime import IterStream, OutputFile, RunContext, RunResult
+from integrations.executors.runtime import (
+    IterStream,
+    OutputFile,
+    RunContext,
+    RunResult,
+    ssl_context,
+)
 
 logger = logging.getLogger("podi.executors.comfyui")
 
@@ -108,7 +114,9 @@ class ComfyUIRunner:
     # --- HTTP ----------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
+        return httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=self.headers, verify=ssl_context()
+        )
 
     def _call(self, client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
         try:

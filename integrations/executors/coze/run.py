@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from integrations.executors.base import ExecutorError
-from integrations.executors.runtime import OutputFile, RunContext, RunResult, download_opener
+from integrations.executors.runtime import (
+    OutputFile,
+    RunContext,
+    RunResult,
+    download_opener,
+    ssl_context,
+)
 
 logger = logging.getLogger("podi.executors.coze")
 
@@ -146,7 +152,9 @@ class CozeRunner:
             if definition.get(source):
                 body[target] = str(definition[source])
         headers = {**self.headers, "Authorization": f"Bearer {self._token()}"}
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers) as client:
+        with httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=headers, verify=ssl_context()
+        ) as client:
             if ctx.state.get("submitted") and ctx.external_id:
                 data = self._poll(client, ctx, workflow_id, ctx.external_id)
             elif self.mode == "async":

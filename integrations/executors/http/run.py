@@ -43,6 +43,7 @@ from integrations.executors.runtime import (
     bytes_stream,
     download_opener,
     pointer_values,
+    ssl_context,
 )
 
 INPUT_URL_TTL = 6 * 3600
@@ -129,7 +130,9 @@ class HttpRunner:
             **self._auth_headers(),
             **{str(k): str(v) for k, v in (template.get("headers") or {}).items()},
         }
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers) as client:
+        with httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=headers, verify=ssl_context()
+        ) as client:
             ctx.check()
             kwargs: dict[str, Any] = {"params": template.get("query") or None}
             if "body" in template and method != "GET":
