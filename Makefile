@@ -46,7 +46,9 @@ lock:
 	rm -rf .lock-venv
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/wallet_bench.py
+	$(BIN)/python bench/tasks_bench.py
+	$(BIN)/python bench/ws_fanout.py
 
 clean:
 	rm -rf $(VENV) var

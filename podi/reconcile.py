@@ -21,7 +21,7 @@ logger = logging.getLogger("podi.reconcile")
 
 LEASE_NAME = "reconciler"
 _steps: list[tuple[str, Callable[[], object]]] = []
-HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+HOLDER = f"{socket.gethostname()[:32]}:{os.getpid()}"
 
 
 def reconcile_step(func: Callable[[], object]) -> Callable[[], object]:
@@ -37,7 +37,8 @@ def registered_steps() -> list[str]:
 
 def run_pass(*, lease_ttl: float = 60.0) -> dict[str, object] | None:
     """Run every step once. Returns step results, or None when another process holds the lease."""
-    if not lease_acquire(name=LEASE_NAME, holder=HOLDER, ttl=lease_ttl):
+    holder = f"{HOLDER}:{uuid.uuid4().hex[:8]}"[:64]  # one per pass, even within a process
+    if not lease_acquire(name=LEASE_NAME, holder=holder, ttl=lease_ttl):
         return None
     results: dict[str, object] = {}
     try:
@@ -48,7 +49,7 @@ def run_pass(*, lease_ttl: float = 60.0) -> dict[str, object] | None:
                 logger.exception("reconcile step %s failed", name)
                 results[name] = f"error: {exc}"
     finally:
-        lease_release(name=LEASE_NAME, holder=HOLDER)
+        lease_release(name=LEASE_NAME, holder=holder)
         close_old_connections()
     return results
 

@@ -66,7 +66,7 @@ def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
 
     now = timezone.now()
     expires = now + timedelta(seconds=ttl)
-    Lease.objects.get_or_create(name=name, defaults={"holder": "", "expires_at": now})
+    Lease.objects.get_or_create(name=name, defaults={"holder": "", "expires_at": None})
     taken = Lease.objects.filter(
         Q(holder=holder) | Q(expires_at__lt=now) | Q(expires_at__isnull=True), name=name
     ).update(holder=holder, expires_at=expires)
