@@ -228,11 +228,15 @@ def _send(delivery: WebhookDelivery) -> Outcome:
     if isinstance(pinned, str):
         return Outcome(None, f"Refused: {pinned}", None)
     target, extra_headers, extensions = pinned
-    body = json.dumps(
-        _body_for_sending(delivery.payload), separators=(",", ":"), ensure_ascii=False
-    )
     now = datetime.now(UTC)
-    signature = Webhook(signing_secret_for(delivery)).sign(delivery.public_id, now, body)
+    try:
+        body = json.dumps(
+            _body_for_sending(delivery.payload), separators=(",", ":"), ensure_ascii=False
+        )
+        signature = Webhook(signing_secret_for(delivery)).sign(delivery.public_id, now, body)
+    except Exception as exc:  # recorded as a failed attempt (a bad secret, storage down), not lost
+        logger.exception("webhook %s could not be prepared", delivery.public_id)
+        return Outcome(None, f"Not sent: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], None)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,

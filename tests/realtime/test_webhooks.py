@@ -392,3 +392,18 @@ def test_a_malformed_secret_fails_with_a_clear_message():
     with pytest.raises(ImproperlyConfigured):
         check_signing_secret("whsec_" + base64.b64encode(b"short").decode())
     assert check_signing_secret(SECRET) == SECRET
+
+
+def test_an_undecryptable_key_secret_is_a_recorded_failure_not_a_crash(
+    owner, receiver, service_key
+):
+    from podi.models import ServiceKey
+
+    key, _ = service_key(scopes=["tasks:write"])
+    ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted="not-a-fernet-token")
+    delivery = create_delivery(finished_task(owner, receiver.url, service_key=key))
+    done = webhook_attempt(delivery_id=delivery.pk)
+    assert (done.status, done.attempts, done.last_status_code) == (Status.FAILED, 1, None)
+    assert done.last_error.startswith("Not sent: ImproperlyConfigured: A stored secret cannot")
+    assert done.next_attempt_at is not None
+    assert receiver.requests == []
