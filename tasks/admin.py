@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import timedelta
 
 from django.contrib import admin, messages
@@ -217,5 +216,4 @@ class AbilityInvocationLogAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/tasks/ability_stats.html", context)
 
 
-if importlib.util.find_spec("tasks.admin_realtime") is not None:
-    importlib.import_module("tasks.admin_realtime")
+import tasks.admin_realtime  # noqa: E402, F401 - webhook deliveries and events in the console
