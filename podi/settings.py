@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "podi",
     "wallet",
     "integrations",
+    "integrations.agents",
     "media_app",
     "tasks",
 ]
@@ -245,8 +246,8 @@ SPECTACULAR_SETTINGS = {
         "AbilityStatusEnum": "integrations.models.Ability.Status",
         "VendorApiKeyStatusEnum": "integrations.models.VendorApiKey.Status",
         "ExecutorHealthStatusEnum": "integrations.models.HealthStatus",
-        "AgentStatusEnum": "integrations.models.Agent.Status",
-        "AgentTaskStatusEnum": "integrations.models.AgentTask.Status",
+        "AgentStatusEnum": "integrations.agents.models.Agent.Status",
+        "AgentTaskStatusEnum": "integrations.agents.models.AgentTask.Status",
     },
 }
 IDEMPOTENCY_TTL = env.int("IDEMPOTENCY_TTL", 86400, min_value=60)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import dramatiq
 
-from integrations.agents.services import (
-    agent_task_push,
-    agent_tasks_claim_pushes,
-    agent_tasks_expire,
-    agents_mark_offline,
-)
+from integrations.agents.services.agent_task_reports import agent_tasks_expire
+from integrations.agents.services.agent_tasks import agent_task_push, agent_tasks_claim_pushes
+from integrations.agents.services.liveness import agents_mark_offline
 from podi.events import enqueue_on_commit
 from podi.reconcile import reconcile_step
 
