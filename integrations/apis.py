@@ -1,5 +1,5 @@
 """Admin API (``/api/admin/``, staff or ``admin``-scope keys) and the public ability catalog
-(``/api/abilities``). DESIGN §5."""
+(``/api/abilities``). docs/adr/0005-integrations-catalog.md."""
 
 from __future__ import annotations
 

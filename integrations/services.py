@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
@@ -374,8 +375,6 @@ def workflow_version_activate(*, version: WorkflowVersion) -> Workflow:
 def _clean_ability_fields(changes: dict[str, Any]) -> None:
     if "code" in changes:
         code = str(changes["code"] or "").strip()
-        from django.core.validators import validate_slug
-
         try:
             validate_slug(code)
         except Exception:  # noqa: BLE001 — Django's ValidationError; reworded below

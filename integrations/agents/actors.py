@@ -1,4 +1,4 @@
-"""Background work of the agent protocol (imported by ``integrations.actors``).
+"""Background work of the agent protocol (found like every app's ``actors`` module).
 
 Reconciler steps: offline detection (three missed heartbeats), push retries (claimed with a
 guarded update and sent by one actor message each, so a dead agent never stalls a pass) and

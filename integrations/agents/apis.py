@@ -1,5 +1,5 @@
 """The agent API (``/api/agent/v1/…``, agent JWTs) and the admin API for agents, manifests and
-agent tasks (``/api/admin/…``, staff or ``admin``-scope keys). DESIGN §5."""
+agent tasks (``/api/admin/…``, staff or ``admin``-scope keys). docs/adr/0008-gpu-server-agents.md."""
 
 from __future__ import annotations
 
