@@ -31,7 +31,3 @@ def executors_health_refresh() -> int:
     for executor_id in claimed:
         enqueue_on_commit(executor_health_check_actor, executor_id)
     return len(claimed)
-
-
-# GPU-server agents: liveness, push retries and expiry (declared in their own module).
-from integrations.agents import actors as agent_actors  # noqa: E402, F401

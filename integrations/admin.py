@@ -70,6 +70,7 @@ from integrations.validation import (
     config_for_display,
     config_keep_masked,
 )
+from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
 from podi.errors import AppError
 
 NEAR_QUOTA_RATIO = 0.8
@@ -81,53 +82,11 @@ COLOURS = {
 }
 
 
-def pretty(value, *, sort_keys: bool = False) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=sort_keys)
-
-
 def json_block(value):
     return format_html(
         '<pre style="max-height:32em;overflow:auto;white-space:pre-wrap;margin:0">{}</pre>',
         pretty(value),
     )
-
-
-def app_error_text(exc: AppError) -> list[str]:
-    """The lines an operator should read for an AppError."""
-    lines = [exc.message]
-    for field, msgs in (exc.details.get("fields") or {}).items():
-        lines.extend(f"{field}: {m}" for m in msgs)
-    for extra in exc.details.get("errors") or []:
-        if extra not in exc.message:
-            lines.append(extra)
-    return lines
-
-
-def as_form_error(exc: AppError) -> forms.ValidationError:
-    return forms.ValidationError(app_error_text(exc))
-
-
-class PrettyJSONField(forms.JSONField):
-    """A JSON textarea that shows its value indented and says where the JSON is broken."""
-
-    widget = forms.Textarea(
-        attrs={"rows": 14, "cols": 100, "style": "font-family:monospace", "spellcheck": "false"}
-    )
-
-    def prepare_value(self, value):
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return pretty(value)
-
-    def to_python(self, value):
-        if self.disabled or value in self.empty_values:
-            return super().to_python(value)
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(
-                f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
-            ) from None
 
 
 def guarded(model_admin, request, service, **kwargs) -> bool:
@@ -1385,7 +1344,3 @@ class PresetAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"Kept {skipped} base preset(s): they cannot be deleted.", messages.WARNING
             )
-
-
-# GPU-server agents, manifests, agent tasks and alerts (their own module).
-from integrations.agents import admin as agents_admin  # noqa: E402, F401

@@ -1,5 +1,5 @@
 """Admin API (``/api/admin/``, staff or ``admin``-scope keys) and the public ability catalog
-(``/api/abilities``). DESIGN §5."""
+(``/api/abilities``). docs/adr/0005-integrations-catalog.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -58,18 +57,13 @@ from integrations.services import (
     workflow_version_create,
 )
 from integrations.validation import config_for_display
-from podi.auth import IsStaffPrincipal
+from podi.api_helpers import AdminApi, query_flag, query_int, rename_keys
 from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
 from podi.schema import error_responses
 
 ADMIN_ERRORS = (400, 401, 403)
-
-
-def _rename(data: dict, mapping: dict[str, str]) -> dict:
-    """camelCase input → service keyword names."""
-    return {mapping.get(key, key): value for key, value in data.items()}
 
 
 def _ids(model, ids, error) -> list:
@@ -79,31 +73,6 @@ def _ids(model, ids, error) -> list:
     if missing:
         raise AppError(error, details={"ids": missing})
     return [found[pk] for pk in ids]
-
-
-def _flag(request, name: str) -> bool | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise validation_error({name: ["Use true or false."]})
-
-
-def _int_param(request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise validation_error({name: ["Must be an integer."]}) from None
-
-
-class AdminApi(APIView):
-    permission_classes = [IsAuthenticated, IsStaffPrincipal]
 
 
 # ============================================================================== executors
@@ -169,7 +138,7 @@ class AdminExecutorsApi(AdminApi):
         query = Executor.objects.prefetch_related("api_keys").order_by("name")
         if kind := request.query_params.get("kind"):
             query = query.filter(kind=kind)
-        if (enabled := _flag(request, "enabled")) is not None:
+        if (enabled := query_flag(request, "enabled")) is not None:
             query = query.filter(enabled=enabled)
         if health := request.query_params.get("health"):
             query = query.filter(health_status=health)
@@ -187,7 +156,7 @@ class AdminExecutorsApi(AdminApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        values = _rename(data.validated_data, EXECUTOR_FIELDS)
+        values = rename_keys(data.validated_data, EXECUTOR_FIELDS)
         values["api_keys"] = _ids(VendorApiKey, values["api_keys"], codes.API_KEY_NOT_FOUND)
         executor = executor_create(**values)
         return Response(ExecutorOutputSerializer(executor).data, status=status.HTTP_201_CREATED)
@@ -210,7 +179,7 @@ class AdminExecutorApi(AdminApi):
         executor = executor_get(executor_id=executor_id)
         data = AdminExecutorsApi.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        values = _rename(data.validated_data, EXECUTOR_FIELDS)
+        values = rename_keys(data.validated_data, EXECUTOR_FIELDS)
         if "api_keys" in values:
             values["api_keys"] = _ids(VendorApiKey, values["api_keys"], codes.API_KEY_NOT_FOUND)
         executor = executor_update(executor=executor, **values)
@@ -319,7 +288,7 @@ class AdminWorkflowApi(AdminApi):
         workflow = workflow_get(workflow_id=workflow_id)
         data = AdminWorkflowsApi.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        values = _rename(data.validated_data, {"activeVersion": "active_version"})
+        values = rename_keys(data.validated_data, {"activeVersion": "active_version"})
         workflow = workflow_update(workflow=workflow, **values)
         return Response(WorkflowOutputSerializer(workflow_get(workflow_id=workflow.pk)).data)
 
@@ -478,7 +447,7 @@ class AdminAbilitiesApi(AdminApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        ability = ability_create(**_rename(data.validated_data, ABILITY_FIELDS))
+        ability = ability_create(**rename_keys(data.validated_data, ABILITY_FIELDS))
         return Response(
             AbilityOutputSerializer(ability_get(ability_id=ability.pk)).data,
             status=status.HTTP_201_CREATED,
@@ -502,7 +471,7 @@ class AdminAbilityApi(AdminApi):
         ability = ability_get(ability_id=ability_id)
         data = AdminAbilitiesApi.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        ability_update(ability=ability, **_rename(data.validated_data, ABILITY_FIELDS))
+        ability_update(ability=ability, **rename_keys(data.validated_data, ABILITY_FIELDS))
         return Response(AbilityOutputSerializer(ability_get(ability_id=ability.pk)).data)
 
     @extend_schema(
@@ -625,9 +594,9 @@ class AdminBindingsApi(AdminApi):
             "ability_id", "-priority", "id"
         )
         for name in ("ability", "executor", "workflow"):
-            if (value := _int_param(request, name)) is not None:
+            if (value := query_int(request, name)) is not None:
                 query = query.filter(**{f"{name}_id": value})
-        if (enabled := _flag(request, "enabled")) is not None:
+        if (enabled := query_flag(request, "enabled")) is not None:
             query = query.filter(enabled=enabled)
         return paginate(request, query, BindingOutputSerializer)
 
@@ -641,7 +610,7 @@ class AdminBindingsApi(AdminApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        values = _binding_refs(_rename(data.validated_data, BINDING_FIELDS))
+        values = _binding_refs(rename_keys(data.validated_data, BINDING_FIELDS))
         binding = binding_create(**values)
         return Response(BindingOutputSerializer(binding).data, status=status.HTTP_201_CREATED)
 
@@ -663,7 +632,7 @@ class AdminBindingApi(AdminApi):
         binding = binding_get(binding_id=binding_id)
         data = AdminBindingsApi.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        values = _binding_refs(_rename(data.validated_data, BINDING_FIELDS), binding)
+        values = _binding_refs(rename_keys(data.validated_data, BINDING_FIELDS), binding)
         binding = binding_update(binding=binding, **values)
         return Response(BindingOutputSerializer(binding_get(binding_id=binding.pk)).data)
 
@@ -739,7 +708,7 @@ class AdminApiKeysApi(AdminApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        key = api_key_create(**_rename(data.validated_data, API_KEY_FIELDS))
+        key = api_key_create(**rename_keys(data.validated_data, API_KEY_FIELDS))
         return Response(ApiKeyOutputSerializer(key).data, status=status.HTTP_201_CREATED)
 
 
@@ -760,7 +729,7 @@ class AdminApiKeyApi(AdminApi):
         key = api_key_get(key_id=key_id)
         data = AdminApiKeysApi.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        key = api_key_update(key=key, **_rename(data.validated_data, API_KEY_FIELDS))
+        key = api_key_update(key=key, **rename_keys(data.validated_data, API_KEY_FIELDS))
         return Response(ApiKeyOutputSerializer(key).data)
 
     @extend_schema(
@@ -798,7 +767,7 @@ class AdminPresetsApi(AdminApi):
     )
     def get(self, request):
         query = Preset.objects.order_by("ability_id", "-is_base", "name")
-        if (ability := _int_param(request, "ability")) is not None:
+        if (ability := query_int(request, "ability")) is not None:
             query = query.filter(ability_id=ability)
         return paginate(request, query, PresetOutputSerializer)
 

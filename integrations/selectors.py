@@ -22,6 +22,7 @@ from integrations.models import (
     WorkflowVersion,
 )
 from integrations.validation import media_params
+from podi.common import get_or_error
 from podi.errors import AppError, validation_error
 
 EMPTY_SCHEMA: dict = {"type": "object", "properties": {}}
@@ -243,25 +244,14 @@ def executor_health_requirements(executor: Executor) -> HealthRequirements:
 # ------------------------------------------------------------------------------ fetch-or-404
 
 
-def _get(queryset: QuerySet, pk: Any, error) -> Any:
-    try:
-        pk = int(pk)
-    except (TypeError, ValueError):
-        raise AppError(error) from None
-    found = queryset.filter(pk=pk).first()
-    if found is None:
-        raise AppError(error)
-    return found
-
-
 def executor_get(*, executor_id: Any) -> Executor:
-    return _get(
+    return get_or_error(
         Executor.objects.prefetch_related("api_keys"), executor_id, codes.EXECUTOR_NOT_FOUND
     )
 
 
 def workflow_get(*, workflow_id: Any) -> Workflow:
-    return _get(
+    return get_or_error(
         Workflow.objects.select_related("active_version"), workflow_id, codes.WORKFLOW_NOT_FOUND
     )
 
@@ -278,12 +268,14 @@ def workflow_version_get(*, workflow: Workflow, version: Any) -> WorkflowVersion
 
 
 def ability_get(*, ability_id: Any) -> Ability:
-    return _get(with_ordered_bindings(Ability.objects.all()), ability_id, codes.ABILITY_NOT_FOUND)
+    return get_or_error(
+        with_ordered_bindings(Ability.objects.all()), ability_id, codes.ABILITY_NOT_FOUND
+    )
 
 
 def ability_get_public(*, ability_id: Any) -> Ability:
     """An active ability by id (404 ABILITY_NOT_FOUND for inactive ones too)."""
-    return _get(
+    return get_or_error(
         with_ordered_bindings(Ability.objects.filter(status=Ability.Status.ACTIVE)),
         ability_id,
         codes.ABILITY_NOT_FOUND,
@@ -291,7 +283,7 @@ def ability_get_public(*, ability_id: Any) -> Ability:
 
 
 def binding_get(*, binding_id: Any) -> WorkflowBinding:
-    return _get(
+    return get_or_error(
         WorkflowBinding.objects.select_related("workflow_version", "workflow", "executor"),
         binding_id,
         codes.BINDING_NOT_FOUND,
@@ -299,11 +291,11 @@ def binding_get(*, binding_id: Any) -> WorkflowBinding:
 
 
 def api_key_get(*, key_id: Any) -> VendorApiKey:
-    return _get(VendorApiKey.objects.all(), key_id, codes.API_KEY_NOT_FOUND)
+    return get_or_error(VendorApiKey.objects.all(), key_id, codes.API_KEY_NOT_FOUND)
 
 
 def preset_get(*, preset_id: Any) -> Preset:
-    return _get(Preset.objects.select_related("ability"), preset_id, codes.PRESET_NOT_FOUND)
+    return get_or_error(Preset.objects.select_related("ability"), preset_id, codes.PRESET_NOT_FOUND)
 
 
 def binding_preview(*, binding: WorkflowBinding, params: dict | None, preset: Any = None) -> dict:

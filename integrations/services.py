@@ -8,11 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, ProtectedError, Q, RestrictedError
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from integrations import error_codes as codes
+from integrations.agents.services.liveness import executor_agent_gate
 from integrations.executors import client_for
 from integrations.executors.base import ExecutorError, HealthResult
 from integrations.models import (
@@ -39,56 +41,24 @@ from integrations.validation import (
     clean_params_schema,
     config_keep_masked,
 )
+from podi import error_codes as common_codes
+from podi.common import check_unique, model_delete, model_update, required_text
 from podi.crypto import encrypt_secret, mask_secret
 from podi.errors import AppError, validation_error
 
 logger = logging.getLogger("podi.integrations")
 
 BASE_PRESET_NAME = "Base"
-
-
-def _set_fields(instance, changes: dict[str, Any], allowed: set[str]) -> list[str]:
-    unknown = set(changes) - allowed
-    if unknown:
-        raise validation_error({name: ["Cannot be changed here."] for name in sorted(unknown)})
-    for name, value in changes.items():
-        setattr(instance, name, value)
-    return list(changes)
-
-
-def _delete(instance, what: str) -> None:
-    try:
-        with transaction.atomic():
-            instance.delete()
-    except (ProtectedError, RestrictedError) as exc:
-        refs = sorted(
-            {f"{obj._meta.verbose_name} #{obj.pk}" for obj in exc.protected_objects}
-            if isinstance(exc, ProtectedError)
-            else {f"{obj._meta.verbose_name} #{obj.pk}" for obj in exc.restricted_objects}
-        )
-        raise AppError(
-            codes.RESOURCE_IN_USE,
-            f"This {what} is still referenced by {', '.join(refs[:5])}"
-            f"{' and more' if len(refs) > 5 else ''}; remove or re-point those first.",
-            details={"references": refs[:50]},
-        ) from None
-
-
-def _unique_name(model, field: str, value: str, exclude_pk=None) -> None:
-    query = model.objects.filter(**{field: value})
-    if exclude_pk is not None:
-        query = query.exclude(pk=exclude_pk)
-    if query.exists():
-        raise validation_error({field: [f"{value!r} is already taken."]})
-
-
-def _required_text(value: Any, field: str, max_length: int) -> str:
-    text = str(value or "").strip()
-    if not text:
-        raise validation_error({field: ["Required."]})
-    if len(text) > max_length:
-        raise validation_error({field: [f"At most {max_length} characters."]})
-    return text
+API_KEY_FIELDS = {
+    "provider",
+    "name",
+    "status",
+    "priority",
+    "daily_quota",
+    "expires_at",
+    "secret_encrypted",
+    "secret_hint",
+}
 
 
 # ------------------------------------------------------------------------------ vendor API keys
@@ -108,8 +78,8 @@ def api_key_create(
     if not secret:
         raise validation_error({"secret": ["Required."]})
     return VendorApiKey.objects.create(
-        provider=_required_text(provider, "provider", 50),
-        name=_required_text(name, "name", 100),
+        provider=required_text(provider, field="provider", max_length=50),
+        name=required_text(name, field="name", max_length=100),
         secret_encrypted=encrypt_secret(secret),
         secret_hint=mask_secret(secret),
         status=status,
@@ -122,20 +92,15 @@ def api_key_create(
 def api_key_update(*, key: VendorApiKey, **changes: Any) -> VendorApiKey:
     secret = changes.pop("secret", None)
     if "provider" in changes:
-        changes["provider"] = _required_text(changes["provider"], "provider", 50)
+        changes["provider"] = required_text(changes["provider"], field="provider", max_length=50)
     if "name" in changes:
-        changes["name"] = _required_text(changes["name"], "name", 100)
-    fields = _set_fields(
-        key, changes, {"provider", "name", "status", "priority", "daily_quota", "expires_at"}
-    )
+        changes["name"] = required_text(changes["name"], field="name", max_length=100)
     if secret is not None:
         secret = str(secret).strip()
         if not secret:
             raise validation_error({"secret": ["Cannot be empty."]})
-        key.secret_encrypted = encrypt_secret(secret)
-        key.secret_hint = mask_secret(secret)
-        fields += ["secret_encrypted", "secret_hint"]
-    key.save(update_fields=[*fields, "updated_at"])
+        changes.update(secret_encrypted=encrypt_secret(secret), secret_hint=mask_secret(secret))
+    key, _ = model_update(instance=key, fields=API_KEY_FIELDS, data=changes)
     return key
 
 
@@ -143,11 +108,11 @@ def api_key_delete(*, key: VendorApiKey) -> None:
     users = list(key.executors.values_list("name", flat=True)[:5])
     if users:
         raise AppError(
-            codes.RESOURCE_IN_USE,
+            common_codes.RESOURCE_IN_USE,
             f"This API key is linked to executor(s) {', '.join(users)}; unlink it first.",
             details={"references": [f"executor {n}" for n in users]},
         )
-    _delete(key, "API key")
+    model_delete(instance=key, what="API key")
 
 
 def api_key_pick(*, executor: Executor) -> VendorApiKey | None:
@@ -213,8 +178,8 @@ def executor_create(
     config: dict | None = None,
     api_keys: list[VendorApiKey] | None = None,
 ) -> Executor:
-    name = _required_text(name, "name", 100)
-    _unique_name(Executor, "name", name)
+    name = required_text(name, field="name", max_length=100)
+    check_unique(model=Executor, field="name", value=name)
     base_url, config = _clean_executor(kind, base_url, config)
     executor = Executor.objects.create(
         name=name,
@@ -234,8 +199,8 @@ def executor_create(
 def executor_update(*, executor: Executor, **changes: Any) -> Executor:
     api_keys = changes.pop("api_keys", None)
     if "name" in changes:
-        changes["name"] = _required_text(changes["name"], "name", 100)
-        _unique_name(Executor, "name", changes["name"], exclude_pk=executor.pk)
+        changes["name"] = required_text(changes["name"], field="name", max_length=100)
+        check_unique(model=Executor, field="name", value=changes["name"], exclude_pk=executor.pk)
     if "max_concurrency" in changes:
         _clean_count(changes["max_concurrency"], "maxConcurrency", 1)
     if "weight" in changes:
@@ -249,19 +214,18 @@ def executor_update(*, executor: Executor, **changes: Any) -> Executor:
         kind, changes.get("base_url", executor.base_url), changes.get("config", executor.config)
     )
     changes.update(base_url=base_url, config=config)
-    fields = _set_fields(
-        executor,
-        changes,
-        {"name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"},
+    executor, _ = model_update(
+        instance=executor,
+        fields={"name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"},
+        data=changes,
     )
-    executor.save(update_fields=[*fields, "updated_at"])
     if api_keys is not None:
         executor.api_keys.set(api_keys)
     return executor
 
 
 def executor_delete(*, executor: Executor) -> None:
-    _delete(executor, "executor")
+    model_delete(instance=executor, what="executor")
 
 
 def executor_health_check(*, executor: Executor) -> Executor:
@@ -274,9 +238,7 @@ def executor_health_check(*, executor: Executor) -> Executor:
         result = HealthResult.unhealthy(exc.message)
     except ImproperlyConfigured as exc:  # e.g. a key that no longer decrypts
         result = HealthResult.unhealthy(str(exc))
-    from integrations.agents.services import executor_agent_gate  # an offline agent keeps it out
-
-    result = executor_agent_gate(executor, result)
+    result = executor_agent_gate(executor, result)  # an offline agent keeps it unhealthy
     previous = executor.health_status
     Executor.objects.filter(pk=executor.pk).update(
         health_status=result.status,
@@ -319,8 +281,8 @@ def executors_claim_health_checks(*, interval_seconds: int, limit: int = 50) -> 
 
 
 def workflow_create(*, name: str, kind: str, description: str = "") -> Workflow:
-    name = _required_text(name, "name", 100)
-    _unique_name(Workflow, "name", name)
+    name = required_text(name, field="name", max_length=100)
+    check_unique(model=Workflow, field="name", value=name)
     if kind not in ExecutorKind.values:
         raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
     return Workflow.objects.create(name=name, kind=kind, description=description or "")
@@ -329,8 +291,8 @@ def workflow_create(*, name: str, kind: str, description: str = "") -> Workflow:
 @transaction.atomic
 def workflow_update(*, workflow: Workflow, **changes: Any) -> Workflow:
     if "name" in changes:
-        changes["name"] = _required_text(changes["name"], "name", 100)
-        _unique_name(Workflow, "name", changes["name"], exclude_pk=workflow.pk)
+        changes["name"] = required_text(changes["name"], field="name", max_length=100)
+        check_unique(model=Workflow, field="name", value=changes["name"], exclude_pk=workflow.pk)
     if "kind" in changes and changes["kind"] != workflow.kind:
         if changes["kind"] not in ExecutorKind.values:
             raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
@@ -347,13 +309,14 @@ def workflow_update(*, workflow: Workflow, **changes: Any) -> Workflow:
         if version is not None and version.workflow_id != workflow.pk:
             raise AppError(codes.WORKFLOW_VERSION_NOT_FOUND)
         changes["active_version"] = version
-    fields = _set_fields(workflow, changes, {"name", "kind", "description", "active_version"})
-    workflow.save(update_fields=[*fields, "updated_at"])
+    workflow, _ = model_update(
+        instance=workflow, fields={"name", "kind", "description", "active_version"}, data=changes
+    )
     return workflow
 
 
 def workflow_delete(*, workflow: Workflow) -> None:
-    _delete(workflow, "workflow")
+    model_delete(instance=workflow, what="workflow")
 
 
 def workflow_version_create(
@@ -412,8 +375,6 @@ def workflow_version_activate(*, version: WorkflowVersion) -> Workflow:
 def _clean_ability_fields(changes: dict[str, Any]) -> None:
     if "code" in changes:
         code = str(changes["code"] or "").strip()
-        from django.core.validators import validate_slug
-
         try:
             validate_slug(code)
         except Exception:  # noqa: BLE001 — Django's ValidationError; reworded below
@@ -422,7 +383,9 @@ def _clean_ability_fields(changes: dict[str, Any]) -> None:
             ) from None
         changes["code"] = code
     if "display_name" in changes:
-        changes["display_name"] = _required_text(changes["display_name"], "displayName", 200)
+        changes["display_name"] = required_text(
+            changes["display_name"], field="displayName", max_length=200
+        )
     if "defaults" in changes and not isinstance(changes["defaults"] or {}, dict):
         raise validation_error({"defaults": ["Must be an object."]})
     if "status" in changes and changes["status"] not in Ability.Status.values:
@@ -467,7 +430,7 @@ def ability_create(
         "max_outputs": max_outputs,
     }
     _clean_ability_fields(fields)
-    _unique_name(Ability, "code", fields["code"])
+    check_unique(model=Ability, field="code", value=fields["code"])
     ability = Ability.objects.create(
         description=description or "",
         category=category or "",
@@ -483,13 +446,12 @@ def ability_create(
 def ability_update(*, ability: Ability, **changes: Any) -> Ability:
     _clean_ability_fields(changes)
     if "code" in changes:
-        _unique_name(Ability, "code", changes["code"], exclude_pk=ability.pk)
+        check_unique(model=Ability, field="code", value=changes["code"], exclude_pk=ability.pk)
     if "defaults" in changes:
         _check_partial_params(ability, changes["defaults"] or {}, "defaults")
-    fields = _set_fields(
-        ability,
-        changes,
-        {
+    ability, _ = model_update(
+        instance=ability,
+        fields={
             "code",
             "display_name",
             "description",
@@ -501,13 +463,13 @@ def ability_update(*, ability: Ability, **changes: Any) -> Ability:
             "requires_image",
             "max_outputs",
         },
+        data=changes,
     )
-    ability.save(update_fields=[*fields, "updated_at"])
     return ability
 
 
 def ability_delete(*, ability: Ability) -> None:
-    _delete(ability, "ability")
+    model_delete(instance=ability, what="ability")
 
 
 # ------------------------------------------------------------------------------ bindings
@@ -592,10 +554,9 @@ def binding_update(*, binding: WorkflowBinding, **changes: Any) -> WorkflowBindi
         if version.workflow_id != workflow.pk:
             changes["workflow_version"] = version = None
     binding_check(workflow=workflow, executor=executor, workflow_version=version)
-    fields = _set_fields(
-        binding,
-        changes,
-        {
+    binding, _ = model_update(
+        instance=binding,
+        fields={
             "ability",
             "workflow",
             "workflow_version",
@@ -607,20 +568,20 @@ def binding_update(*, binding: WorkflowBinding, **changes: Any) -> WorkflowBindi
             "queue_timeout",
             "run_timeout",
         },
+        data=changes,
     )
-    binding.save(update_fields=[*fields, "updated_at"])
     return binding
 
 
 def binding_delete(*, binding: WorkflowBinding) -> None:
-    _delete(binding, "binding")
+    model_delete(instance=binding, what="binding")
 
 
 # ------------------------------------------------------------------------------ presets
 
 
 def preset_create(*, ability: Ability, name: str, params: dict | None = None) -> Preset:
-    name = _required_text(name, "name", 100)
+    name = required_text(name, field="name", max_length=100)
     params = params or {}
     if not isinstance(params, dict):
         raise validation_error({"params": ["Must be an object."]})
@@ -632,7 +593,7 @@ def preset_create(*, ability: Ability, name: str, params: dict | None = None) ->
 
 def preset_update(*, preset: Preset, **changes: Any) -> Preset:
     if "name" in changes:
-        changes["name"] = _required_text(changes["name"], "name", 100)
+        changes["name"] = required_text(changes["name"], field="name", max_length=100)
         if preset.ability.presets.filter(name=changes["name"]).exclude(pk=preset.pk).exists():
             raise validation_error({"name": ["This ability already has a preset of that name."]})
     if "params" in changes:
@@ -640,8 +601,7 @@ def preset_update(*, preset: Preset, **changes: Any) -> Preset:
             raise validation_error({"params": ["Must be an object."]})
         changes["params"] = changes["params"] or {}
         _check_partial_params(preset.ability, changes["params"], "params")
-    fields = _set_fields(preset, changes, {"name", "params"})
-    preset.save(update_fields=[*fields, "updated_at"])
+    preset, _ = model_update(instance=preset, fields={"name", "params"}, data=changes)
     return preset
 
 

@@ -1,7 +1,6 @@
 from django.urls import path
 
 from integrations import apis
-from integrations.agents import urls as agent_urls
 
 # Mounted at "api/abilities" (no trailing slash): patterns start with "" and "/".
 ability_urlpatterns: list = [
@@ -37,8 +36,4 @@ admin_urlpatterns: list = [
     path("api-keys/<int:key_id>", apis.AdminApiKeyApi.as_view(), name="admin-api-key"),
     path("presets", apis.AdminPresetsApi.as_view(), name="admin-presets"),
     path("presets/<int:preset_id>", apis.AdminPresetApi.as_view(), name="admin-preset"),
-    *agent_urls.admin_urlpatterns,
 ]
-
-# Mounted at "api/agent/v1/": the GPU-server agent protocol.
-agent_urlpatterns: list = agent_urls.agent_urlpatterns

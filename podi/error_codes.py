@@ -15,6 +15,7 @@ USER_NOT_FOUND = ErrorCode("USER_NOT_FOUND", 404, "No such user.")
 METHOD_NOT_ALLOWED = ErrorCode("METHOD_NOT_ALLOWED", 405, "Method not allowed.")
 NOT_ACCEPTABLE = ErrorCode("NOT_ACCEPTABLE", 406, "Cannot produce an acceptable response.")
 CONFLICT = ErrorCode("CONFLICT", 409, "Conflict.")
+RESOURCE_IN_USE = ErrorCode("RESOURCE_IN_USE", 409, "It is still referenced; remove those first.")
 IDEMPOTENCY_KEY_REUSED = ErrorCode(
     "IDEMPOTENCY_KEY_REUSED", 409, "This Idempotency-Key was used with another request body."
 )

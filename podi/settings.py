@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "podi",
     "wallet",
     "integrations",
+    "integrations.agents",
     "media_app",
     "tasks",
 ]
@@ -245,8 +246,8 @@ SPECTACULAR_SETTINGS = {
         "AbilityStatusEnum": "integrations.models.Ability.Status",
         "VendorApiKeyStatusEnum": "integrations.models.VendorApiKey.Status",
         "ExecutorHealthStatusEnum": "integrations.models.HealthStatus",
-        "AgentStatusEnum": "integrations.models.Agent.Status",
-        "AgentTaskStatusEnum": "integrations.models.AgentTask.Status",
+        "AgentStatusEnum": "integrations.agents.models.Agent.Status",
+        "AgentTaskStatusEnum": "integrations.agents.models.AgentTask.Status",
     },
 }
 IDEMPOTENCY_TTL = env.int("IDEMPOTENCY_TTL", 86400, min_value=60)
@@ -371,7 +372,7 @@ WEBHOOK_RETRY_SCHEDULE = env.int_list(
     "WEBHOOK_RETRY_SCHEDULE", [5, 300, 1800, 7200, 18000, 36000, 36000]
 )
 WEBHOOK_TIMEOUT = env.int("WEBHOOK_TIMEOUT", 10, min_value=1, max_value=120)
-# Seconds between heartbeats on /api/notify/v1/stream (DESIGN: 25).
+# Seconds between heartbeats on /api/notify/v1/stream (default 25).
 NOTIFY_HEARTBEAT_INTERVAL = env.int("NOTIFY_HEARTBEAT_INTERVAL", 25, min_value=1, max_value=3600)
 
 # --- Integrations ---------------------------------------------------------------------------

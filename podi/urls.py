@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+import integrations.agents.urls
 import integrations.urls
 import media_app.urls
 import tasks.urls
@@ -32,8 +33,11 @@ urlpatterns = [
         "api/abilities",
         include(integrations.urls.ability_urlpatterns + tasks.urls.ability_invoke_urlpatterns),
     ),
-    path("api/admin/", include(integrations.urls.admin_urlpatterns)),
-    path("api/agent/v1/", include(integrations.urls.agent_urlpatterns)),
+    path(
+        "api/admin/",
+        include(integrations.urls.admin_urlpatterns + integrations.agents.urls.admin_urlpatterns),
+    ),
+    path("api/agent/v1/", include(integrations.agents.urls.agent_urlpatterns)),
     path("api/media/v1/", include(media_app.urls.urlpatterns)),
     *media_app.urls.root_urlpatterns,
 ]

@@ -1,4 +1,4 @@
-"""Background work of the agent protocol (imported by ``integrations.actors``).
+"""Background work of the agent protocol (found like every app's ``actors`` module).
 
 Reconciler steps: offline detection (three missed heartbeats), push retries (claimed with a
 guarded update and sent by one actor message each, so a dead agent never stalls a pass) and
@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import dramatiq
 
-from integrations.agents.services import (
-    agent_task_push,
-    agent_tasks_claim_pushes,
-    agent_tasks_expire,
-    agents_mark_offline,
-)
+from integrations.agents.services.agent_task_reports import agent_tasks_expire
+from integrations.agents.services.agent_tasks import agent_task_push, agent_tasks_claim_pushes
+from integrations.agents.services.liveness import agents_mark_offline
 from podi.events import enqueue_on_commit
 from podi.reconcile import reconcile_step
 

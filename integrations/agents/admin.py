@@ -24,33 +24,25 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from integrations.admin import PrettyJSONField, app_error_text, as_form_error, health_badge, pretty
 from integrations.agents.manifests import clean_manifest, manifest_diff
-from integrations.agents.services import (
-    MISSED_HEARTBEATS,
-    agent_create,
-    agent_delete,
-    agent_task_create,
-    agent_task_push_now,
-    agent_token_mint,
-    agent_tokens_revoke,
-    agent_update,
-    alert_acknowledge,
-    manifest_create,
-    manifest_delete,
-    manifest_update,
-)
-from integrations.models import (
+from integrations.agents.models import (
     Agent,
     AgentTask,
     AgentTaskAction,
     AgentTaskEvent,
     Alert,
-    ExecutorKind,
     Manifest,
     ManifestVersion,
 )
+from integrations.agents.services.agent_tasks import agent_task_create, agent_task_push_now
+from integrations.agents.services.agents import agent_create, agent_delete, agent_update
+from integrations.agents.services.alerts import alert_acknowledge
+from integrations.agents.services.liveness import MISSED_HEARTBEATS
+from integrations.agents.services.manifests import manifest_create, manifest_delete, manifest_update
+from integrations.agents.services.tokens import agent_token_mint, agent_tokens_revoke
+from integrations.models import ExecutorKind, HealthStatus
 from integrations.validation import check_http_url
+from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
 from podi.errors import AppError
 
 STATUS_COLOURS = {
@@ -65,6 +57,9 @@ STATUS_COLOURS = {
     Alert.Severity.INFO: "#0969da",
     Alert.Severity.WARNING: "#9a6700",
     Alert.Severity.CRITICAL: "#cf222e",
+    HealthStatus.HEALTHY: "#1a7f37",
+    HealthStatus.UNHEALTHY: "#cf222e",
+    HealthStatus.UNKNOWN: "#9a6700",
 }
 DIFF_STYLES = {"added": "#e6ffec", "removed": "#ffebe9", "changed": "#fff8c5"}
 
@@ -264,7 +259,7 @@ class AgentAdmin(admin.ModelAdmin):
         ("Tokens (never shown after minting)", {"fields": ["token_state"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
-    change_form_template = "admin/integrations/agent/change_form.html"
+    change_form_template = "admin/agents/agent/change_form.html"
 
     def get_fieldsets(self, request, obj=None):
         return self.fieldsets if obj else self.fieldsets[:1]
@@ -280,7 +275,12 @@ class AgentAdmin(admin.ModelAdmin):
 
     @admin.display(description="executor health", ordering="executor__health_status")
     def executor_health(self, obj):
-        return health_badge(obj.executor)
+        executor = obj.executor
+        return format_html(
+            '{} <small style="color:#666">{}</small>',
+            badge(executor.health_status),
+            ago(executor.health_checked_at),
+        )
 
     @admin.display(description="versions")
     def versions(self, obj):
@@ -321,7 +321,7 @@ class AgentAdmin(admin.ModelAdmin):
         version = obj.manifest_version
         if version is None:
             return "—"
-        url = reverse("admin:integrations_manifestversion_change", args=[version.pk])
+        url = reverse("admin:agents_manifestversion_change", args=[version.pk])
         latest = version.manifest.latest_version_id
         stale = "" if latest == version.pk else " (not the latest)"
         return format_html('<a href="{}">{}</a>{}', url, str(version), stale)
@@ -377,18 +377,14 @@ class AgentAdmin(admin.ModelAdmin):
     def mint_token(self, request, queryset):
         agent = self._one(request, queryset, "Minting a token")
         if agent is not None:
-            return HttpResponseRedirect(
-                reverse("admin:integrations_agent_mint_token", args=[agent.pk])
-            )
+            return HttpResponseRedirect(reverse("admin:agents_agent_mint_token", args=[agent.pk]))
         return None
 
     @admin.action(description="Push a sync task")
     def push_sync_task(self, request, queryset):
         agent = self._one(request, queryset, "Pushing a sync task")
         if agent is not None:
-            return HttpResponseRedirect(
-                reverse("admin:integrations_agent_push_task", args=[agent.pk])
-            )
+            return HttpResponseRedirect(reverse("admin:agents_agent_push_task", args=[agent.pk]))
         return None
 
     @admin.action(description="Revoke all tokens of the selected agents")
@@ -418,12 +414,12 @@ class AgentAdmin(admin.ModelAdmin):
             path(
                 "<int:object_id>/mint-token/",
                 self.admin_site.admin_view(self.mint_token_view),
-                name="integrations_agent_mint_token",
+                name="agents_agent_mint_token",
             ),
             path(
                 "<int:object_id>/push-task/",
                 self.admin_site.admin_view(self.push_task_view),
-                name="integrations_agent_push_task",
+                name="agents_agent_push_task",
             ),
             *super().get_urls(),
         ]
@@ -454,7 +450,7 @@ class AgentAdmin(admin.ModelAdmin):
                 errors = app_error_text(exc)
         response = TemplateResponse(
             request,
-            "admin/integrations/agent/mint_token.html",
+            "admin/agents/agent/mint_token.html",
             self._context(
                 request,
                 agent,
@@ -496,11 +492,11 @@ class AgentAdmin(admin.ModelAdmin):
                     text += f" — {task.last_push_error}"
                 self.message_user(request, text, level)
                 return HttpResponseRedirect(
-                    reverse("admin:integrations_agenttask_change", args=[task.pk])
+                    reverse("admin:agents_agenttask_change", args=[task.pk])
                 )
         return TemplateResponse(
             request,
-            "admin/integrations/agent/push_task.html",
+            "admin/agents/agent/push_task.html",
             self._context(
                 request, agent, f"Push a sync task to {agent.name}", form=form, errors=errors
             ),
@@ -576,7 +572,7 @@ class ManifestVersionInline(admin.TabularInline):
     def diff_link(self, obj):
         if obj.version <= 1:
             return "—"
-        url = reverse("admin:integrations_manifestversion_change", args=[obj.pk])
+        url = reverse("admin:agents_manifestversion_change", args=[obj.pk])
         return format_html('<a href="{}#diff">changes since v{}</a>', url, obj.version - 1)
 
 

@@ -1,5 +1,5 @@
 """The agent API (``/api/agent/v1/…``, agent JWTs) and the admin API for agents, manifests and
-agent tasks (``/api/admin/…``, staff or ``admin``-scope keys). DESIGN §5."""
+agent tasks (``/api/admin/…``, staff or ``admin``-scope keys). docs/adr/0008-gpu-server-agents.md."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from integrations import error_codes as codes
+from integrations.agents import error_codes as codes
+from integrations.agents.models import Agent, AgentTask, AgentTaskAction, Alert, ManifestVersion
 from integrations.agents.selectors import (
     agent_for_token,
     agent_get,
@@ -29,33 +30,20 @@ from integrations.agents.selectors import (
     manifest_get,
     manifests_queryset,
 )
-from integrations.agents.services import (
-    MISSED_HEARTBEATS,
-    agent_create,
-    agent_delete,
-    agent_heartbeat,
+from integrations.agents.services.agent_task_reports import (
     agent_task_complete,
-    agent_task_create,
     agent_task_fail,
     agent_task_report,
-    agent_token_mint,
-    agent_tokens_revoke,
-    agent_update,
-    alert_raise,
-    manifest_create,
-    manifest_delete,
-    manifest_update,
 )
+from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.agents import agent_create, agent_delete, agent_update
+from integrations.agents.services.alerts import alert_raise
+from integrations.agents.services.liveness import MISSED_HEARTBEATS, agent_heartbeat
+from integrations.agents.services.manifests import manifest_create, manifest_delete, manifest_update
+from integrations.agents.services.tokens import agent_token_mint, agent_tokens_revoke
 from integrations.agents.tokens import AgentClaims, token_decode
-from integrations.apis import AdminApi, _flag, _int_param, _rename
-from integrations.models import (
-    Agent,
-    AgentTask,
-    AgentTaskAction,
-    Alert,
-    ManifestVersion,
-)
 from integrations.selectors import executor_get
+from podi.api_helpers import AdminApi, query_flag, query_int, rename_keys
 from podi.errors import AppError
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
@@ -390,7 +378,7 @@ AGENT_FIELDS = {"baseUrl": "base_url"}
 
 
 def _agent_values(validated: dict) -> dict:
-    values = _rename(validated, AGENT_FIELDS)
+    values = rename_keys(validated, AGENT_FIELDS)
     if "executor" in values:
         values["executor"] = executor_get(executor_id=values["executor"])
     return values
@@ -424,9 +412,9 @@ class AdminAgentsApi(AdminApi):
         query = agents_queryset().order_by("name")
         if value := request.query_params.get("status"):
             query = query.filter(status=value)
-        if (enabled := _flag(request, "enabled")) is not None:
+        if (enabled := query_flag(request, "enabled")) is not None:
             query = query.filter(enabled=enabled)
-        if (executor := _int_param(request, "executor")) is not None:
+        if (executor := query_int(request, "executor")) is not None:
             query = query.filter(executor_id=executor)
         if search := request.query_params.get("search"):
             query = query.filter(Q(name__icontains=search) | Q(base_url__icontains=search))
@@ -553,7 +541,7 @@ class AdminAgentAlertsApi(AdminApi):
         query = agent.alerts.order_by("-created_at", "-pk")
         if value := request.query_params.get("type"):
             query = query.filter(type=value)
-        if (acknowledged := _flag(request, "acknowledged")) is not None:
+        if (acknowledged := query_flag(request, "acknowledged")) is not None:
             query = query.filter(acknowledged_at__isnull=not acknowledged)
         return paginate(request, query, AlertOutputSerializer)
 

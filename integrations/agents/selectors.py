@@ -16,10 +16,10 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
-from integrations import error_codes as codes
+from integrations.agents import error_codes as codes
+from integrations.agents.models import Agent, AgentTask, AgentTaskEvent, Manifest, ManifestVersion
 from integrations.agents.tokens import SCOPE_AGENT, SCOPE_TASK, AgentClaims
-from integrations.models import Agent, AgentTask, AgentTaskEvent, Manifest, ManifestVersion
-from integrations.selectors import _get
+from podi.common import get_or_error
 from podi.errors import AppError
 
 
@@ -35,7 +35,7 @@ def agents_queryset() -> QuerySet[Agent]:
 
 
 def agent_get(*, agent_id: Any) -> Agent:
-    return _get(agents_queryset(), agent_id, codes.AGENT_NOT_FOUND)
+    return get_or_error(agents_queryset(), agent_id, codes.AGENT_NOT_FOUND)
 
 
 def manifests_queryset() -> QuerySet[Manifest]:
@@ -43,7 +43,7 @@ def manifests_queryset() -> QuerySet[Manifest]:
 
 
 def manifest_get(*, manifest_id: Any) -> Manifest:
-    return _get(manifests_queryset(), manifest_id, codes.MANIFEST_NOT_FOUND)
+    return get_or_error(manifests_queryset(), manifest_id, codes.MANIFEST_NOT_FOUND)
 
 
 def agent_tasks_queryset() -> QuerySet[AgentTask]:

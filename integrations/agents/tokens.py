@@ -20,7 +20,7 @@ import jwt
 from django.conf import settings
 from django.utils import timezone
 
-from integrations import error_codes as codes
+from integrations.agents import error_codes as codes
 from podi.errors import AppError
 
 ALGORITHM = "HS256"

@@ -1,4 +1,4 @@
-"""Routes of the agent protocol; ``integrations.urls`` mounts them."""
+"""Routes of the agent protocol and of the agents' admin API; ``podi.urls`` mounts them."""
 
 from django.urls import path
 

@@ -8,7 +8,9 @@ import socket
 import dramatiq
 import pytest
 
-from integrations.agents.services import agent_create, agent_token_mint, manifest_create
+from integrations.agents.services.agents import agent_create
+from integrations.agents.services.manifests import manifest_create
+from integrations.agents.services.tokens import agent_token_mint
 from integrations.services import executor_create
 from podi.runtime import import_actor_modules
 from tests.conftest import Client

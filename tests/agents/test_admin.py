@@ -11,16 +11,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from integrations.agents.services import (
-    agent_heartbeat,
-    agent_task_create,
-    agent_task_report,
-    agent_update,
-    agents_mark_offline,
-    alert_raise,
-    manifest_update,
-)
-from integrations.models import Agent, AgentTask, Alert, Manifest, ManifestVersion
+from integrations.agents.models import Agent, AgentTask, Alert, Manifest, ManifestVersion
+from integrations.agents.services.agent_task_reports import agent_task_report
+from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.agents import agent_update
+from integrations.agents.services.alerts import alert_raise
+from integrations.agents.services.liveness import agent_heartbeat, agents_mark_offline
+from integrations.agents.services.manifests import manifest_update
 from integrations.services import executor_create
 
 from .conftest import SHA_B, manifest_content
@@ -36,7 +33,7 @@ def console(staff):
 
 
 def url(name: str, *args) -> str:
-    return reverse(f"admin:integrations_{name}", args=args)
+    return reverse(f"admin:agents_{name}", args=args)
 
 
 def page(console, path: str, query: str = "") -> str:
@@ -321,7 +318,7 @@ def _more_rows(n: int, manifest) -> None:
         )
         agent_task_report(task=task, progress=10)
         alert_raise(agent=agent, type="disk_low")
-        from integrations.agents.services import manifest_create
+        from integrations.agents.services.manifests import manifest_create
 
         manifest_create(name=f"stack-{i}", content=manifest_content())
 

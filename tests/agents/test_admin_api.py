@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from integrations.agents.services import agent_heartbeat, agent_task_create, agent_token_mint
-from integrations.models import Agent, AgentTask, Alert, Executor, Manifest, ManifestVersion
+from integrations.agents.models import Agent, AgentTask, Alert, Manifest, ManifestVersion
+from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.liveness import agent_heartbeat
+from integrations.agents.services.tokens import agent_token_mint
+from integrations.models import Executor
 from integrations.services import executor_create
 from tests.conftest import Client
 
@@ -260,7 +263,7 @@ def test_invalid_manifests_name_their_fields(staff_client):
 def test_alerts_list(staff_client, agent):
     agent_heartbeat(agent=agent)
     agent_token_mint(agent=agent)
-    from integrations.agents.services import alert_raise
+    from integrations.agents.services.alerts import alert_raise
 
     alert_raise(agent=agent, type="disk_low", message="low")
     alert_raise(agent=agent, type="gpu_error", severity="critical")

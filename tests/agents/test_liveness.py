@@ -9,8 +9,10 @@ import pytest
 from django.utils import timezone
 
 from integrations.agents.actors import agents_liveness
-from integrations.agents.services import agent_heartbeat, agent_update, agents_mark_offline
-from integrations.models import Agent, Alert, Executor
+from integrations.agents.models import Agent, Alert
+from integrations.agents.services.agents import agent_update
+from integrations.agents.services.liveness import agent_heartbeat, agents_mark_offline
+from integrations.models import Executor
 from integrations.services import executor_health_check, executor_update
 from podi.reconcile import registered_steps
 from tasks.models import Task, TaskEvent, TaskStatus

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from integrations.agents.manifests import clean_manifest, manifest_diff
-from integrations.agents.services import (
-    agent_task_create,
+from integrations.agents.models import Manifest, ManifestVersion
+from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.manifests import (
     manifest_create,
     manifest_delete,
     manifest_update,
     manifest_version_create,
 )
-from integrations.models import Manifest, ManifestVersion
 from podi.errors import AppError
 
 from .conftest import SHA_A, SHA_B, manifest_content

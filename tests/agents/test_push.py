@@ -9,8 +9,9 @@ import pytest
 from django.utils import timezone
 
 from integrations.agents.actors import agent_tasks_push_due
+from integrations.agents.models import AgentTask
 from integrations.agents.push import push_task, push_url
-from integrations.agents.services import (
+from integrations.agents.services.agent_tasks import (
     BUSY_RETRY,
     MAX_PUSH_FAILURES,
     PUSH_BACKOFF,
@@ -18,10 +19,9 @@ from integrations.agents.services import (
     agent_task_push,
     agent_task_push_now,
     agent_tasks_claim_pushes,
-    agent_update,
 )
+from integrations.agents.services.agents import agent_update
 from integrations.agents.tokens import token_decode
-from integrations.models import AgentTask
 from podi.errors import AppError
 from podi.reconcile import registered_steps
 from tests.conftest import Client

@@ -14,14 +14,11 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from integrations.agents.services import (
-    agent_task_create,
-    agent_task_token,
-    agent_token_mint,
-    agent_update,
-)
+from integrations.agents.models import Agent, AgentTask, AgentTaskEvent
+from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.agents import agent_update
+from integrations.agents.services.tokens import agent_task_token, agent_token_mint
 from integrations.agents.tokens import token_decode, token_encode
-from integrations.models import Agent, AgentTask, AgentTaskEvent
 from podi.errors import AppError
 from podi.settings import _agent_jwt_secrets
 from tests.conftest import Client, access_token

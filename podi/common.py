@@ -1,0 +1,103 @@
+"""Helpers every app's services and selectors share: update a row from a dict of changes, delete
+one that others may still reference, check a unique name, clean required text, fetch by id or
+raise the app's 404. Public on purpose (as the Django Styleguide's ``common/services.py``);
+nothing domain-specific lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models, transaction
+from django.db.models import ProtectedError, QuerySet, RestrictedError
+
+from podi import error_codes as codes
+from podi.errors import AppError, ErrorCode, validation_error
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+
+
+def model_update(
+    *, instance: ModelT, fields: list[str] | set[str], data: dict[str, Any]
+) -> tuple[ModelT, bool]:
+    """Set ``data`` on ``instance`` and save only what changed (plus ``auto_now`` fields).
+
+    ``fields`` are the names a caller may change; any other key in ``data`` is refused with a
+    400 naming it. The row is validated with ``full_clean`` before it is saved; a Django
+    ``ValidationError`` becomes the usual 400 ``VALIDATION_ERROR``. Returns the instance and
+    whether anything changed (nothing saved, no query, when nothing did)."""
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise validation_error({name: ["Cannot be changed here."] for name in sorted(unknown)})
+    changed: list[str] = []
+    for name, value in data.items():
+        if getattr(instance, name) != value:
+            setattr(instance, name, value)
+            changed.append(name)
+    if not changed:
+        return instance, False
+    try:
+        instance.full_clean()
+    except DjangoValidationError as exc:
+        raise validation_error(exc.message_dict) from None
+    auto_now = [
+        field.name
+        for field in instance._meta.concrete_fields
+        if getattr(field, "auto_now", False) and field.name not in changed
+    ]
+    instance.save(update_fields=[*changed, *auto_now])
+    return instance, True
+
+
+def model_delete(*, instance: models.Model, what: str) -> None:
+    """Delete ``instance``; 409 ``RESOURCE_IN_USE`` naming the rows that still refer to it
+    (``PROTECT`` / ``RESTRICT`` foreign keys) instead of an error page."""
+    try:
+        with transaction.atomic():
+            instance.delete()
+    except (ProtectedError, RestrictedError) as exc:
+        blocking = (
+            exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+        )
+        refs = sorted({f"{obj._meta.verbose_name} #{obj.pk}" for obj in blocking})
+        raise AppError(
+            codes.RESOURCE_IN_USE,
+            f"This {what} is still referenced by {', '.join(refs[:5])}"
+            f"{' and more' if len(refs) > 5 else ''}; remove or re-point those first.",
+            details={"references": refs[:50]},
+        ) from None
+
+
+def check_unique(
+    *, model: type[models.Model], field: str, value: Any, exclude_pk: Any = None
+) -> None:
+    """400 on ``field`` when another row already has ``value`` (the friendly check before the
+    database constraint, which still decides under concurrency)."""
+    query = model._default_manager.filter(**{field: value})
+    if exclude_pk is not None:
+        query = query.exclude(pk=exclude_pk)
+    if query.exists():
+        raise validation_error({field: [f"{value!r} is already taken."]})
+
+
+def required_text(value: Any, *, field: str, max_length: int) -> str:
+    """``value`` as stripped text; 400 on ``field`` when it is empty or too long."""
+    text = str(value or "").strip()
+    if not text:
+        raise validation_error({field: ["Required."]})
+    if len(text) > max_length:
+        raise validation_error({field: [f"At most {max_length} characters."]})
+    return text
+
+
+def get_or_error(queryset: QuerySet[ModelT], pk: Any, error: ErrorCode) -> ModelT:
+    """The row of ``queryset`` with integer primary key ``pk``, else ``AppError(error)`` (404)."""
+    try:
+        pk = int(pk)
+    except (TypeError, ValueError):
+        raise AppError(error) from None
+    found = queryset.filter(pk=pk).first()
+    if found is None:
+        raise AppError(error)
+    return found

@@ -1,0 +1,59 @@
+"""The shared service helpers in ``podi.common``."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from integrations.models import Executor
+from podi.common import model_update
+from podi.errors import AppError
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = {"name", "base_url", "max_concurrency"}
+
+
+@pytest.fixture
+def executor():
+    return Executor.objects.create(name="gpu-1", kind="comfyui", base_url="http://10.0.0.5:8188")
+
+
+def test_model_update_saves_only_what_changed(executor):
+    before = executor.updated_at
+    with CaptureQueriesContext(connection) as queries:
+        updated, changed = model_update(
+            instance=executor, fields=FIELDS, data={"name": "gpu-2", "base_url": executor.base_url}
+        )
+    assert (updated, changed) == (executor, True)
+    (update,) = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert '"name"' in update and '"updated_at"' in update
+    assert '"base_url"' not in update and '"max_concurrency"' not in update
+    row = Executor.objects.get(pk=executor.pk)
+    assert (row.name, row.base_url) == ("gpu-2", "http://10.0.0.5:8188")
+    assert row.updated_at > before
+
+
+def test_model_update_without_a_change_touches_nothing(executor, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        updated, changed = model_update(
+            instance=executor, fields=FIELDS, data={"name": "gpu-1", "max_concurrency": 1}
+        )
+    assert (updated, changed) == (executor, False)
+
+
+def test_model_update_refuses_fields_not_offered(executor):
+    with pytest.raises(AppError) as caught:
+        model_update(instance=executor, fields=FIELDS, data={"name": "x", "health_status": "ok"})
+    assert caught.value.code == "VALIDATION_ERROR"
+    assert caught.value.details == {"fields": {"health_status": ["Cannot be changed here."]}}
+    assert Executor.objects.get(pk=executor.pk).name == "gpu-1"
+
+
+def test_model_update_validates_the_row_before_saving(executor):
+    with pytest.raises(AppError) as caught:
+        model_update(instance=executor, fields=FIELDS, data={"max_concurrency": 0})
+    assert caught.value.code == "VALIDATION_ERROR"
+    assert "__all__" in caught.value.details["fields"]
+    assert Executor.objects.get(pk=executor.pk).max_concurrency == 1
