@@ -204,7 +204,7 @@ async def _clients(port: int, tokens: list[str], pipe) -> None:
 def emit_timed(user_id: int, n: int, commit_times: dict[str, float]) -> None:
     from django.db import transaction
 
-    from podi.events import emit
+    from podi.realtime.events import emit
 
     marker: dict[str, float] = {}
     with transaction.atomic():

@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "podi",
+    "podi.realtime",
     "wallet",
     "integrations",
     "media_app",

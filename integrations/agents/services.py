@@ -38,8 +38,8 @@ from integrations.models import (
 from integrations.services import _delete, _required_text, _set_fields, _unique_name
 from integrations.validation import check_http_url
 from podi.errors import AppError, validation_error
-from podi.events import emit
 from podi.ids import new_id
+from podi.realtime.events import emit
 
 logger = logging.getLogger("podi.agents")
 

@@ -12,8 +12,9 @@ from integrations.agents.actors import agents_liveness
 from integrations.agents.services import agent_heartbeat, agent_update, agents_mark_offline
 from integrations.models import Agent, Alert, Executor
 from integrations.services import executor_health_check, executor_update
+from podi.realtime.models import Event
 from podi.reconcile import registered_steps
-from tasks.models import Task, TaskEvent, TaskStatus
+from tasks.models import Task, TaskStatus
 from tasks.services import task_submit, tasks_dispatch_pending
 from tests.servers.comfyui import ComfyUITestServer
 from tests.tasks.conftest import make_ability
@@ -24,9 +25,7 @@ INTERVAL = 30
 
 
 def staff_alerts(user) -> list[dict]:
-    return [
-        e.payload for e in TaskEvent.objects.filter(user=user, type="agent.alert").order_by("seq")
-    ]
+    return [e.payload for e in Event.objects.filter(user=user, type="agent.alert").order_by("seq")]
 
 
 def executor_of(agent) -> Executor:
@@ -247,5 +246,5 @@ def test_agent_alerts(agent, agent_client, staff):
     for bad in ({"message": "no type"}, {"type": "a b"}, {"type": "x", "severity": "fatal"}):
         assert agent_client.post(url, bad).status_code == 400
     assert Alert.objects.count() == 1
-    assert TaskEvent.objects.filter(type="agent.alert").count() == 1
+    assert Event.objects.filter(type="agent.alert").count() == 1
     assert Task.objects.count() == 0
