@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tasks benchmark (DESIGN §8): submit throughput and latency, dispatch overhead, idle memory.
+"""Tasks benchmark (README "Benchmarks: tasks"): submit throughput and latency, dispatch overhead, idle memory.
 
 Everything runs on PostgreSQL + Redis against the whole platform started as a real subprocess
 (``manage.py up``: web + worker + reconciler in ONE process; ``--split`` runs ``daphne`` +
@@ -21,7 +21,7 @@ ComfyUI test server (``tests/servers/comfyui.py``, ``node_delay=0``) in this pro
 5. memory — RSS of the web process idle (target ≤ 150 MB); with ``up`` that process also runs the
    worker, so a plain ``daphne podi.asgi:application`` process is measured idle as well.
 
-At the end the wallet invariants (DESIGN §7.1–2) are checked for every bench user, and every
+At the end the wallet invariants (docs/adr/0003-wallet.md) are checked for every bench user, and every
 submitted task must have reached exactly one terminal state (one terminal ``task.status`` event,
 hold confirmed iff succeeded). The script creates its own databases and Redis prefix and removes
 them at the end, also on Ctrl-C or failure; it prints the figures side by side and writes them as

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Wallet benchmark (DESIGN §8): freeze+confirm pairs per second on ONE hot account, 16 clients.
+"""Wallet benchmark (README "Wallet"): freeze+confirm pairs per second on ONE hot account, 16 clients.
 
 Phases of ``--seconds`` each (default 10), in one run on one machine:
 

@@ -69,7 +69,7 @@ class TaskErrorSerializer(serializers.Serializer):
 
 
 class TaskSerializer(serializers.Serializer):
-    """The public shape of a task (DESIGN §5)."""
+    """The public shape of a task (README "Tasks: submit, dispatch, follow")."""
 
     taskId = serializers.CharField(source="public_id")
     action = serializers.CharField()
