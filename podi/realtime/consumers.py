@@ -58,7 +58,7 @@ from podi.auth import principal_from_token
 from podi.errors import AppError, ErrorCode
 from podi.models import ServiceKey
 from podi.realtime import error_codes as codes
-from podi.realtime import publisher as realtime
+from podi.realtime import publisher
 from podi.realtime import selectors
 from podi.realtime.events import Principal, followable
 
@@ -200,15 +200,15 @@ class Hub:
 
     async def attach(self, consumer: NotifyConsumer) -> None:
         self.by_user.setdefault(consumer.principal.user_id, set()).add(consumer)
-        await self._join(realtime.user_group(consumer.principal.user_id))
+        await self._join(publisher.user_group(consumer.principal.user_id))
 
     async def follow_task(self, consumer: NotifyConsumer, task_id: str) -> None:
         self.by_task.setdefault(task_id, set()).add(consumer)
-        await self._join(realtime.task_group(task_id))
+        await self._join(publisher.task_group(task_id))
 
     async def follow_everything(self, consumer: NotifyConsumer) -> None:
         self.everything.add(consumer)
-        await self._join(realtime.STAFF_GROUP)
+        await self._join(publisher.STAFF_GROUP)
 
     def detach(self, consumer: NotifyConsumer) -> None:
         """Forget a socket; groups nobody here needs any more are left at the next check."""
@@ -224,17 +224,17 @@ class Hub:
 
     def _needed(self, group: str) -> bool:
         kind, _, name = group.partition(".")
-        if group == realtime.STAFF_GROUP:
+        if group == publisher.STAFF_GROUP:
             return bool(self.everything)
         if kind == "user":
             return int(name) in self.by_user
         return name in self.by_task
 
     def _needed_groups(self) -> set[str]:
-        groups = {realtime.user_group(uid) for uid in self.by_user}
-        groups |= {realtime.task_group(tid) for tid in self.by_task}
+        groups = {publisher.user_group(uid) for uid in self.by_user}
+        groups |= {publisher.task_group(tid) for tid in self.by_task}
         if self.everything:
-            groups.add(realtime.STAFF_GROUP)
+            groups.add(publisher.STAFF_GROUP)
         return groups
 
     async def _join(self, group: str) -> None:
@@ -337,10 +337,10 @@ async def hub() -> Hub:
     loop = asyncio.get_running_loop()
     current = _hubs.get(loop)
     if current is None:
-        layer = get_channel_layer() if realtime.uses_channel_layer() else None
+        layer = get_channel_layer() if publisher.uses_channel_layer() else None
         current = _hubs[loop] = Hub(loop, layer)
         if layer is None:  # embedded: the publisher hands events straight to us
-            realtime.publisher.attach_local(loop, current.route)
+            publisher.publisher.attach_local(loop, current.route)
         current.started = asyncio.ensure_future(current.start())
     await current.started
     return current
