@@ -58,8 +58,7 @@ from podi.auth import principal_from_token
 from podi.errors import AppError, ErrorCode
 from podi.models import ServiceKey
 from podi.realtime import error_codes as codes
-from podi.realtime import publisher
-from podi.realtime import selectors
+from podi.realtime import publisher, selectors
 from podi.realtime.events import Principal, followable
 
 logger = logging.getLogger("podi.realtime")
