@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tasks benchmark (DESIGN §8): submit throughput and latency, dispatch overhead, idle memory.
+"""Tasks benchmark (README "Benchmarks: tasks"): submit throughput and latency, dispatch overhead, idle memory.
 
 Everything runs on PostgreSQL + Redis against the whole platform started as a real subprocess
 (``manage.py up``: web + worker + reconciler in ONE process; ``--split`` runs ``daphne`` +
@@ -21,7 +21,7 @@ ComfyUI test server (``tests/servers/comfyui.py``, ``node_delay=0``) in this pro
 5. memory — RSS of the web process idle (target ≤ 150 MB); with ``up`` that process also runs the
    worker, so a plain ``daphne podi.asgi:application`` process is measured idle as well.
 
-At the end the wallet invariants (DESIGN §7.1–2) are checked for every bench user, and every
+At the end the wallet invariants (docs/adr/0003-wallet.md) are checked for every bench user, and every
 submitted task must have reached exactly one terminal state (one terminal ``task.status`` event,
 hold confirmed iff succeeded). The script creates its own databases and Redis prefix and removes
 them at the end, also on Ctrl-C or failure; it prints the figures side by side and writes them as
@@ -787,7 +787,8 @@ def check_end_state(groups: dict[str, list], accepted: dict[str, int]) -> dict:
     as many tasks as HTTP accepted, per group of users."""
     from django.db.models import Count
 
-    from tasks.models import Task, TaskEvent
+    from podi.realtime.models import Event
+    from tasks.models import Task
     from tests.wallet.invariants import assert_wallet_invariants
     from wallet.models import Hold
 
@@ -812,20 +813,19 @@ def check_end_state(groups: dict[str, list], accepted: dict[str, int]) -> dict:
             for status, n in tasks.values_list("status").annotate(n=Count("id")):
                 entry["byStatus"][status] = entry["byStatus"].get(status, 0) + n
             terminal_events = dict(
-                TaskEvent.objects.filter(
-                    user=user, type="task.status", payload__status__in=TERMINAL, task__isnull=False
-                )
-                .values_list("task_id")
+                Event.objects.filter(user=user, type="task.status", payload__status__in=TERMINAL)
+                .exclude(task_public_id="")
+                .values_list("task_public_id")
                 .annotate(n=Count("id"))
             )
             holds = dict(Hold.objects.filter(account=account).values_list("task_id", "status"))
-            for pk, public_id, status, finished in tasks.values_list(
-                "pk", "public_id", "status", "finished_at"
+            for public_id, status, finished in tasks.values_list(
+                "public_id", "status", "finished_at"
             ):
                 entry["tasks"] += 1
                 entry["notTerminal"] += status not in TERMINAL
                 entry["terminalWithoutFinishedAt"] += status in TERMINAL and finished is None
-                entry["tasksWithoutExactlyOneTerminalEvent"] += terminal_events.get(pk) != 1
+                entry["tasksWithoutExactlyOneTerminalEvent"] += terminal_events.get(public_id) != 1
                 expected = "confirmed" if status == "succeeded" else "released"
                 entry["holdsNotMatchingOutcome"] += holds.get(public_id) != expected
             entry["frozenLeft"] += account.frozen

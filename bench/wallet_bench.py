@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Wallet benchmark (DESIGN §8): freeze+confirm pairs per second on ONE hot account, 16 clients.
+"""Wallet benchmark (README "Wallet"): freeze+confirm pairs per second on ONE hot account, 16 clients.
 
 Phases of ``--seconds`` each (default 10), in one run on one machine:
 
@@ -162,7 +162,7 @@ def _services_client(user_id, seconds, ready, go, results, index, record_events)
     from django.contrib.auth import get_user_model
     from django.db import connections
 
-    from podi.events import set_recorder
+    from podi.realtime.events import set_recorder
     from wallet.services import hold_confirm, hold_freeze
 
     connections.close_all()  # never share the parent's socket

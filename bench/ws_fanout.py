@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""WebSocket fan-out benchmark (DESIGN §8): 1,000 subscribers, latency from commit to receipt.
+"""WebSocket fan-out benchmark (README "Fan-out benchmark"): 1,000 subscribers, latency from commit to receipt.
 
 Production layout on one machine: PostgreSQL + Redis, the web tier a separate Daphne process
 serving ``podi.asgi:application``, this process the "worker" that commits events (``emit`` inside
@@ -14,7 +14,7 @@ Two phases:
 2. broadcast — every subscriber subscribes to everything (staff ``all``); ``--broadcast`` events,
    each reaching all 1,000 sockets (the worst case for one web process).
 
-Target: p99 ≤ 100 ms (DESIGN §8). The script creates its own database and Redis prefix, drops
+Target: p99 ≤ 100 ms (docs/adr/0006-live-events.md). The script creates its own database and Redis prefix, drops
 them at the end, raises ``ulimit -n`` for itself and its children, bounds its runtime
 (``--deadline``), prints the figures and writes them as JSON to ``bench/results/``.
 
@@ -204,7 +204,7 @@ async def _clients(port: int, tokens: list[str], pipe) -> None:
 def emit_timed(user_id: int, n: int, commit_times: dict[str, float]) -> None:
     from django.db import transaction
 
-    from podi.events import emit
+    from podi.realtime.events import emit
 
     marker: dict[str, float] = {}
     with transaction.atomic():

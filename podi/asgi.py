@@ -15,7 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from tasks.routing import websocket_urlpatterns  # noqa: E402
+from podi.realtime.routing import websocket_urlpatterns  # noqa: E402
 
 http_application = (
     ASGIStaticFilesHandler(django_application) if settings.SERVE_STATIC else django_application

@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "podi",
+    "podi.realtime",
     "wallet",
     "integrations",
     "integrations.agents",
@@ -372,7 +373,7 @@ WEBHOOK_RETRY_SCHEDULE = env.int_list(
     "WEBHOOK_RETRY_SCHEDULE", [5, 300, 1800, 7200, 18000, 36000, 36000]
 )
 WEBHOOK_TIMEOUT = env.int("WEBHOOK_TIMEOUT", 10, min_value=1, max_value=120)
-# Seconds between heartbeats on /api/notify/v1/stream (default 25).
+# Seconds between heartbeats on /api/notify/v1/stream (docs/adr/0006-live-events.md).
 NOTIFY_HEARTBEAT_INTERVAL = env.int("NOTIFY_HEARTBEAT_INTERVAL", 25, min_value=1, max_value=3600)
 
 # --- Integrations ---------------------------------------------------------------------------

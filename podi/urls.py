@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 import integrations.agents.urls
 import integrations.urls
 import media_app.urls
+import podi.realtime.urls
 import tasks.urls
 import wallet.urls
 from podi import apis, views
@@ -28,7 +29,7 @@ urlpatterns = [
     path("api/wallet/v1/", include(wallet.urls.urlpatterns)),
     path("api/tasks/v1", TaskListApi.as_view(), name="task-list"),
     path("api/tasks/v1/", include(tasks.urls.urlpatterns)),
-    path("api/notify/v1/", include(tasks.urls.notify_urlpatterns)),
+    path("api/notify/v1/", include(podi.realtime.urls.urlpatterns)),
     path(
         "api/abilities",
         include(integrations.urls.ability_urlpatterns + tasks.urls.ability_invoke_urlpatterns),

@@ -27,13 +27,6 @@ def interrupt_on_executor(executor_id: int, external_id: str, client_id: str = "
     )
 
 
-@dramatiq.actor(max_retries=0, time_limit=120_000)
-def deliver_task_callback(delivery_id: int) -> None:
-    from tasks.webhooks import webhook_attempt
-
-    webhook_attempt(delivery_id=delivery_id)
-
-
 @reconcile_step
 def reconcile_tasks() -> dict[str, int]:
     return execution.tasks_reconcile()

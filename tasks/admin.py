@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from podi.errors import AppError
+from podi.realtime.selectors import task_events
 from tasks.models import (
     AbilityInvocationLog,
     Task,
     TaskAsset,
     TaskBatch,
-    TaskEvent,
     TaskStatus,
     TaskTemplate,
 )
 from tasks.selectors import ability_invocation_stats
 from tasks.services import task_cancel, task_retry
+
+EVENTS_SHOWN = 200  # on the task change page; the full log is under Live events › Events
 
 STATUS_COLOURS = {
     TaskStatus.QUEUED: "#666",
@@ -62,19 +65,6 @@ class StuckFilter(admin.SimpleListFilter):
         return queryset
 
 
-class TaskEventInline(admin.TabularInline):
-    model = TaskEvent
-    fields = ["seq", "type", "payload", "created_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    ordering = ["seq"]
-    max_num = 0
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
 class TaskAssetInline(admin.TabularInline):
     model = TaskAsset
     fields = ["kind", "object_key", "mime_type", "size", "width", "height", "node_id"]
@@ -105,9 +95,9 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ["public_id", "client_ref", "external_id", "user__username", "action"]
     list_select_related = ["user", "executor"]
     date_hierarchy = "created_at"
-    inlines = [TaskAssetInline, TaskEventInline]
+    inlines = [TaskAssetInline]
     actions = ["cancel_tasks", "retry_tasks"]
-    readonly_fields = [f.name for f in Task._meta.fields]
+    readonly_fields = [*(f.name for f in Task._meta.fields), "events"]
     list_per_page = 50
 
     def has_add_permission(self, request):
@@ -123,6 +113,24 @@ class TaskAdmin(admin.ModelAdmin):
             text = f"{task.status} · {task.error_code}"
         return format_html(
             '<span style="color:{};font-weight:600">{}</span>', STATUS_COLOURS[task.status], text
+        )
+
+    @admin.display(description="events")
+    def events(self, task: Task):
+        """The task's events in its owner's stream (the log itself is in Live events)."""
+        rows = task_events(user_id=task.user_id, task_id=task.public_id, limit=EVENTS_SHOWN)
+        if not rows:
+            return "—"
+        return format_html(
+            "<table><tr><th>seq</th><th>type</th><th>payload</th><th>time</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                (
+                    (row["seq"], row["type"], json.dumps(row["payload"]), row["timestamp"])
+                    for row in rows
+                ),
+            ),
         )
 
     @admin.display(description="duration")
@@ -214,6 +222,3 @@ class AbilityInvocationLogAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/tasks/ability_stats.html", context)
-
-
-import tasks.admin_realtime  # noqa: E402, F401 - webhook deliveries and events in the console

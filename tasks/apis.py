@@ -20,13 +20,13 @@ from podi.auth import acting_user, service_key_of
 from podi.errors import AppError
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
+from podi.realtime.selectors import task_events
 from podi.schema import error_responses, page_of
 from tasks import error_codes as codes
 from tasks.models import Task, TaskAsset, TaskStatus, TaskTemplate
 from tasks.selectors import (
     batch_get_for_request,
     batch_summary,
-    task_events,
     task_get_for_request,
     tasks_for_user,
     template_get,
@@ -69,7 +69,7 @@ class TaskErrorSerializer(serializers.Serializer):
 
 
 class TaskSerializer(serializers.Serializer):
-    """The public shape of a task (DESIGN §5)."""
+    """The public shape of a task (README "Tasks: submit, dispatch, follow")."""
 
     taskId = serializers.CharField(source="public_id")
     action = serializers.CharField()
@@ -321,11 +321,11 @@ class TaskRetryApi(APIView):
 
 
 class EventSerializer(serializers.Serializer):
-    id = serializers.CharField(source="public_id")
+    id = serializers.CharField()
     seq = serializers.IntegerField()
     type = serializers.CharField()
     payload = serializers.JSONField()
-    timestamp = serializers.DateTimeField(source="created_at")
+    timestamp = serializers.DateTimeField()
 
 
 class TaskEventsApi(APIView):
@@ -349,7 +349,7 @@ class TaskEventsApi(APIView):
                 from podi.errors import validation_error
 
                 raise validation_error({"after": ["Must be an integer."]}) from None
-        events = task_events(task=task, after=after)[:1000]
+        events = task_events(user_id=task.user_id, task_id=task.public_id, after=after)
         return Response({"items": EventSerializer(events, many=True).data})
 
 

@@ -7,9 +7,11 @@ class TasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from podi.events import set_recorder
-        from tasks.realtime import register_sinks
-        from tasks.services import event_record
+        # Lend live events what they must not import (docs/adr/0006-live-events.md): who may
+        # follow a task, and how a callback's output URLs are signed when it is sent.
+        from podi.realtime.events import register_followable, register_webhook_body_hook
+        from tasks.selectors import tasks_followable
+        from tasks.services import callback_body_for_sending
 
-        set_recorder(event_record)
-        register_sinks()
+        register_followable("task", tasks_followable)
+        register_webhook_body_hook(callback_body_for_sending)

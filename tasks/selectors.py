@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from podi.auth import is_staff_principal, service_key_of
 from podi.errors import AppError
+from podi.realtime.events import Principal
 from tasks import error_codes as codes
-from tasks.models import TERMINAL_STATUSES, Task, TaskBatch, TaskEvent, TaskStatus, TaskTemplate
+from tasks.models import TERMINAL_STATUSES, Task, TaskBatch, TaskStatus, TaskTemplate
 
 
 def _sees_everyone(request) -> bool:
@@ -48,11 +49,20 @@ def tasks_for_user(
     return queryset.prefetch_related("assets").order_by("-created_at", "-pk")
 
 
-def task_events(*, task: Task, after: int | None = None) -> QuerySet[TaskEvent]:
-    queryset = TaskEvent.objects.filter(task=task).order_by("seq")
-    if after is not None:
-        queryset = queryset.filter(seq__gt=after)
-    return queryset
+def tasks_followable(principal: Principal, task_ids: list[str]) -> tuple[set[str], set[str]]:
+    """The ``"task"`` access check of the live stream (registered in ``TasksConfig.ready``):
+    (ids of the principal's own tasks, ids of others' tasks it may follow: staff any, a service
+    key those it submitted)."""
+    queryset = Task.objects.filter(public_id__in=task_ids)
+    if not principal.is_staff:
+        allowed = Q(user_id=principal.user_id)
+        if principal.key_id is not None:
+            allowed |= Q(service_key_id=principal.key_id)
+        queryset = queryset.filter(allowed)
+    own, foreign = set(), set()
+    for public_id, user_id in queryset.values_list("public_id", "user_id"):
+        (own if user_id == principal.user_id else foreign).add(public_id)
+    return own, foreign
 
 
 def batch_get_for_request(request, batch_id: str) -> TaskBatch:

@@ -9,28 +9,28 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
+from media_app.services import signed_download_url
 from podi.errors import AppError, validation_error
-from podi.events import emit, enqueue_on_commit
+from podi.events import enqueue_on_commit
 from podi.ids import new_id
+from podi.realtime.events import Webhook, emit
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
 from tasks.models import (
     DEFAULT_CALLBACK_EVENTS,
-    EventCursor,
     Task,
     TaskAsset,
     TaskBatch,
-    TaskEvent,
     TaskStatus,
     TaskTemplate,
 )
@@ -50,50 +50,10 @@ CALLBACK_EVENT_TYPES = {
 TOKEN_SALT = "podi.tasks.callback-token"  # noqa: S105 - a signing salt, not a secret
 MAX_INPUTS = 16
 MAX_BASE64_BYTES = 20 * 1024 * 1024
+OUTPUT_URL_TTL = 3600  # seconds a callback's output URLs stay valid
 
 
-# --- Events ----------------------------------------------------------------------------------
-
-
-def event_record(event: dict[str, Any]) -> dict[str, Any]:
-    """The recorder registered with ``podi.events``: persist with the user's next ``seq``.
-
-    The user's cursor row is locked, so seqs are handed out in commit order per user and a
-    subscriber that resumes after ``seq`` N misses nothing.
-    """
-    user_id = event.get("userId")
-    if user_id is None:
-        return event
-    seq = _next_seq(user_id)
-    task_pk = None
-    if event.get("taskId"):
-        task_pk = (
-            Task.objects.filter(public_id=event["taskId"]).values_list("pk", flat=True).first()
-        )
-    row = TaskEvent.objects.create(
-        public_id=event["id"],
-        user_id=user_id,
-        seq=seq,
-        task_id=task_pk,
-        type=event["type"],
-        payload=event["payload"],
-    )
-    return {**event, "seq": row.seq, "timestamp": row.as_message()["timestamp"]}
-
-
-def _next_seq(user_id: int) -> int:
-    """Bump the user's cursor in one statement; its row lock orders seqs by commit."""
-    table = connection.ops.quote_name(EventCursor._meta.db_table)
-    # The table name comes from the model, never from input.
-    sql = f"UPDATE {table} SET last_seq = last_seq + 1 WHERE user_id = %s RETURNING last_seq"  # noqa: S608
-    for _ in range(2):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [user_id])
-            row = cursor.fetchone()
-        if row is not None:
-            return row[0]
-        EventCursor.objects.get_or_create(user_id=user_id)
-    raise RuntimeError(f"no event cursor for user {user_id}")
+# --- Events and callbacks ---------------------------------------------------------------------
 
 
 def task_status_payload(task: Task, *, outputs: list[dict] | None = None) -> dict[str, Any]:
@@ -115,21 +75,65 @@ def _emit_status(task: Task, *, outputs: list[dict] | None = None) -> None:
         type="task.status",
         payload=task_status_payload(task, outputs=outputs),
         task_id=task.public_id,
+        webhook=_callback(task, f"task.{task.status}"),
     )
-    _enqueue_callback(task, f"task.{task.status}")
 
 
-def _enqueue_callback(task: Task, event_name: str) -> None:
+def _callback(task: Task, event_name: str) -> Webhook | None:
+    """The task's callback for ``event_name``, if it asked for one (sent by ``podi.realtime``)."""
     if not task.callback_url:
-        return
-    wanted = task.callback_events or DEFAULT_CALLBACK_EVENTS
-    if event_name not in wanted:
-        return
-    from tasks.actors import deliver_task_callback
-    from tasks.webhooks import webhook_delivery_create
+        return None
+    if event_name not in (task.callback_events or DEFAULT_CALLBACK_EVENTS):
+        return None
+    return Webhook(
+        url=task.callback_url,
+        event_type=event_name,
+        body=callback_body(task=task, event_name=event_name),
+        service_key_id=task.service_key_id,
+    )
 
-    delivery = webhook_delivery_create(task=task, event_name=event_name)
-    enqueue_on_commit(deliver_task_callback, delivery.pk)
+
+def callback_body(*, task: Task, event_name: str) -> dict[str, Any]:
+    """The callback body (README "Webhooks"). Output URLs are signed at send time (they expire):
+    :func:`callback_body_for_sending`."""
+    outputs = []
+    for asset in task.assets.filter(kind=TaskAsset.Kind.OUTPUT).order_by("pk"):
+        item: dict[str, Any] = {
+            "objectKey": asset.object_key,
+            "mimeType": asset.mime_type,
+            "size": asset.size,
+        }
+        if asset.width:
+            item["width"] = asset.width
+            item["height"] = asset.height
+        outputs.append(item)
+    error = None
+    if task.error_code:
+        error = {"code": task.error_code, "message": task.error_message}
+    return {
+        "type": event_name,
+        "taskId": task.public_id,
+        "status": task.status,
+        "progress": task.progress,
+        "outputs": outputs,
+        "result": task.result,
+        "error": error,
+        "timestamp": timezone.now().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def callback_body_for_sending(body: dict[str, Any]) -> dict[str, Any]:
+    """The webhook body hook tasks registers with ``podi.realtime``: sign output URLs now."""
+    outputs = body.get("outputs") or []
+    if not outputs:
+        return body
+    signed = []
+    for item in outputs:
+        item = dict(item)
+        if item.get("objectKey"):
+            item["url"], _ = signed_download_url(object_key=item["objectKey"], ttl=OUTPUT_URL_TTL)
+        signed.append(item)
+    return {**body, "outputs": signed}
 
 
 # --- Tokens ----------------------------------------------------------------------------------
@@ -614,8 +618,13 @@ def task_progress(*, task_id: str, attempt: int, progress: int, detail: dict | N
             payload = task_status_payload(task)
             if detail:
                 payload["detail"] = detail
-            emit(user_id=task.user_id, type="task.progress", payload=payload, task_id=task_id)
-            _enqueue_callback(task, "task.progress")
+            emit(
+                user_id=task.user_id,
+                type="task.progress",
+                payload=payload,
+                task_id=task_id,
+                webhook=_callback(task, "task.progress"),
+            )
     return True
 
 

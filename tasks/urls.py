@@ -1,7 +1,6 @@
 from django.urls import path
 
 from tasks import apis
-from tasks.apis_notify import notify_urlpatterns
 
 urlpatterns = [
     path("submit", apis.TaskSubmitApi.as_view(), name="task-submit"),
@@ -25,4 +24,4 @@ ability_invoke_urlpatterns = [
     path("/<int:ability_id>/invoke", apis.AbilityInvokeApi.as_view(), name="ability-invoke"),
 ]
 
-__all__ = ["ability_invoke_urlpatterns", "notify_urlpatterns", "urlpatterns"]
+__all__ = ["ability_invoke_urlpatterns", "urlpatterns"]

@@ -29,7 +29,7 @@ from django.db.models import CharField
 from django.utils import timezone
 
 from podi.errors import AppError, validation_error
-from podi.events import emit
+from podi.realtime.events import emit
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
 from wallet.selectors import account_for_user

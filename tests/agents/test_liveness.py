@@ -14,8 +14,9 @@ from integrations.agents.services.agents import agent_update
 from integrations.agents.services.liveness import agent_heartbeat, agents_mark_offline
 from integrations.models import Executor
 from integrations.services import executor_health_check, executor_update
+from podi.realtime.models import Event
 from podi.reconcile import registered_steps
-from tasks.models import Task, TaskEvent, TaskStatus
+from tasks.models import Task, TaskStatus
 from tasks.services import task_submit, tasks_dispatch_pending
 from tests.servers.comfyui import ComfyUITestServer
 from tests.tasks.conftest import make_ability
@@ -26,9 +27,7 @@ INTERVAL = 30
 
 
 def staff_alerts(user) -> list[dict]:
-    return [
-        e.payload for e in TaskEvent.objects.filter(user=user, type="agent.alert").order_by("seq")
-    ]
+    return [e.payload for e in Event.objects.filter(user=user, type="agent.alert").order_by("seq")]
 
 
 def executor_of(agent) -> Executor:
@@ -249,5 +248,5 @@ def test_agent_alerts(agent, agent_client, staff):
     for bad in ({"message": "no type"}, {"type": "a b"}, {"type": "x", "severity": "fatal"}):
         assert agent_client.post(url, bad).status_code == 400
     assert Alert.objects.count() == 1
-    assert TaskEvent.objects.filter(type="agent.alert").count() == 1
+    assert Event.objects.filter(type="agent.alert").count() == 1
     assert Task.objects.count() == 0

@@ -33,8 +33,8 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 from websockets.asyncio.client import connect
 
-from podi.events import emit
 from podi.ids import new_id
+from podi.realtime.events import emit
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL_TYPES = {"hello", "pong", "heartbeat", "subscribed", "resumed", "error"}
@@ -228,6 +228,22 @@ def make_task(user, *, service_key=None, callback_url: str = "", **fields):
         callback_url=callback_url,
         **fields,
     )
+
+
+def record_callback(task, event_name: str = "task.succeeded"):
+    """The task's callback for ``event_name`` recorded as a delivery (not sent), as
+    ``emit(…, webhook=…)`` records it in the task's transaction."""
+    from podi.realtime.events import Webhook
+    from podi.realtime.webhooks import webhook_delivery_create
+    from tasks.services import callback_body
+
+    webhook = Webhook(
+        url=task.callback_url,
+        event_type=event_name,
+        body=callback_body(task=task, event_name=event_name),
+        service_key_id=task.service_key_id,
+    )
+    return webhook_delivery_create(webhook=webhook, user_id=task.user_id, task_id=task.public_id)
 
 
 # --- WebSocket clients ------------------------------------------------------------------------

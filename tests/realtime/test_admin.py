@@ -15,15 +15,16 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from podi.crypto import decrypt_secret
-from podi.events import emit
-from tasks.models import TaskStatus, WebhookAttempt, WebhookDelivery
-from tasks.webhooks import webhook_attempt, webhook_delivery_create
-from tests.realtime.conftest import make_task
+from podi.realtime.events import emit
+from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
+from podi.realtime.webhooks import webhook_attempt
+from tasks.models import TaskStatus
+from tests.realtime.conftest import make_task, record_callback
 
 SECRET = "whsec_" + base64.b64encode(b"podi-admin-test-secret-0123456789").decode()
 Status = WebhookDelivery.Status
-DELIVERIES = "/admin/tasks/webhookdelivery/"
-EVENTS = "/admin/tasks/taskevent/"
+DELIVERIES = "/admin/realtime/webhookdelivery/"
+EVENTS = "/admin/realtime/event/"
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def _webhook_settings(settings):
 def delivery_for(user, url: str, status=Status.PENDING, **fields) -> WebhookDelivery:
     task = make_task(user, status=TaskStatus.SUCCEEDED, progress=100, callback_url=url)
     with transaction.atomic():
-        delivery = webhook_delivery_create(task=task, event_name="task.succeeded")
+        delivery = record_callback(task)
     WebhookDelivery.objects.filter(pk=delivery.pk).update(status=status, **fields)
     delivery.refresh_from_db()
     return delivery
@@ -141,15 +142,13 @@ def test_event_log_is_read_only(console, owner):
     assert response.status_code == 200
     assert event["id"] in response.text
     assert console.get(EVENTS, {"type": "system.notice"}).status_code == 200
-    from tasks.models import TaskEvent
-
-    row = TaskEvent.objects.get()
+    row = Event.objects.get()
     view = console.get(f"{EVENTS}{row.pk}/change/")
     assert view.status_code == 200
     assert "hi" in view.text
     assert console.post(f"{EVENTS}{row.pk}/change/", {"type": "x"}).status_code == 403
     assert console.get(f"{EVENTS}add/").status_code == 403
-    assert TaskEvent.objects.get().type == "system.notice"
+    assert Event.objects.get().type == "system.notice"
 
 
 @pytest.mark.django_db

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podi.events import register_sink, unregister_sink
-from tasks.models import TaskEvent
+from podi.realtime.events import register_sink, unregister_sink
+from podi.realtime.models import Event
 from tests.realtime.conftest import make_task
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +30,7 @@ def test_staff_pushes_an_event_to_a_user(
         )
     assert response.status_code == 201, response.json()
     body = response.json()
-    event = TaskEvent.objects.get()
+    event = Event.objects.get()
     assert body == {
         "id": event.public_id,
         "seq": 1,
@@ -39,7 +39,7 @@ def test_staff_pushes_an_event_to_a_user(
         "payload": {"text": "hello"},
         "timestamp": event.as_message()["timestamp"],
     }
-    assert (event.user_id, event.seq, event.task_id) == (owner.pk, 1, None)
+    assert (event.user_id, event.seq, event.task_public_id) == (owner.pk, 1, "")
     assert [(e["id"], e["seq"], e["userId"]) for e in published] == [(event.public_id, 1, owner.pk)]
 
     second = staff_client.post(URL, {"userId": owner.pk, "type": "task.status"})
@@ -51,7 +51,7 @@ def test_without_user_id_the_event_is_the_callers_own(staff_client, staff):
     response = staff_client.post(URL, {"type": "system.notice", "payload": {}})
     assert response.status_code == 201
     assert response.json()["userId"] == staff.pk
-    assert TaskEvent.objects.get().user_id == staff.pk
+    assert Event.objects.get().user_id == staff.pk
 
 
 def test_a_task_id_in_the_payload_links_only_the_users_own_task(staff_client, owner, outsider):
@@ -62,9 +62,9 @@ def test_a_task_id_in_the_payload_links_only_the_users_own_task(staff_client, ow
             URL, {"userId": owner.pk, "type": "task.status", "payload": {"taskId": task_id}}
         )
         assert response.status_code == 201
-    assert list(TaskEvent.objects.order_by("seq").values_list("task_id", flat=True)) == [
-        own.pk,
-        None,
+    assert list(Event.objects.order_by("seq").values_list("task_public_id", flat=True)) == [
+        own.public_id,
+        "",
     ]
 
 
@@ -73,14 +73,14 @@ def test_a_plain_user_may_not_push_events(owner_client, outsider, owner):
         response = owner_client.post(URL, body)
         assert response.status_code == 403
         assert response.json()["code"] == "FORBIDDEN"
-    assert not TaskEvent.objects.exists()
+    assert not Event.objects.exists()
 
 
 def test_anonymous_is_refused(anon):
     response = anon.post(URL, {"type": "x.y"})
     assert response.status_code == 401
     assert response.json()["code"] == "AUTH_REQUIRED"
-    assert not TaskEvent.objects.exists()
+    assert not Event.objects.exists()
 
 
 def test_service_keys_need_notify_write(service_key, client_for, owner):
@@ -88,10 +88,10 @@ def test_service_keys_need_notify_write(service_key, client_for, owner):
     _, reader = service_key(scopes=["tasks:write", "wallet:write"], name="other")
     refused = client_for(reader).post(URL, {"userId": owner.pk, "type": "x.y"})
     assert refused.status_code == 403
-    assert not TaskEvent.objects.exists()
+    assert not Event.objects.exists()
     allowed = client_for(writer).post(URL, {"userId": owner.pk, "type": "x.y"})
     assert allowed.status_code == 201
-    assert TaskEvent.objects.get().user_id == owner.pk
+    assert Event.objects.get().user_id == owner.pk
 
 
 def test_invalid_bodies_are_refused_with_field_errors(staff_client, owner):
@@ -110,7 +110,7 @@ def test_invalid_bodies_are_refused_with_field_errors(staff_client, owner):
     missing = staff_client.post(URL, {"userId": 999_999, "type": "a.b"})
     assert missing.status_code == 404
     assert missing.json()["code"] == "USER_NOT_FOUND"
-    assert not TaskEvent.objects.exists()
+    assert not Event.objects.exists()
 
 
 def test_an_idempotency_key_replay_returns_the_first_event(staff_client, owner):
@@ -119,4 +119,4 @@ def test_an_idempotency_key_replay_returns_the_first_event(staff_client, owner):
     again = staff_client.post(URL, body, HTTP_IDEMPOTENCY_KEY="k-1")
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
-    assert TaskEvent.objects.count() == 1
+    assert Event.objects.count() == 1

@@ -14,7 +14,7 @@ import json
 import pytest
 from standardwebhooks import Webhook
 
-from tasks.models import TaskEvent, WebhookAttempt, WebhookDelivery
+from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
 from tests.realtime.conftest import db, jwt, open_stream, receive
 from tests.servers import ComfyUITestServer
 from tests.tasks.conftest import make_ability, make_executor
@@ -31,7 +31,7 @@ def test_a_task_is_followed_live_and_called_back(ws_server, owner, receiver, wor
     settings.WEBHOOK_SECRET = SECRET
     settings.WEBHOOK_ALLOW_PRIVATE = True  # the receiver listens on 127.0.0.1
     wallet_grant(user=owner, points=100, reason="test", reference="e2e")
-    granted = TaskEvent.objects.filter(user=owner).count()  # the grant's own event
+    granted = Event.objects.filter(user=owner).count()  # the grant's own event
     token = jwt(owner)
 
     with ComfyUITestServer() as comfy:
@@ -78,7 +78,7 @@ def test_a_task_is_followed_live_and_called_back(ws_server, owner, receiver, wor
     # The default callback events are the terminal ones: one signed call for task.succeeded.
     [request] = receiver.wait_for(1, timeout=30)
     body = Webhook(SECRET).verify(request.body, request.headers)
-    delivery = WebhookDelivery.objects.get(task__public_id=task.public_id)
+    delivery = WebhookDelivery.objects.get(task_public_id=task.public_id)
     assert request.headers["webhook-id"] == delivery.public_id
     assert body["type"] == "task.succeeded" and body["taskId"] == task.public_id
     assert (body["status"], body["progress"], body["error"]) == ("succeeded", 100, None)

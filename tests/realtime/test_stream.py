@@ -59,7 +59,7 @@ def record_without_publishing(user_id: int, n: int) -> dict:
     """Persist an event the way emit() does, but lose its publication (a crashed publisher)."""
     from datetime import UTC, datetime
 
-    from tasks.services import event_record
+    from podi.realtime.services import event_record
 
     with transaction.atomic():
         return event_record(
@@ -413,11 +413,11 @@ def test_resume_after_a_disconnect_replays_then_goes_live_without_gap_or_duplica
 
 
 def test_a_resume_too_far_back_is_refused_and_the_stream_stays_live(ws_server, owner):
-    from tasks.consumers import MAX_REPLAY
-    from tasks.models import EventCursor, TaskEvent
+    from podi.realtime.consumers import MAX_REPLAY
+    from podi.realtime.models import Event, EventCursor
 
-    TaskEvent.objects.bulk_create(
-        TaskEvent(public_id=new_id("evt"), user=owner, seq=n, type="task.progress", payload={})
+    Event.objects.bulk_create(
+        Event(public_id=new_id("evt"), user=owner, seq=n, type="task.progress", payload={})
         for n in range(1, MAX_REPLAY + 3)
     )
     EventCursor.objects.create(user=owner, last_seq=MAX_REPLAY + 2)
@@ -473,7 +473,7 @@ def test_events_from_another_process_reach_the_socket(request, ws_server, owner)
     script = (
         "import time\n"
         "from django.db import transaction\n"
-        "from podi.events import emit\n"
+        "from podi.realtime.events import emit\n"
         f"for n in range(3):\n"
         f"    with transaction.atomic():\n"
         f"        emit(user_id={owner.pk}, type='task.status', payload={{'n': n}})\n"

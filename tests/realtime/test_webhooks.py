@@ -16,18 +16,18 @@ from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from podi.errors import AppError
-from podi.events import enqueue_on_commit
-from podi.services import service_key_rotate_webhook_secret
-from podi.urlguard import validate_callback_url
-from tasks.models import Task, TaskAsset, TaskStatus, WebhookAttempt, WebhookDelivery
-from tasks.webhooks import (
+from podi.realtime.models import WebhookAttempt, WebhookDelivery
+from podi.realtime.webhooks import (
     check_signing_secret,
     default_signing_secret,
     reconcile_webhook_deliveries,
     webhook_attempt,
-    webhook_delivery_create,
+    webhook_send_on_commit,
 )
-from tests.realtime.conftest import make_task
+from podi.services import service_key_rotate_webhook_secret
+from podi.urlguard import validate_callback_url
+from tasks.models import Task, TaskAsset, TaskStatus
+from tests.realtime.conftest import make_task, record_callback
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -55,7 +55,7 @@ def finished_task(user, url: str, **fields) -> Task:
 
 def create_delivery(task: Task, event_name: str = "task.succeeded") -> WebhookDelivery:
     with transaction.atomic():
-        return webhook_delivery_create(task=task, event_name=event_name)
+        return record_callback(task, event_name)
 
 
 def verified(request, secret: str = SECRET) -> dict:
@@ -87,9 +87,9 @@ def test_the_delivery_records_the_design_callback_body(owner, receiver, service_
     before = timezone.now()
     delivery = create_delivery(task)
     assert delivery.public_id.startswith("msg_")
-    assert (delivery.user_id, delivery.task_id, delivery.service_key_id) == (
+    assert (delivery.user_id, delivery.task_public_id, delivery.service_key_id) == (
         owner.pk,
-        task.pk,
+        task.public_id,
         key.pk,
     )
     assert (delivery.event_type, delivery.url, delivery.status) == (
@@ -193,7 +193,7 @@ def test_a_failure_schedules_the_next_attempt_and_the_schedule_ends_exhausted(
     assert (first.status, first.attempts, first.last_status_code) == (Status.FAILED, 1, 500)
     assert first.last_error == "HTTP 500 nope"
     assert first.next_attempt_at is not None
-    assert broker_messages() == [("deliver_task_callback", (delivery.pk,))]
+    assert broker_messages() == [("deliver_webhook", (delivery.pk,))]
     second = webhook_attempt(delivery_id=delivery.pk)
     assert (second.status, second.attempts, second.last_status_code) == (Status.FAILED, 2, 502)
     third = webhook_attempt(delivery_id=delivery.pk)
@@ -289,11 +289,9 @@ def test_failure_then_success_on_the_retry_schedule_through_the_worker(
     receiver.statuses = [500, 503, 204]
     task = finished_task(owner, receiver.url)
     state = task_state(task)
-    from tasks.actors import deliver_task_callback
-
-    with transaction.atomic():  # as tasks.services does when a task finishes
-        delivery = webhook_delivery_create(task=task, event_name="task.succeeded")
-        enqueue_on_commit(deliver_task_callback, delivery.pk)
+    with transaction.atomic():  # as emit(…, webhook=…) does when a task finishes
+        delivery = record_callback(task)
+        webhook_send_on_commit(delivery_id=delivery.pk)
 
     requests = receiver.wait_for(3, timeout=30)
     assert len(requests) == 3

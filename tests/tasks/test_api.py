@@ -6,7 +6,8 @@ import pytest
 
 from media_app.models import MediaObject
 from podi.ids import new_id
-from tasks.models import Task, TaskBatch, TaskEvent, TaskStatus, TaskTemplate
+from podi.realtime.models import Event
+from tasks.models import Task, TaskBatch, TaskStatus, TaskTemplate
 from tasks.services import task_token
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_status
 from wallet.models import Hold, LedgerEntry
@@ -33,7 +34,7 @@ def nothing_created(user, ledger_before: int) -> None:
     assert Task.objects.count() == 0
     assert Hold.objects.count() == 0
     assert LedgerEntry.objects.filter(account__user=user).count() == ledger_before
-    assert not TaskEvent.objects.filter(type="task.status").exists()
+    assert not Event.objects.filter(type="task.status").exists()
 
 
 def uploaded(owner, key_suffix="a.png") -> MediaObject:

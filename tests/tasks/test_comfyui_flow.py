@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from tasks.models import Task, TaskEvent, TaskStatus
+from podi.realtime.models import Event
+from tasks.models import Task, TaskStatus
 from tests.servers.comfyui import png_decode
 from tests.tasks.conftest import (
     SLEEP_GRAPH,
@@ -84,7 +85,7 @@ def test_happy_path_end_to_end(worker, comfy, funded, api):
     assert statuses == ["queued", "running", "succeeded"]
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    wallet_events = TaskEvent.objects.filter(type="wallet.points", user=funded)
+    wallet_events = Event.objects.filter(type="wallet.points", user=funded)
     assert [e.payload["status"] for e in wallet_events.order_by("seq")] == [
         "granted",
         "frozen",

@@ -14,8 +14,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from podi.realtime.models import Event
 from tasks.execution import tasks_resume_silent
-from tasks.models import Task, TaskEvent, TaskStatus
+from tasks.models import Task, TaskStatus
 from tasks.services import tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 from wallet.models import LedgerEntry
@@ -75,7 +76,9 @@ def test_killed_worker_is_resumed_and_finishes_once(comfy, funded, api, request,
     assert task.attempts == 1
     assert len(comfy.prompts) == 1  # followed, not resubmitted
     assert LedgerEntry.objects.filter(task_id=task_id, type="confirm").count() == 1
-    finals = TaskEvent.objects.filter(task=task, type="task.status", payload__status="succeeded")
+    finals = Event.objects.filter(
+        task_public_id=task.public_id, type="task.status", payload__status="succeeded"
+    )
     assert finals.count() == 1
     account = account_for_user(funded)
     assert (account.balance, account.frozen) == (994, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podi.events import register_sink, unregister_sink
+from podi.realtime.events import register_sink, unregister_sink
 from wallet.models import Account, Hold, LedgerEntry
 
 

@@ -13,8 +13,8 @@ from integrations.agents.models import Agent, Alert
 from integrations.agents.services.common import SOURCE_AGENT, bounded_json, iso
 from podi.common import required_text
 from podi.errors import validation_error
-from podi.events import emit
 from podi.ids import new_id
+from podi.realtime.events import emit
 
 ALERT_EVENT = "agent.alert"
 

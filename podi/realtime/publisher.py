@@ -1,13 +1,14 @@
 """Where events go after commit: the fan-out to WebSocket subscribers.
 
-``podi.events.publish_now`` calls :func:`channel_layer_sink` in whatever thread committed the
-transaction (a web request thread, a worker thread, the reconciler). The sink never waits on the
-network there: it hands the event to an event loop and returns.
+``podi.realtime.events.publish_now`` calls :func:`channel_layer_sink` (a sink registered by
+``RealtimeConfig.ready``) in whatever thread committed the transaction (a web request thread, a
+worker thread, the reconciler). The sink never waits on the network there: it hands the event to
+an event loop and returns.
 
 * Production (a channel layer other than the in-memory one, i.e. Redis): a daemon thread of this
   process runs a loop that ``group_send``s the event to ``user.<userId>``, ``task.<taskId>`` and
-  ``staff``. Every web process's hub (``tasks.consumers.Hub``) belongs to the groups its sockets
-  need, so an event raised in a worker reaches sockets held by any web process.
+  ``staff``. Every web process's hub (``podi.realtime.consumers.Hub``) belongs to the groups its
+  sockets need, so an event raised in a worker reaches sockets held by any web process.
 * Embedded (the in-memory layer, which only ever reaches its own process): the event goes
   straight to this process's hub on the loop that serves the sockets. A process without sockets
   (``manage.py shell``, a separate worker) has nobody to tell and publishes nothing; its events
@@ -28,7 +29,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from podi.events import Event, register_sink
+from podi.realtime.events import Event
 
 logger = logging.getLogger("podi.realtime")
 
@@ -136,40 +137,5 @@ publisher = _Publisher()
 
 
 def channel_layer_sink(event: Event) -> None:
-    """The ``podi.events`` sink: fan the event out to WebSocket subscribers (never blocks)."""
+    """The event sink: fan the event out to WebSocket subscribers (never blocks)."""
     publisher.publish(event)
-
-
-def register_sinks() -> None:
-    """Register the post-commit event sinks with ``podi.events`` (called by TasksConfig.ready).
-
-    Webhooks are not a sink: a task's callbacks are recorded as ``WebhookDelivery`` rows in the
-    task's own transaction (``tasks.webhooks``), so none is lost with a process.
-    """
-    from django.conf import settings
-
-    from tasks import webhooks  # registers the webhook reconciler step
-
-    if settings.WEBHOOK_SECRET:
-        webhooks.check_signing_secret(settings.WEBHOOK_SECRET)  # fail at start, not at send
-    register_sink(channel_layer_sink)
-
-
-def notify_event_push(*, user, type: str, payload: dict[str, Any]) -> Event:
-    """Record and publish an operator-made event for ``user`` (``POST /api/notify/v1/event``).
-
-    ``payload.taskId`` links the event to that task only when the task is ``user``'s own.
-    """
-    from django.db import transaction
-
-    from podi.events import emit
-    from tasks.models import Task
-
-    task_id = payload.get("taskId")
-    if not (
-        isinstance(task_id, str)
-        and Task.objects.filter(public_id=task_id, user_id=user.pk).exists()
-    ):
-        task_id = None
-    with transaction.atomic():
-        return emit(user_id=user.pk, type=type, payload=payload, task_id=task_id)

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from tasks.consumers import NotifyConsumer
+from podi.realtime.consumers import NotifyConsumer
 
 websocket_urlpatterns = [
     path("api/notify/v1/stream", NotifyConsumer.as_asgi(), name="notify-stream"),

@@ -1,8 +1,9 @@
-"""Task callbacks: one ``WebhookDelivery`` per event per URL, signed per Standard Webhooks,
-retried on ``WEBHOOK_RETRY_SCHEDULE``, never lost, never able to change the task.
+"""Webhooks: one ``WebhookDelivery`` per event per URL, signed per Standard Webhooks, retried on
+``WEBHOOK_RETRY_SCHEDULE``, never lost, never able to change what they report.
 
-* ``webhook_delivery_create`` runs inside the task's own transaction (outbox): the delivery row
-  commits with the status change it reports, and the actor that sends it is enqueued on commit.
+* ``webhook_delivery_create`` runs inside the caller's transaction (outbox: ``emit(…, webhook=…)``
+  records it with the event), so the delivery row commits with the change it reports, and the
+  actor that sends it is enqueued on commit.
 * ``webhook_attempt`` claims the delivery with a guarded update (so a duplicate message, the
   reconciler and a redeliver never send one attempt twice), re-checks the SSRF guard, signs and
   posts with a timeout, records a ``WebhookAttempt`` and schedules the next one: the actor again
@@ -12,6 +13,8 @@ retried on ``WEBHOOK_RETRY_SCHEDULE``, never lost, never able to change the task
   (other status, timeout, refused address) → ``failed`` with the next attempt scheduled, or
   ``exhausted`` after the last entry of the schedule. ``webhook-id`` is the delivery's
   ``public_id``, the same on every attempt, so receivers can de-duplicate.
+* The body is sent as recorded, after the registered body hooks (``tasks`` signs output URLs
+  there, as they expire).
 * The secret: the submitting service key's (rotated in admin, shown once), else
   ``WEBHOOK_SECRET``, else one generated once into ``PODI_DATA_DIR/webhook_secret``.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import dramatiq
 import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -41,9 +45,11 @@ from standardwebhooks import Webhook
 from podi.crypto import decrypt_secret
 from podi.events import enqueue_on_commit
 from podi.ids import new_id
+from podi.realtime.events import Webhook as WebhookRequest
+from podi.realtime.events import webhook_body_for_sending
+from podi.realtime.models import WebhookAttempt, WebhookDelivery
 from podi.reconcile import reconcile_step
 from podi.urlguard import url_refusal
-from tasks.models import Task, TaskAsset, WebhookAttempt, WebhookDelivery
 
 logger = logging.getLogger("podi.webhooks")
 
@@ -56,9 +62,10 @@ EARLY_TOLERANCE = timedelta(milliseconds=500)
 # The reconciler re-sends a due delivery only when its own message is this late.
 RECONCILE_GRACE = timedelta(seconds=10)
 RECONCILE_BATCH = 500
-OUTPUT_URL_TTL = 3600
 MAX_ERROR_CHARS = 1000
 RETRYABLE = (WebhookDelivery.Status.PENDING, WebhookDelivery.Status.FAILED)
+# Declared in ``podi.realtime.actors``, which imports this module: found by name, not imported.
+DELIVERY_ACTOR = "deliver_webhook"
 
 
 # --- Secrets ----------------------------------------------------------------------------------
@@ -115,52 +122,27 @@ def signing_secret_for(delivery: WebhookDelivery) -> str:
 # --- Creating deliveries ----------------------------------------------------------------------
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def webhook_send_on_commit(*, delivery_id: int, **options: Any) -> None:
+    """Send the delivery actor for ``delivery_id`` after commit (``options``: e.g. ``delay``)."""
+    enqueue_on_commit(dramatiq.get_broker().get_actor(DELIVERY_ACTOR), delivery_id, **options)
 
 
-def callback_body(*, task: Task, event_name: str) -> dict[str, Any]:
-    """The DESIGN callback body. Output URLs are signed at send time (they expire)."""
-    outputs = []
-    for asset in task.assets.filter(kind=TaskAsset.Kind.OUTPUT).order_by("pk"):
-        item: dict[str, Any] = {
-            "objectKey": asset.object_key,
-            "mimeType": asset.mime_type,
-            "size": asset.size,
-        }
-        if asset.width:
-            item["width"] = asset.width
-            item["height"] = asset.height
-        outputs.append(item)
-    error = None
-    if task.error_code:
-        error = {"code": task.error_code, "message": task.error_message}
-    return {
-        "type": event_name,
-        "taskId": task.public_id,
-        "status": task.status,
-        "progress": task.progress,
-        "outputs": outputs,
-        "result": task.result,
-        "error": error,
-        "timestamp": _iso(timezone.now()),
-    }
+def webhook_delivery_create(
+    *, webhook: WebhookRequest, user_id: int, task_id: str | None = None
+) -> WebhookDelivery:
+    """Record ``webhook``; call inside the transaction it reports on (outbox).
 
-
-def webhook_delivery_create(*, task: Task, event_name: str) -> WebhookDelivery:
-    """Record the callback of ``event_name`` for ``task``; call inside the task's transaction.
-
-    The caller enqueues ``deliver_task_callback(delivery.pk)`` on commit; if that message is
-    lost the reconciler sends it.
+    The caller sends it with :func:`webhook_send_on_commit`; if that message is lost the
+    reconciler sends it.
     """
     return WebhookDelivery.objects.create(
         public_id=new_id("msg"),
-        user_id=task.user_id,
-        task=task,
-        service_key_id=task.service_key_id,
-        event_type=event_name,
-        url=task.callback_url,
-        payload=callback_body(task=task, event_name=event_name),
+        user_id=user_id,
+        task_public_id=task_id or "",
+        service_key_id=webhook.service_key_id,
+        event_type=webhook.event_type,
+        url=webhook.url,
+        payload=webhook.body,
         status=WebhookDelivery.Status.PENDING,
         next_attempt_at=timezone.now(),
     )
@@ -178,21 +160,6 @@ class Outcome:
     @property
     def succeeded(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def _body_for_sending(payload: dict[str, Any]) -> dict[str, Any]:
-    outputs = payload.get("outputs") or []
-    if not outputs:
-        return payload
-    from media_app.services import signed_download_url
-
-    signed = []
-    for item in outputs:
-        item = dict(item)
-        if item.get("objectKey"):
-            item["url"], _ = signed_download_url(object_key=item["objectKey"], ttl=OUTPUT_URL_TTL)
-        signed.append(item)
-    return {**payload, "outputs": signed}
 
 
 def _pinned_target(url: str) -> tuple[str, dict[str, str], dict[str, Any]] | str:
@@ -231,7 +198,7 @@ def _send(delivery: WebhookDelivery) -> Outcome:
     now = datetime.now(UTC)
     try:
         body = json.dumps(
-            _body_for_sending(delivery.payload), separators=(",", ":"), ensure_ascii=False
+            webhook_body_for_sending(delivery.payload), separators=(",", ":"), ensure_ascii=False
         )
         signature = Webhook(signing_secret_for(delivery)).sign(delivery.public_id, now, body)
     except Exception as exc:  # recorded as a failed attempt (a bad secret, storage down), not lost
@@ -288,8 +255,6 @@ def webhook_attempt(*, delivery_id: int) -> WebhookDelivery | None:
 
 
 def _record(*, delivery_id: int, started_at: datetime, outcome: Outcome) -> WebhookDelivery:
-    from tasks.actors import deliver_task_callback
-
     Status = WebhookDelivery.Status
     with transaction.atomic():
         delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
@@ -333,7 +298,7 @@ def _record(*, delivery_id: int, started_at: datetime, outcome: Outcome) -> Webh
         )
         if next_at is not None:
             delay_ms = max(0, round((next_at - timezone.now()).total_seconds() * 1000))
-            enqueue_on_commit(deliver_task_callback, delivery.pk, delay=delay_ms)
+            webhook_send_on_commit(delivery_id=delivery.pk, delay=delay_ms)
     log = logger.info if outcome.succeeded else logger.warning
     log(
         "webhook %s attempt %s → %s",
@@ -351,14 +316,12 @@ def webhook_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
     If that attempt fails, retries go on along the schedule from where the delivery was (an
     exhausted delivery gets exactly one more attempt).
     """
-    from tasks.actors import deliver_task_callback
-
     with transaction.atomic():
         locked = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
         locked.status = WebhookDelivery.Status.PENDING
         locked.next_attempt_at = timezone.now()
         locked.save(update_fields=["status", "next_attempt_at"])
-        enqueue_on_commit(deliver_task_callback, locked.pk)
+        webhook_send_on_commit(delivery_id=locked.pk)
     return locked
 
 
@@ -371,8 +334,6 @@ def reconcile_webhook_deliveries() -> int:
 
     Safe to over-send: ``webhook_attempt`` claims each attempt once.
     """
-    from tasks.actors import deliver_task_callback
-
     due = list(
         WebhookDelivery.objects.filter(
             status__in=RETRYABLE, next_attempt_at__lte=timezone.now() - RECONCILE_GRACE
@@ -380,6 +341,7 @@ def reconcile_webhook_deliveries() -> int:
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:RECONCILE_BATCH]
     )
+    actor = dramatiq.get_broker().get_actor(DELIVERY_ACTOR)
     for pk in due:
-        deliver_task_callback.send(pk)
+        actor.send(pk)
     return len(due)

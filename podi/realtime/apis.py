@@ -1,10 +1,9 @@
-"""Notification routes (``/api/notify/v1/``): ``POST event``. The stream is ``tasks.consumers``."""
+"""Notification routes (``/api/notify/v1/``): ``POST event``. The stream is in ``consumers``."""
 
 from __future__ import annotations
 
 import json
 
-from django.urls import path
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import BasePermission
@@ -14,8 +13,8 @@ from rest_framework.views import APIView
 from podi.auth import acting_user, is_staff_principal, service_key_of
 from podi.errors import validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
+from podi.realtime.services import notify_event_push
 from podi.schema import error_responses
-from tasks.realtime import notify_event_push
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
@@ -72,8 +71,3 @@ class NotifyEventApi(APIView):
         user = acting_user(request, values.get("userId"))
         event = notify_event_push(user=user, type=values["type"], payload=payload)
         return Response(self.OutputSerializer(event).data, status=201)
-
-
-notify_urlpatterns = [
-    path("event", NotifyEventApi.as_view(), name="notify-event"),
-]

@@ -1,19 +1,15 @@
-"""Admin for live events: webhook deliveries (with every attempt, redeliver) and the event log.
-
-Imported by ``tasks.admin``.
-"""
+"""Admin for live events: webhook deliveries (with every attempt, redeliver) and the event log."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django.contrib import admin
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from tasks.models import TaskEvent, WebhookAttempt, WebhookDelivery
-from tasks.webhooks import webhook_redeliver
+from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
+from podi.realtime.webhooks import webhook_redeliver
 
 DELIVERY_COLOURS = {
     WebhookDelivery.Status.PENDING: "#666",
@@ -71,7 +67,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_display = [
         "public_id",
         "event_type",
-        "task_link",
+        "task_public_id",
         "url",
         "status_badge",
         "attempts",
@@ -80,15 +76,14 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         "created_at",
     ]
     list_filter = [DeliveryAttentionFilter, "status", "event_type", "created_at"]
-    search_fields = ["public_id", "task__public_id", "url", "user__username"]
-    list_select_related = ["task"]
+    search_fields = ["public_id", "task_public_id", "url", "user__username"]
     date_hierarchy = "created_at"
     inlines = [WebhookAttemptInline]
     actions = ["redeliver"]
     readonly_fields = [
         "public_id",
         "user",
-        "task",
+        "task_public_id",
         "service_key",
         "event_type",
         "url",
@@ -110,13 +105,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="task", ordering="task__public_id")
-    def task_link(self, delivery: WebhookDelivery):
-        if delivery.task_id is None:
-            return "—"
-        url = reverse("admin:tasks_task_change", args=[delivery.task_id])
-        return format_html('<a href="{}">{}</a>', url, delivery.task.public_id)
-
     @admin.display(description="status", ordering="status")
     def status_badge(self, delivery: WebhookDelivery):
         return format_html(
@@ -134,16 +122,24 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         self.message_user(request, f"Queued {count} delivery(ies) for another attempt.")
 
 
-@admin.register(TaskEvent)
-class TaskEventAdmin(admin.ModelAdmin):
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
     """The persisted event log (what WebSocket subscribers receive and resume from)."""
 
-    list_display = ["public_id", "user", "seq", "type", "task", "created_at"]
+    list_display = ["public_id", "user", "seq", "type", "task_public_id", "created_at"]
     list_filter = ["type", "created_at"]
-    search_fields = ["public_id", "user__username", "task__public_id"]
-    list_select_related = ["user", "task"]
+    search_fields = ["public_id", "user__username", "task_public_id"]
+    list_select_related = ["user"]
     date_hierarchy = "created_at"
-    readonly_fields = ["public_id", "user", "seq", "type", "task", "payload", "created_at"]
+    readonly_fields = [
+        "public_id",
+        "user",
+        "seq",
+        "type",
+        "task_public_id",
+        "payload",
+        "created_at",
+    ]
     fields = readonly_fields
     ordering = ["-pk"]
     list_per_page = 100

@@ -1,4 +1,4 @@
-"""The live event stream: ``/api/notify/v1/stream`` (DESIGN §5 Notifications, invariant 5).
+"""The live event stream: ``/api/notify/v1/stream`` (docs/adr/0006-live-events.md).
 
 Protocol (JSON text frames):
 
@@ -13,7 +13,9 @@ Protocol (JSON text frames):
   marks the end of the replay.
 * ``{"action":"subscribe","taskIds":[…]}`` adds tasks of other users the caller may follow
   (staff: any; a service key: the tasks it submitted); the caller's own tasks are always
-  included. Refused ids get one ``{"type":"error","code":"TASK_NOT_FOUND"}`` and nothing else.
+  included (who may follow which task is the ``"task"`` access check the tasks app registers
+  with ``podi.realtime.events.register_followable``). Refused ids get one
+  ``{"type":"error","code":"TASK_NOT_FOUND"}`` and nothing else.
   ``{"action":"subscribe","all":true}`` (staff only) adds every user's events; those carry
   ``userId``.
 * ``{"action":"ping"}`` → ``{"type":"pong"}``; the server sends ``{"type":"heartbeat"}`` every
@@ -44,7 +46,6 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
@@ -53,7 +54,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from tasks import realtime
+from podi.auth import principal_from_token
+from podi.errors import AppError, ErrorCode
+from podi.models import ServiceKey
+from podi.realtime import error_codes as codes
+from podi.realtime import publisher, selectors
+from podi.realtime.events import Principal, followable
 
 logger = logging.getLogger("podi.realtime")
 
@@ -68,14 +74,6 @@ MAX_TASK_IDS_PER_MESSAGE = 100
 SEEN_IDS = 4_096
 GROUP_REFRESH_SECONDS = 3_600
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass(frozen=True)
-class Principal:
-    user_id: int
-    is_staff: bool
-    key_id: int | None
-    expires_at: float | None  # epoch seconds (JWT exp); None for service keys
 
 
 def _now_iso() -> str:
@@ -136,11 +134,6 @@ def db_helper(func):
 @db_helper
 def authenticate(raw: str) -> tuple[Principal, int] | None:
     """The principal of a raw token and its user's newest event seq, or None."""
-    from podi.auth import principal_from_token
-    from podi.errors import AppError
-    from podi.models import ServiceKey
-    from tasks.models import EventCursor
-
     try:
         user, auth = principal_from_token(raw)
     except AppError:
@@ -149,72 +142,31 @@ def authenticate(raw: str) -> tuple[Principal, int] | None:
         principal = Principal(user.pk, auth.has_scope("admin"), auth.pk, None)
     else:
         principal = Principal(user.pk, bool(user.is_staff), None, float(auth["exp"]))
-    latest = EventCursor.objects.filter(user_id=user.pk).values_list("last_seq", flat=True)
-    return principal, latest.first() or 0
+    return principal, selectors.latest_seq(user_id=user.pk)
 
 
 @db_helper
 def latest_seq(user_id: int) -> int:
-    from tasks.models import EventCursor
-
-    latest = EventCursor.objects.filter(user_id=user_id).values_list("last_seq", flat=True)
-    return latest.first() or 0
+    return selectors.latest_seq(user_id=user_id)
 
 
 @db_helper
 def sockets_state(user_ids: set[int], key_ids: set[int]) -> tuple[set, set, dict[int, int]]:
     """For the hub's periodic check, in three queries whatever the number of sockets:
     (active user ids, usable service key ids, newest seq by user id)."""
-    from django.contrib.auth import get_user_model
-    from django.db.models import Q
-    from django.utils import timezone
-
-    from podi.models import ServiceKey
-    from tasks.models import EventCursor
-
-    active = set(
-        get_user_model()
-        .objects.filter(pk__in=user_ids, is_active=True)
-        .values_list("pk", flat=True)
-    )
-    keys = set(
-        ServiceKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-        .values_list("pk", flat=True)
-    )
-    latest = dict(
-        EventCursor.objects.filter(user_id__in=user_ids).values_list("user_id", "last_seq")
-    )
-    return active, keys, latest
+    active, keys = selectors.usable_principals(user_ids=user_ids, key_ids=key_ids)
+    return active, keys, selectors.latest_seqs(user_ids=user_ids)
 
 
 @db_helper
 def events_after(user_id: int, after: int, until: int | None, limit: int) -> list[dict]:
-    from tasks.models import TaskEvent
-
-    queryset = TaskEvent.objects.filter(user_id=user_id, seq__gt=after)
-    if until is not None:
-        queryset = queryset.filter(seq__lte=until)
-    return [{**event.as_message(), "userId": user_id} for event in queryset.order_by("seq")[:limit]]
+    return selectors.events_after(user_id=user_id, after=after, until=until, limit=limit)
 
 
 @db_helper
 def followable_tasks(principal: Principal, task_ids: list[str]) -> tuple[set[str], set[str]]:
     """(ids of the caller's own tasks, ids of other users' tasks the caller may follow)."""
-    from django.db.models import Q
-
-    from tasks.models import Task
-
-    queryset = Task.objects.filter(public_id__in=task_ids)
-    if not principal.is_staff:
-        allowed = Q(user_id=principal.user_id)
-        if principal.key_id is not None:
-            allowed |= Q(service_key_id=principal.key_id)
-        queryset = queryset.filter(allowed)
-    own, foreign = set(), set()
-    for public_id, user_id in queryset.values_list("public_id", "user_id"):
-        (own if user_id == principal.user_id else foreign).add(public_id)
-    return own, foreign
+    return followable("task", principal, task_ids)
 
 
 # --- The hub: one channel-layer reader per process and event loop ----------------------------
@@ -247,15 +199,15 @@ class Hub:
 
     async def attach(self, consumer: NotifyConsumer) -> None:
         self.by_user.setdefault(consumer.principal.user_id, set()).add(consumer)
-        await self._join(realtime.user_group(consumer.principal.user_id))
+        await self._join(publisher.user_group(consumer.principal.user_id))
 
     async def follow_task(self, consumer: NotifyConsumer, task_id: str) -> None:
         self.by_task.setdefault(task_id, set()).add(consumer)
-        await self._join(realtime.task_group(task_id))
+        await self._join(publisher.task_group(task_id))
 
     async def follow_everything(self, consumer: NotifyConsumer) -> None:
         self.everything.add(consumer)
-        await self._join(realtime.STAFF_GROUP)
+        await self._join(publisher.STAFF_GROUP)
 
     def detach(self, consumer: NotifyConsumer) -> None:
         """Forget a socket; groups nobody here needs any more are left at the next check."""
@@ -271,17 +223,17 @@ class Hub:
 
     def _needed(self, group: str) -> bool:
         kind, _, name = group.partition(".")
-        if group == realtime.STAFF_GROUP:
+        if group == publisher.STAFF_GROUP:
             return bool(self.everything)
         if kind == "user":
             return int(name) in self.by_user
         return name in self.by_task
 
     def _needed_groups(self) -> set[str]:
-        groups = {realtime.user_group(uid) for uid in self.by_user}
-        groups |= {realtime.task_group(tid) for tid in self.by_task}
+        groups = {publisher.user_group(uid) for uid in self.by_user}
+        groups |= {publisher.task_group(tid) for tid in self.by_task}
         if self.everything:
-            groups.add(realtime.STAFF_GROUP)
+            groups.add(publisher.STAFF_GROUP)
         return groups
 
     async def _join(self, group: str) -> None:
@@ -384,10 +336,10 @@ async def hub() -> Hub:
     loop = asyncio.get_running_loop()
     current = _hubs.get(loop)
     if current is None:
-        layer = get_channel_layer() if realtime.uses_channel_layer() else None
+        layer = get_channel_layer() if publisher.uses_channel_layer() else None
         current = _hubs[loop] = Hub(loop, layer)
         if layer is None:  # embedded: the publisher hands events straight to us
-            realtime.publisher.attach_local(loop, current.route)
+            publisher.publisher.attach_local(loop, current.route)
         current.started = asyncio.ensure_future(current.start())
     await current.started
     return current
@@ -442,7 +394,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         )
         after = resume_from_scope(self.scope)
         if after == -1:
-            await self._error("INVALID_MESSAGE", "'after' must be an integer ≥ 0.")
+            await self._error(codes.INVALID_MESSAGE, "'after' must be an integer ≥ 0.")
         elif after is not None:  # ?after=N: the replay comes before any live event
             self._resume_after = after
             self._wake.set()
@@ -484,7 +436,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         except (TypeError, ValueError):
             content = None
         if not isinstance(content, dict):
-            await self._error("INVALID_MESSAGE", "Send a JSON object with an 'action'.")
+            await self._error(codes.INVALID_MESSAGE, "Send a JSON object with an 'action'.")
             return
         action = content.get("action")
         if action == "ping":
@@ -495,7 +447,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
             await self._on_subscribe(content)
         else:
             await self._error(
-                "INVALID_MESSAGE",
+                codes.INVALID_MESSAGE,
                 "Unknown action; use subscribe, resume or ping.",
                 {"action": action if isinstance(action, str) else None},
             )
@@ -503,7 +455,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
     async def _on_resume(self, content: dict) -> None:
         after = content.get("after")
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            await self._error("INVALID_MESSAGE", "'after' must be an integer ≥ 0.")
+            await self._error(codes.INVALID_MESSAGE, "'after' must be an integer ≥ 0.")
             return
         self._resume_after = after
         self._wake.set()
@@ -512,7 +464,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         principal = self.principal
         if content.get("all") is True:
             if not principal.is_staff:
-                await self._error("FORBIDDEN", "Only staff may subscribe to all events.")
+                await self._error(codes.FORBIDDEN, "Only staff may subscribe to all events.")
                 return
             await self._hub.follow_everything(self)
             await self._send({"type": "subscribed", "all": True})
@@ -525,7 +477,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
             or not all(isinstance(t, str) for t in task_ids)
         ):
             await self._error(
-                "INVALID_MESSAGE",
+                codes.INVALID_MESSAGE,
                 f"'taskIds' must be a list of 1..{MAX_TASK_IDS_PER_MESSAGE} task ids, "
                 "or send 'all': true.",
             )
@@ -536,7 +488,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         new_foreign = [t for t in wanted if t in foreign and t not in self.task_ids]
         if len(self.task_ids) + len(new_foreign) > MAX_TASK_SUBSCRIPTIONS:
             await self._error(
-                "TOO_MANY_SUBSCRIPTIONS",
+                codes.TOO_MANY_SUBSCRIPTIONS,
                 f"At most {MAX_TASK_SUBSCRIPTIONS} task subscriptions per connection.",
             )
             return
@@ -547,14 +499,14 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         refused = [t for t in wanted if t not in own and t not in foreign]
         await self._send({"type": "subscribed", "taskIds": accepted})
         if refused:
-            await self._error("TASK_NOT_FOUND", "No such task of yours.", {"taskIds": refused})
+            await self._error(codes.TASK_NOT_FOUND, "No such task of yours.", {"taskIds": refused})
 
     async def _send(self, message: dict) -> None:
         await self.send(text_data=json.dumps(message))
 
-    async def _error(self, code: str, message: str, details: dict | None = None) -> None:
+    async def _error(self, code: ErrorCode, message: str, details: dict | None = None) -> None:
         await self._send(
-            {"type": "error", "code": code, "message": message, "details": details or {}}
+            {"type": "error", "code": code.code, "message": message, "details": details or {}}
         )
 
     # Sending: one task per socket, in order --------------------------------------------------
@@ -584,7 +536,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         after = min(after, latest)
         if self._sent_from - after > MAX_REPLAY:
             await self._error(
-                "RESUME_TOO_FAR",
+                codes.RESUME_TOO_FAR,
                 f"At most {MAX_REPLAY} events can be replayed; read older ones from "
                 "GET /api/tasks/v1/{taskId}/events.",
                 {"minAfter": self._sent_from - MAX_REPLAY, "lastSeq": latest},

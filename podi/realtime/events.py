@@ -1,0 +1,150 @@
+"""The public face of live events: what other apps import from ``podi.realtime``.
+
+* ``emit(user_id=…, type=…, payload=…, task_id=…, webhook=…)`` is how every service raises an
+  event. Inside the caller's transaction the *recorder* (``services.event_record``, wired by
+  ``RealtimeConfig.ready``) persists it with the user's next ``seq`` and, when a ``Webhook`` is
+  given, records its delivery (outbox); after commit the event goes to every *sink* (the
+  WebSocket fan-out). With no recorder the event is published unpersisted.
+* Apps above this one lend it what it must not import, from their ``AppConfig.ready()``:
+  ``register_followable(kind, resolver)`` answers "which of these objects may this principal
+  follow?" (``tasks`` registers ``"task"``) and ``register_webhook_body_hook(hook)`` finishes a
+  webhook body at send time (``tasks`` signs output URLs, which expire).
+
+This module imports nothing of the app, so every other module of it may import this one.
+See docs/adr/0006-live-events.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+
+from podi.ids import new_id
+
+logger = logging.getLogger("podi.realtime")
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who holds a socket (or for whom an event is checked): a user, maybe through a key."""
+
+    user_id: int
+    is_staff: bool
+    key_id: int | None = None
+    expires_at: float | None = None  # epoch seconds (JWT exp); None for service keys
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A callback to record with an event: POSTed after commit, signed, retried.
+
+    ``body`` is sent as is, after the registered body hooks (signing output URLs); the secret is
+    the service key's (``service_key_id``) or the platform's.
+    """
+
+    url: str
+    event_type: str
+    body: dict[str, Any]
+    service_key_id: int | None = None
+
+
+EventRecorder = Callable[[Event, "Webhook | None"], Event]
+# (principal, ids) → (ids of the principal's own objects, ids of others' it may follow)
+Followable = Callable[[Principal, list[str]], tuple[set[str], set[str]]]
+WebhookBodyHook = Callable[[dict[str, Any]], dict[str, Any]]
+
+_sinks: list[EventSink] = []
+_recorder: list[EventRecorder] = []
+_followable: dict[str, Followable] = {}
+_webhook_body_hooks: list[WebhookBodyHook] = []
+
+
+# --- Registration (AppConfig.ready) ------------------------------------------------------------
+
+
+def register_sink(sink: EventSink) -> None:
+    if sink not in _sinks:
+        _sinks.append(sink)
+
+
+def unregister_sink(sink: EventSink) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def set_recorder(recorder: EventRecorder | None) -> None:
+    """Wired once by ``RealtimeConfig.ready``; ``None`` publishes unpersisted (benchmarks)."""
+    _recorder[:] = [recorder] if recorder else []
+
+
+def register_followable(kind: str, resolver: Followable) -> None:
+    """Let ``kind`` objects be followed on the stream; ``resolver`` is the kind's access check."""
+    _followable[kind] = resolver
+
+
+def register_webhook_body_hook(hook: WebhookBodyHook) -> None:
+    if hook not in _webhook_body_hooks:
+        _webhook_body_hooks.append(hook)
+
+
+# --- Use --------------------------------------------------------------------------------------
+
+
+def followable(kind: str, principal: Principal, ids: list[str]) -> tuple[set[str], set[str]]:
+    """(own ids, others' ids the principal may follow) among ``ids``; nothing for unknown kinds."""
+    resolver = _followable.get(kind)
+    if resolver is None or not ids:
+        return set(), set()
+    return resolver(principal, ids)
+
+
+def webhook_body_for_sending(body: dict[str, Any]) -> dict[str, Any]:
+    for hook in _webhook_body_hooks:
+        body = hook(body)
+    return body
+
+
+def publish_now(event: Event) -> None:
+    """Deliver to every sink immediately (does not wait for a commit)."""
+    for sink in list(_sinks):
+        try:
+            sink(event)
+        except Exception:  # a broken subscriber must never break the write that published
+            logger.exception("event sink %r failed", sink)
+
+
+def publish_on_commit(event: Event, *, using: str = "default") -> None:
+    transaction.on_commit(lambda: publish_now(event), using=using)
+
+
+def emit(
+    *,
+    user_id: int | None,
+    type: str,
+    payload: dict[str, Any],
+    task_id: str | None = None,
+    webhook: Webhook | None = None,
+    using: str = "default",
+) -> Event:
+    """Record an event (and its webhook) in the current transaction; publish it after commit."""
+    event: Event = {
+        "id": new_id("evt"),
+        "seq": None,
+        "type": type,
+        "userId": user_id,
+        "taskId": task_id,
+        "payload": payload,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if _recorder:
+        event = _recorder[0](event, webhook)
+    publish_on_commit(event, using=using)
+    return event
