@@ -307,6 +307,13 @@ def task_submit(
     if test_binding is not None:
         ability = test_binding.ability
         bindings = [test_binding]
+        if test_binding.missing_node_classes:
+            raise AppError(
+                codes.NO_EXECUTOR,
+                f"{test_binding.executor.name} lacks node class(es) "
+                f"{', '.join(test_binding.missing_node_classes)} this workflow needs.",
+                details={"missingNodeClasses": test_binding.missing_node_classes},
+            )
     else:
         ability = ability_get_active(code=action)
         bindings = list(bindings_for_ability(ability))
@@ -475,7 +482,7 @@ def _claim_executor(task: Task):
         )
     else:
         candidates = bindings_for_ability(task.ability)
-    bindings = [b for b in candidates if b.executor.is_dispatchable]
+    bindings = [b for b in candidates if b.executor.is_dispatchable and not b.missing_node_classes]
     if not bindings:
         return None
     tried = set(task.executor_state.get("triedExecutors", []))
