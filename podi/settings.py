@@ -54,7 +54,7 @@ PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), "http://127.0.0.
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # django.contrib.admin with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -72,10 +72,12 @@ INSTALLED_APPS = [
     "integrations",
     "media_app",
     "tasks",
+    "console",
 ]
 
 MIDDLEWARE = [
     "podi.middleware.RequestIdMiddleware",
+    "podi.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -421,6 +423,18 @@ AGENT_JWT_SECRETS = _agent_jwt_secrets(env.str("AGENT_JWT_SECRETS")) or {
 AGENT_HEARTBEAT_TOKEN_TTL = env.int("AGENT_HEARTBEAT_TOKEN_TTL", 30 * 86400, min_value=60)
 AGENT_TASK_TOKEN_TTL = env.int("AGENT_TASK_TOKEN_TTL", 3600, min_value=60)
 AGENT_HEARTBEAT_INTERVAL = env.int("AGENT_HEARTBEAT_INTERVAL", 30, min_value=1)
+
+# --- Metrics (/metrics, Prometheus) ---------------------------------------------------------
+# Bearer token for /metrics; unset = loopback clients only.
+METRICS_TOKEN = env.str("METRICS_TOKEN")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# Several processes (web + separate workers) on one host: a directory they all write their
+# histogram samples to, emptied before they start. prometheus_client reads it from os.environ.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 
 # --- Internationalisation, logging ----------------------------------------------------------
 LANGUAGE_CODE = "en-us"

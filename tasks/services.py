@@ -22,6 +22,7 @@ from integrations.selectors import ability_get_active, ability_validate_params, 
 from podi.errors import AppError, validation_error
 from podi.events import emit, enqueue_on_commit
 from podi.ids import new_id
+from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
 from tasks.models import (
@@ -578,6 +579,12 @@ def _dispatch_one(pk: int, now) -> str:
         state.pop("submitted", None)
         task.executor_state = state
         task.save()
+        if task.attempts == 1:
+            observe_on_commit(
+                TASK_DISPATCH_SECONDS,
+                (now - task.created_at).total_seconds(),
+                ability=task.action,
+            )
         _emit_status(task)
         enqueue_on_commit(run_task, task.public_id, task.attempts)
     return "started"
@@ -698,6 +705,14 @@ def task_finish(
             task.error_code = error_code or codes.EXECUTOR_ERROR.code
             task.error_message = (error_message or "")[:4000]
         task.save()
+        if task.dispatched_at is not None:
+            observe_on_commit(
+                TASK_RUN_SECONDS,
+                (now - task.dispatched_at).total_seconds(),
+                ability=task.action,
+                executor=task.executor.name if task.executor_id else "",
+                status=status,
+            )
         output_items = None
         if outputs is not None:
             for media in outputs:
