@@ -27,3 +27,11 @@ def operator(db):
 
 # The task rig (a real worker, the ComfyUI test server, a funded owner, an HTTP client).
 from tests.tasks.conftest import api, comfy, funded, worker  # noqa: E402, F401
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (the browser fixture screenshots failures)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
