@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format check-migrations lock bench clean
+.PHONY: run test lint format check-migrations lock bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
 run: $(STAMP)
 	$(BIN)/python manage.py up --host $(HOST) --port $(PORT)
 
-test: $(STAMP) lint check-migrations
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) lint check-migrations browser
+	PODI_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || \
+		(apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
+	@test -x $(CHROMIUM) || { echo "Chromium is missing for the browser tests: run 'sudo apt-get install -y chromium' (or set CHROMIUM=/path/to/chromium) and run make test again." >&2; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -37,7 +37,9 @@ from integrations.selectors import (
     ability_params_schema,
     ability_schema_version,
     binding_preview,
+    binding_warnings,
     params_validate,
+    workflow_version_warnings,
 )
 from integrations.services import (
     ability_create,
@@ -97,6 +99,12 @@ def guarded(model_admin, request, service, **kwargs) -> bool:
         model_admin.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
         return False
     return True
+
+
+def warn(model_admin, request, warnings: list[str]) -> None:
+    """Show each warning of a save (e.g. missing node classes) as an admin warning message."""
+    for text in warnings:
+        model_admin.message_user(request, text, messages.WARNING)
 
 
 def health_badge(executor: Executor):
@@ -694,6 +702,7 @@ class WorkflowAdmin(admin.ModelAdmin):
                 **form.version_values,
             )
             self.message_user(request, f"Created version {version.version}.", messages.SUCCESS)
+            warn(self, request, workflow_version_warnings(version))
         obj.refresh_from_db()
 
     def delete_model(self, request, obj):
@@ -799,6 +808,7 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
         for version in queryset.select_related("workflow"):
             workflow_version_activate(version=version)
             self.message_user(request, f"{version.workflow.name}: v{version.version} is active.")
+            warn(self, request, workflow_version_warnings(version))
 
 
 # ============================================================================== abilities
@@ -1067,12 +1077,13 @@ class AbilityAdmin(admin.ModelAdmin):
                         binding_delete(binding=sub.instance)
                 elif sub.instance.pk:
                     current = WorkflowBinding.objects.get(pk=sub.instance.pk)
-                    binding_update(
+                    saved = binding_update(
                         binding=current,
                         **{k: v for k, v in values.items() if k in sub.changed_data},
                     )
+                    warn(self, request, binding_warnings(saved))
                 else:
-                    binding_create(**values)
+                    warn(self, request, binding_warnings(binding_create(**values)))
             return
         if formset.model is Preset:
             for sub in formset.forms:
@@ -1139,6 +1150,27 @@ class PinnedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class RunnableFilter(admin.SimpleListFilter):
+    """ "Cannot run": disabled, executor disabled or unhealthy, or node classes missing."""
+
+    title = "can run"
+    parameter_name = "runnable"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Can run"), ("no", "Cannot run"), ("nodes", "Missing node classes")]
+
+    def queryset(self, request, queryset):
+        from integrations.selectors import bindings_not_runnable
+
+        if self.value() == "no":
+            return queryset.filter(pk__in=bindings_not_runnable().values("pk"))
+        if self.value() == "yes":
+            return queryset.exclude(pk__in=bindings_not_runnable().values("pk"))
+        if self.value() == "nodes":
+            return queryset.exclude(missing_node_classes=[])
+        return queryset
+
+
 @admin.register(WorkflowBinding)
 class WorkflowBindingAdmin(admin.ModelAdmin):
     form = BindingForm
@@ -1149,6 +1181,7 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
         "version",
         "executor",
         "executor_health",
+        "nodes",
         "priority",
         "weight",
         "enabled",
@@ -1156,7 +1189,15 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
         "queue_timeout",
         "run_timeout",
     ]
-    list_filter = ["enabled", PinnedFilter, "executor__kind", "executor__health_status", "executor"]
+    list_filter = [
+        RunnableFilter,
+        "enabled",
+        PinnedFilter,
+        "executor__kind",
+        "executor__health_status",
+        "executor",
+    ]
+    readonly_fields = ["nodes"]
     search_fields = ["ability__code", "workflow__name", "executor__name"]
     list_select_related = ["ability", "workflow__active_version", "workflow_version", "executor"]
     autocomplete_fields = ["ability", "workflow", "executor"]
@@ -1174,16 +1215,32 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
     def executor_health(self, obj):
         return health_badge(obj.executor)
 
+    @admin.display(description="node classes")
+    def nodes(self, obj):
+        if obj.pk is None or obj.executor.kind != "comfyui":
+            return "—"
+        if obj.missing_node_classes:
+            return format_html(
+                '<span style="color:#cf222e" title="dispatch skips this binding">✗ missing {}'
+                "</span>",
+                ", ".join(obj.missing_node_classes),
+            )
+        if obj.nodes_checked_at is None:
+            return format_html('<span style="color:#9a6700">{}</span>', "not checked yet")
+        return format_html('<span style="color:#1a7f37">{}</span>', "✓ all installed")
+
     def save_model(self, request, obj, form, change):
         values = _binding_values(form)
         if not change:
             created = binding_create(**values)
             obj.pk = created.pk
             obj._state.adding = False
+            warn(self, request, binding_warnings(created))
             return
         changes = {k: v for k, v in values.items() if k in form.changed_data}
         if changes:
-            binding_update(binding=WorkflowBinding.objects.get(pk=obj.pk), **changes)
+            saved = binding_update(binding=WorkflowBinding.objects.get(pk=obj.pk), **changes)
+            warn(self, request, binding_warnings(saved))
 
     def delete_model(self, request, obj):
         guarded(self, request, binding_delete, binding=obj)

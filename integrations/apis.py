@@ -29,10 +29,12 @@ from integrations.selectors import (
     ability_params_schema,
     api_key_get,
     binding_get,
+    binding_warnings,
     executor_get,
     preset_get,
     with_ordered_bindings,
     workflow_get,
+    workflow_version_warnings,
 )
 from integrations.services import (
     ability_create,
@@ -229,6 +231,18 @@ class WorkflowVersionOutputSerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField(source="created_at")
 
 
+class WarningsMixin(serializers.Serializer):
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Things the operator should know, e.g. node classes an executor lacks (the "
+        "binding concerned will not run until they are installed). Empty when all is well.",
+    )
+
+
+class WorkflowVersionCreatedSerializer(WorkflowVersionOutputSerializer, WarningsMixin):
+    pass
+
+
 class AdminWorkflowsApi(AdminApi):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
@@ -329,7 +343,7 @@ class AdminWorkflowVersionsApi(AdminApi):
         summary="Add an immutable version (400 WORKFLOW_INVALID with details.reason)",
         request=InputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
-        responses={201: WorkflowVersionOutputSerializer, **error_responses(*ADMIN_ERRORS, 404)},
+        responses={201: WorkflowVersionCreatedSerializer, **error_responses(*ADMIN_ERRORS, 404)},
     )
     @idempotent
     def post(self, request, workflow_id: int):
@@ -347,7 +361,11 @@ class AdminWorkflowVersionsApi(AdminApi):
             created_by=request.user if request.user.is_authenticated else None,
         )
         return Response(
-            WorkflowVersionOutputSerializer(version).data, status=status.HTTP_201_CREATED
+            {
+                **WorkflowVersionOutputSerializer(version).data,
+                "warnings": workflow_version_warnings(version),
+            },
+            status=status.HTTP_201_CREATED,
         )
 
 
@@ -530,11 +548,31 @@ class BindingOutputSerializer(serializers.Serializer):
     priority = serializers.IntegerField()
     weight = serializers.IntegerField()
     enabled = serializers.BooleanField()
+    missingNodeClasses = serializers.ListField(
+        source="missing_node_classes",
+        child=serializers.CharField(),
+        help_text="ComfyUI node classes the bound version needs that the executor's last "
+        "/object_info lacked; while not empty, dispatch skips this binding.",
+    )
+    nodesCheckedAt = serializers.DateTimeField(
+        source="nodes_checked_at",
+        allow_null=True,
+        help_text="When node classes were last checked (null: not yet, or not ComfyUI).",
+    )
     maxAttempts = serializers.IntegerField(source="max_attempts")
     queueTimeout = serializers.IntegerField(source="queue_timeout")
     runTimeout = serializers.IntegerField(source="run_timeout")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
+
+
+class BindingSavedSerializer(BindingOutputSerializer, WarningsMixin):
+    pass
+
+
+def _binding_saved(binding: WorkflowBinding) -> dict:
+    binding = binding_get(binding_id=binding.pk)
+    return {**BindingOutputSerializer(binding).data, "warnings": binding_warnings(binding)}
 
 
 BINDING_FIELDS = {
@@ -604,7 +642,7 @@ class AdminBindingsApi(AdminApi):
         summary="Bind an ability to a workflow on an executor",
         request=InputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
-        responses={201: BindingOutputSerializer, **error_responses(*ADMIN_ERRORS, 404)},
+        responses={201: BindingSavedSerializer, **error_responses(*ADMIN_ERRORS, 404)},
     )
     @idempotent
     def post(self, request):
@@ -612,7 +650,7 @@ class AdminBindingsApi(AdminApi):
         data.is_valid(raise_exception=True)
         values = _binding_refs(rename_keys(data.validated_data, BINDING_FIELDS))
         binding = binding_create(**values)
-        return Response(BindingOutputSerializer(binding).data, status=status.HTTP_201_CREATED)
+        return Response(_binding_saved(binding), status=status.HTTP_201_CREATED)
 
 
 class AdminBindingApi(AdminApi):
@@ -626,7 +664,7 @@ class AdminBindingApi(AdminApi):
     @extend_schema(
         summary="Change a workflow binding",
         request=AdminBindingsApi.InputSerializer(partial=True),
-        responses={200: BindingOutputSerializer, **error_responses(*ADMIN_ERRORS, 404)},
+        responses={200: BindingSavedSerializer, **error_responses(*ADMIN_ERRORS, 404)},
     )
     def patch(self, request, binding_id: int):
         binding = binding_get(binding_id=binding_id)
@@ -634,7 +672,7 @@ class AdminBindingApi(AdminApi):
         data.is_valid(raise_exception=True)
         values = _binding_refs(rename_keys(data.validated_data, BINDING_FIELDS), binding)
         binding = binding_update(binding=binding, **values)
-        return Response(BindingOutputSerializer(binding_get(binding_id=binding.pk)).data)
+        return Response(_binding_saved(binding))
 
     @extend_schema(
         summary="Delete a workflow binding",

@@ -245,6 +245,10 @@ class WorkflowBinding(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     queue_timeout = models.PositiveIntegerField(default=600, help_text="Seconds.")
     run_timeout = models.PositiveIntegerField(default=600, help_text="Seconds.")
+    # ComfyUI: node classes the resolved version needs that the executor's last /object_info
+    # lacked. Non-empty = dispatch skips this binding (the executor's other bindings still run).
+    missing_node_classes = models.JSONField(default=list, blank=True, editable=False)
+    nodes_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -267,6 +271,30 @@ class WorkflowBinding(models.Model):
         if self.workflow_version_id:
             return self.workflow_version
         return self.workflow.active_version
+
+    @property
+    def is_runnable(self) -> bool:
+        """Whether dispatch may use it now: enabled, executor dispatchable, no missing nodes."""
+        return self.enabled and self.executor.is_dispatchable and not self.missing_node_classes
+
+
+class NodeInventory(models.Model):
+    """The node classes a ComfyUI executor answered at its last health check (``/object_info``),
+    kept apart from ``Executor`` so dispatch never loads the list. Bindings are checked against
+    it when the executor is checked and when a version is saved, activated or bound."""
+
+    executor = models.OneToOneField(
+        Executor, on_delete=models.CASCADE, primary_key=True, related_name="node_inventory"
+    )
+    node_classes = models.JSONField(default=list)
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "node inventory"
+        verbose_name_plural = "node inventories"
+
+    def __str__(self) -> str:
+        return f"{self.executor_id}: {len(self.node_classes)} node classes"
 
 
 class Preset(models.Model):

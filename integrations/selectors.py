@@ -15,6 +15,7 @@ from integrations.models import (
     Ability,
     Executor,
     ExecutorKind,
+    NodeInventory,
     Preset,
     VendorApiKey,
     Workflow,
@@ -197,11 +198,27 @@ def ability_validate_params(
 
 
 def bindings_for_ability(ability: Ability) -> QuerySet[WorkflowBinding]:
-    """Enabled bindings whose executor is enabled, highest priority first."""
+    """Enabled bindings whose executor is enabled and has every node class the workflow needs,
+    highest priority first."""
     return (
         WorkflowBinding.objects.filter(ability=ability, enabled=True, executor__enabled=True)
+        .filter(missing_node_classes=[])
         .select_related("workflow", "workflow__active_version", "workflow_version", "executor")
         .order_by("-priority", "id")
+    )
+
+
+def bindings_not_runnable() -> QuerySet[WorkflowBinding]:
+    """Enabled bindings dispatch cannot use now: executor disabled or unhealthy, or node classes
+    missing on it. (Disabled bindings are the operator's choice, not a fault.)"""
+    from django.db.models import Q
+
+    from integrations.models import HealthStatus
+
+    return WorkflowBinding.objects.filter(enabled=True).filter(
+        Q(executor__enabled=False)
+        | Q(executor__health_status=HealthStatus.UNHEALTHY)
+        | ~Q(missing_node_classes=[])
     )
 
 
@@ -239,6 +256,64 @@ def executor_health_requirements(executor: Executor) -> HealthRequirements:
         }
         return HealthRequirements(workflow_ids=frozenset(ids))
     return HealthRequirements()
+
+
+# ------------------------------------------------------------------------------ node classes
+
+
+def node_inventories(executor_ids) -> dict[int, frozenset[str]]:
+    """The node classes each ComfyUI executor answered at its last check (absent: never read)."""
+    return {
+        row.executor_id: frozenset(row.node_classes)
+        for row in NodeInventory.objects.filter(executor_id__in=set(executor_ids))
+    }
+
+
+def binding_missing_nodes(
+    binding: WorkflowBinding, installed: frozenset[str] | None
+) -> list[str] | None:
+    """Node classes the binding's resolved version needs that ``installed`` lacks; None when
+    that cannot be told (not ComfyUI, no version, executor never read)."""
+    version = binding.resolved_version()
+    if binding.executor.kind != ExecutorKind.COMFYUI or version is None or installed is None:
+        return None
+    return sorted(node_classes_of(version.definition) - installed)
+
+
+def binding_warnings(binding: WorkflowBinding) -> list[str]:
+    """What an operator should hear when saving this binding (empty = nothing to say)."""
+    where = f"{binding.ability.code} → {binding.workflow.name} @ {binding.executor.name}"
+    if binding.missing_node_classes:
+        return [
+            f"{where}: node class(es) {', '.join(binding.missing_node_classes)} are not "
+            f"installed on {binding.executor.name}; this binding will not run until they are "
+            "(the executor's other bindings keep running)."
+        ]
+    if (
+        binding.enabled
+        and binding.executor.kind == ExecutorKind.COMFYUI
+        and binding.nodes_checked_at is None
+    ):
+        return [
+            f"{where}: {binding.executor.name}'s node classes are not known yet; they are "
+            "checked at its next health check."
+        ]
+    return []
+
+
+def workflow_version_warnings(version: WorkflowVersion) -> list[str]:
+    """Warnings for every binding that runs ``version`` (pinned, or through the active one)."""
+    bindings = (
+        WorkflowBinding.objects.filter(workflow_id=version.workflow_id)
+        .select_related("ability", "workflow__active_version", "workflow_version", "executor")
+        .order_by("pk")
+    )
+    warnings: list[str] = []
+    for binding in bindings:
+        resolved = binding.resolved_version()
+        if resolved is not None and resolved.pk == version.pk:
+            warnings.extend(binding_warnings(binding))
+    return warnings
 
 
 # ------------------------------------------------------------------------------ fetch-or-404
@@ -284,7 +359,9 @@ def ability_get_public(*, ability_id: Any) -> Ability:
 
 def binding_get(*, binding_id: Any) -> WorkflowBinding:
     return get_or_error(
-        WorkflowBinding.objects.select_related("workflow_version", "workflow", "executor"),
+        WorkflowBinding.objects.select_related(
+            "ability", "workflow_version", "workflow__active_version", "executor"
+        ),
         binding_id,
         codes.BINDING_NOT_FOUND,
     )

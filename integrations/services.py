@@ -22,6 +22,7 @@ from integrations.models import (
     Executor,
     ExecutorKind,
     HealthStatus,
+    NodeInventory,
     Preset,
     VendorApiKey,
     Workflow,
@@ -30,7 +31,9 @@ from integrations.models import (
 )
 from integrations.selectors import (
     ability_params_schema,
+    binding_missing_nodes,
     executor_health_requirements,
+    node_inventories,
     params_validate,
 )
 from integrations.validation import (
@@ -238,6 +241,8 @@ def executor_health_check(*, executor: Executor) -> Executor:
         result = HealthResult.unhealthy(exc.message)
     except ImproperlyConfigured as exc:  # e.g. a key that no longer decrypts
         result = HealthResult.unhealthy(str(exc))
+    if result.node_classes is not None:
+        executor_nodes_record(executor=executor, node_classes=result.node_classes)
     result = executor_agent_gate(executor, result)  # an offline agent keeps it unhealthy
     previous = executor.health_status
     Executor.objects.filter(pk=executor.pk).update(
@@ -259,6 +264,47 @@ def executor_health_check(*, executor: Executor) -> Executor:
             extra={"executor": executor.pk},
         )
     return executor
+
+
+@transaction.atomic
+def executor_nodes_record(*, executor: Executor, node_classes) -> None:
+    """Store what ``/object_info`` answered and re-check every binding of the executor: one with
+    a missing node class stops dispatching, the others keep running."""
+    NodeInventory.objects.update_or_create(
+        executor=executor,
+        defaults={"node_classes": sorted(node_classes), "checked_at": timezone.now()},
+    )
+    bindings_check_nodes(bindings=WorkflowBinding.objects.filter(executor=executor))
+
+
+def bindings_check_nodes(*, bindings) -> None:
+    """Store on each binding the node classes its resolved version needs that its executor's last
+    ``/object_info`` lacked (``missing_node_classes``; empty and ``nodes_checked_at`` unset when
+    that cannot be told yet). Dispatch skips a binding whose list is not empty."""
+    rows = list(
+        bindings.select_related("workflow__active_version", "workflow_version", "executor")
+        if hasattr(bindings, "select_related")
+        else bindings
+    )
+    inventories = node_inventories(b.executor_id for b in rows)
+    now = timezone.now()
+    for binding in rows:
+        missing = binding_missing_nodes(binding, inventories.get(binding.executor_id))
+        checked_at = None if missing is None else now
+        missing = missing or []
+        if missing != binding.missing_node_classes or checked_at != binding.nodes_checked_at:
+            WorkflowBinding.objects.filter(pk=binding.pk).update(
+                missing_node_classes=missing, nodes_checked_at=checked_at
+            )
+            binding.missing_node_classes, binding.nodes_checked_at = missing, checked_at
+            if missing:
+                logger.warning(
+                    "binding %s cannot run: %s lacks %s",
+                    binding.pk,
+                    binding.executor.name,
+                    ", ".join(missing),
+                    extra={"binding": binding.pk, "executor": binding.executor_id},
+                )
 
 
 def executors_claim_health_checks(*, interval_seconds: int, limit: int = 50) -> list[int]:
@@ -312,6 +358,8 @@ def workflow_update(*, workflow: Workflow, **changes: Any) -> Workflow:
     workflow, _ = model_update(
         instance=workflow, fields={"name", "kind", "description", "active_version"}, data=changes
     )
+    if "active_version" in changes:
+        bindings_check_nodes(bindings=_unpinned_bindings(workflow))
     return workflow
 
 
@@ -353,6 +401,7 @@ def workflow_version_create(
                     Workflow.objects.filter(pk=locked.pk).update(
                         active_version=version, updated_at=timezone.now()
                     )
+                    bindings_check_nodes(bindings=_unpinned_bindings(locked))
             workflow.refresh_from_db()
             return version
         except IntegrityError:  # a concurrent writer took the number (SQLite has no row lock)
@@ -360,12 +409,19 @@ def workflow_version_create(
     raise AppError(codes.WORKFLOW_INVALID, "Could not allocate a version number; try again.")
 
 
+def _unpinned_bindings(workflow: Workflow):
+    """Bindings that follow the workflow's active version."""
+    return WorkflowBinding.objects.filter(workflow_id=workflow.pk, workflow_version__isnull=True)
+
+
+@transaction.atomic
 def workflow_version_activate(*, version: WorkflowVersion) -> Workflow:
     Workflow.objects.filter(pk=version.workflow_id).update(
         active_version=version, updated_at=timezone.now()
     )
     workflow = version.workflow
     workflow.refresh_from_db()
+    bindings_check_nodes(bindings=_unpinned_bindings(workflow))
     return workflow
 
 
@@ -534,7 +590,7 @@ def binding_create(
         "run_timeout": run_timeout,
     }
     _clean_binding_numbers(numbers)
-    return WorkflowBinding.objects.create(
+    binding = WorkflowBinding.objects.create(
         ability=ability,
         workflow=workflow,
         workflow_version=workflow_version,
@@ -542,6 +598,8 @@ def binding_create(
         enabled=enabled,
         **numbers,
     )
+    bindings_check_nodes(bindings=[binding])
+    return binding
 
 
 @transaction.atomic
@@ -570,6 +628,8 @@ def binding_update(*, binding: WorkflowBinding, **changes: Any) -> WorkflowBindi
         },
         data=changes,
     )
+    if {"workflow", "workflow_version", "executor"} & set(changes):
+        bindings_check_nodes(bindings=[binding])
     return binding
 
 

@@ -23,18 +23,27 @@ DATA_DIR = Path(env.str("PODI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def _generated_secret(name: str) -> str:
+    """A random secret kept in ``DATA_DIR/<name>`` (mode 0600), made on first start."""
+    path = DATA_DIR / name
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
 def _secret_key() -> str:
     value = env.str("SECRET_KEY")
     if value:
         if len(value) < 32:
             raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
         return value
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    return _generated_secret("secret_key")
 
 
 SECRET_KEY = _secret_key()
@@ -45,7 +54,7 @@ PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), "http://127.0.0.
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "podi.console.apps.ConsoleAdminConfig",  # django.contrib.admin with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -65,10 +74,12 @@ INSTALLED_APPS = [
     "integrations.agents",
     "media_app",
     "tasks",
+    "podi.console",
 ]
 
 MIDDLEWARE = [
     "podi.middleware.RequestIdMiddleware",
+    "podi.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -389,7 +400,7 @@ EXECUTOR_HEALTH_INTERVAL = env.int("EXECUTOR_HEALTH_INTERVAL", 60, min_value=5, 
 def _agent_jwt_secrets(raw: str | None) -> dict[str, str]:
     """``kid1:secret1,kid2:secret2`` → ``{kid: secret}`` in order: the first kid signs new agent
     tokens, every listed kid verifies (rotation: add a new kid first, remove the old one later).
-    Empty = agents off. A malformed value stops start-up; messages never echo a secret."""
+    A malformed value stops start-up; messages never echo a secret."""
     name, secrets_by_kid = "AGENT_JWT_SECRETS", {}
     for index, item in enumerate((raw or "").split(",") if raw else [], start=1):
         kid, sep, secret = item.strip().partition(":")
@@ -406,10 +417,26 @@ def _agent_jwt_secrets(raw: str | None) -> dict[str, str]:
     return secrets_by_kid
 
 
-AGENT_JWT_SECRETS = _agent_jwt_secrets(env.str("AGENT_JWT_SECRETS"))
+# Unset: one generated secret under the kid "local", kept in the data dir like SECRET_KEY, so agent
+# tokens work out of the box (set the variable to rotate, or when several hosts verify tokens).
+AGENT_JWT_SECRETS = _agent_jwt_secrets(env.str("AGENT_JWT_SECRETS")) or {
+    "local": _generated_secret("agent_jwt_secret")
+}
 AGENT_HEARTBEAT_TOKEN_TTL = env.int("AGENT_HEARTBEAT_TOKEN_TTL", 30 * 86400, min_value=60)
 AGENT_TASK_TOKEN_TTL = env.int("AGENT_TASK_TOKEN_TTL", 3600, min_value=60)
 AGENT_HEARTBEAT_INTERVAL = env.int("AGENT_HEARTBEAT_INTERVAL", 30, min_value=1)
+
+# --- Metrics (/metrics, Prometheus) ---------------------------------------------------------
+# Bearer token for /metrics; unset = loopback clients only.
+METRICS_TOKEN = env.str("METRICS_TOKEN")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# Several processes (web + separate workers) on one host: a directory they all write their
+# histogram samples to, emptied before they start. prometheus_client reads it from os.environ.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 
 # --- Internationalisation, logging ----------------------------------------------------------
 LANGUAGE_CODE = "en-us"

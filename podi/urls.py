@@ -9,6 +9,7 @@ import podi.realtime.urls
 import tasks.urls
 import wallet.urls
 from podi import apis, views
+from podi.console import views as console_views
 from tasks.apis import TaskListApi
 
 auth_urlpatterns = [
@@ -21,6 +22,8 @@ auth_urlpatterns = [
 
 urlpatterns = [
     path("health", apis.HealthApi.as_view(), name="health"),
+    path("metrics", console_views.metrics, name="metrics"),
+    path("favicon.ico", console_views.favicon, name="favicon"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
@@ -45,7 +48,3 @@ urlpatterns = [
 
 handler404 = views.not_found
 handler500 = views.server_error
-
-admin.site.site_header = "PODI console"
-admin.site.site_title = "PODI"
-admin.site.index_title = "Operations"

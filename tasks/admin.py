@@ -42,7 +42,9 @@ class StuckFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         return [
             ("stuck", "Stuck (past deadline or silent worker)"),
+            ("failed_hour", "Failed in the last hour"),
             ("failing", "Failed in the last 24 h"),
+            ("succeeded_recent", "Succeeded in the last 5 minutes"),
             ("retried", "Needed more than one attempt"),
         ]
 
@@ -55,6 +57,14 @@ class StuckFilter(admin.SimpleListFilter):
                     status=TaskStatus.RUNNING, heartbeat_at__lt=now - timedelta(seconds=60)
                 )
                 | queryset.filter(status=TaskStatus.RUNNING, run_deadline__lt=now)
+            )
+        if self.value() == "failed_hour":
+            return queryset.filter(
+                status=TaskStatus.FAILED, finished_at__gte=now - timedelta(hours=1)
+            )
+        if self.value() == "succeeded_recent":
+            return queryset.filter(
+                status=TaskStatus.SUCCEEDED, finished_at__gte=now - timedelta(minutes=5)
             )
         if self.value() == "failing":
             return queryset.filter(

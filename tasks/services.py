@@ -23,6 +23,7 @@ from media_app.services import signed_download_url
 from podi.errors import AppError, validation_error
 from podi.events import enqueue_on_commit
 from podi.ids import new_id
+from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.realtime.events import Webhook, emit
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
@@ -311,6 +312,13 @@ def task_submit(
     if test_binding is not None:
         ability = test_binding.ability
         bindings = [test_binding]
+        if test_binding.missing_node_classes:
+            raise AppError(
+                codes.NO_EXECUTOR,
+                f"{test_binding.executor.name} lacks node class(es) "
+                f"{', '.join(test_binding.missing_node_classes)} this workflow needs.",
+                details={"missingNodeClasses": test_binding.missing_node_classes},
+            )
     else:
         ability = ability_get_active(code=action)
         bindings = list(bindings_for_ability(ability))
@@ -479,7 +487,7 @@ def _claim_executor(task: Task):
         )
     else:
         candidates = bindings_for_ability(task.ability)
-    bindings = [b for b in candidates if b.executor.is_dispatchable]
+    bindings = [b for b in candidates if b.executor.is_dispatchable and not b.missing_node_classes]
     if not bindings:
         return None
     tried = set(task.executor_state.get("triedExecutors", []))
@@ -575,6 +583,12 @@ def _dispatch_one(pk: int, now) -> str:
         state.pop("submitted", None)
         task.executor_state = state
         task.save()
+        if task.attempts == 1:
+            observe_on_commit(
+                TASK_DISPATCH_SECONDS,
+                (now - task.created_at).total_seconds(),
+                ability=task.action,
+            )
         _emit_status(task)
         enqueue_on_commit(run_task, task.public_id, task.attempts)
     return "started"
@@ -700,6 +714,14 @@ def task_finish(
             task.error_code = error_code or codes.EXECUTOR_ERROR.code
             task.error_message = (error_message or "")[:4000]
         task.save()
+        if task.dispatched_at is not None:
+            observe_on_commit(
+                TASK_RUN_SECONDS,
+                (now - task.dispatched_at).total_seconds(),
+                ability=task.action,
+                executor=task.executor.name if task.executor_id else "",
+                status=status,
+            )
         output_items = None
         if outputs is not None:
             for media in outputs:

@@ -36,6 +36,8 @@ class HealthResult:
     status: str  # "healthy" | "unhealthy" | "unknown" (HealthStatus values)
     error: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # ComfyUI: every node class the server has (``/object_info``); None when not read.
+    node_classes: frozenset[str] | None = None
 
     @classmethod
     def healthy(cls, **details: Any) -> HealthResult:

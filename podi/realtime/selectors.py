@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from podi.models import ServiceKey
-from podi.realtime.models import Event, EventCursor
+from podi.realtime.models import Event, EventCursor, WebhookAttempt, WebhookDelivery
 
 
 def latest_seq(*, user_id: int) -> int:
@@ -55,3 +56,42 @@ def task_events(
     if after is not None:
         queryset = queryset.filter(seq__gt=after)
     return [event.as_message() for event in queryset.order_by("seq")[:limit]]
+
+
+def failing_webhook_endpoints(*, now=None, limit: int = 10) -> dict[str, Any]:
+    """Callback URLs with deliveries failing (retries scheduled) or given up in the last 24 h."""
+    now = now or timezone.now()
+    Status = WebhookDelivery.Status
+    query = (
+        WebhookDelivery.objects.filter(
+            status__in=[Status.FAILED, Status.EXHAUSTED], created_at__gte=now - timedelta(days=1)
+        )
+        .values("url")
+        .annotate(
+            failing=Count("pk", filter=Q(status=Status.FAILED)),
+            exhausted=Count("pk", filter=Q(status=Status.EXHAUSTED)),
+        )
+        .order_by("-failing", "-exhausted", "url")
+    )
+    rows = list(query[: limit + 1])
+    return {
+        "count": query.count(),
+        "items": [
+            {"url": r["url"], "failing": r["failing"], "exhausted": r["exhausted"]}
+            for r in rows[:limit]
+        ],
+    }
+
+
+def webhook_attempt_outcomes() -> dict[str, int]:
+    """Attempts by outcome: ``success`` (2xx), ``http_error`` (other status), ``network_error``
+    (no answer: timeout, refused, TLS)."""
+    counts = WebhookAttempt.objects.aggregate(
+        success=Count("pk", filter=Q(status_code__gte=200, status_code__lt=300)),
+        http_error=Count(
+            "pk",
+            filter=Q(status_code__isnull=False) & ~Q(status_code__gte=200, status_code__lt=300),
+        ),
+        network_error=Count("pk", filter=Q(status_code__isnull=True)),
+    )
+    return counts

@@ -355,3 +355,53 @@ def test_start_up_stops_on_malformed_secrets(tmp_path):
     assert result.returncode != 0
     assert "AGENT_JWT_SECRETS must look like kid1:secret1,kid2:secret2" in result.stderr
     assert "not-the-format" not in result.stderr
+
+
+def _run_with_data_dir(tmp_path, code: str) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "BROKER_URL", "AGENT_JWT_SECRETS"}
+    }
+    env.update(PODI_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="podi.settings")
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()\n" + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_unset_secrets_generate_one_in_the_data_dir(tmp_path):
+    """With nothing configured agent tokens work: a token minted by one process verifies in
+    another (a restart, or the worker next to the web process)."""
+    minted = _run_with_data_dir(
+        tmp_path,
+        "from integrations.agents.tokens import token_encode\n"
+        "print(token_encode(agent_id=7, scope='agent', version=1, ttl_seconds=60).token)",
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert jwt.get_unverified_header(token)["kid"] == "local"
+    secret_file = tmp_path / "agent_jwt_secret"
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert len(secret_file.read_text()) >= 50
+    assert secret_file.read_text() != (tmp_path / "secret_key").read_text()
+    verified = _run_with_data_dir(
+        tmp_path,
+        "import sys\nfrom integrations.agents.tokens import token_decode\n"
+        f"claims = token_decode({token!r})\nprint(claims.agent_id, claims.scope, claims.kid)",
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.split() == ["7", "agent", "local"]
+    # Another data dir has another secret: the token is refused there.
+    other = _run_with_data_dir(
+        tmp_path / "other",
+        "from integrations.agents.tokens import token_decode\n"
+        "from podi.errors import AppError\n"
+        f"try:\n    token_decode({token!r})\nexcept AppError as exc:\n    print(exc.code)",
+    )
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == "AGENT_TOKEN_INVALID"

@@ -200,6 +200,7 @@ def test_workflow_and_versions(staff_client):
         "outputs": [],
         "changelog": "first",
         "createdAt": v1.json()["createdAt"],
+        "warnings": [],
     }
     v2 = staff_client.post(
         url, {"definition": json.dumps(graph()), "paramsSchema": schema(), "activate": False}
@@ -314,11 +315,18 @@ def test_binding_crud_and_errors(staff_client, ability, comfy_workflow, comfy_ex
         "priority": 5,
         "weight": 1,
         "enabled": True,
+        "missingNodeClasses": [],
+        "nodesCheckedAt": None,
         "maxAttempts": 3,
         "queueTimeout": 600,
         "runTimeout": 600,
         "createdAt": body["createdAt"],
         "updatedAt": body["updatedAt"],
+        "warnings": [
+            f"{ability.code} → {comfy_workflow.name} @ {comfy_executor.name}: "
+            f"{comfy_executor.name}'s node classes are not known yet; they are checked at its "
+            "next health check."
+        ],
     }
     patched = staff_client.patch(f"{url}/{binding_id}", {"workflowVersion": None, "runTimeout": 30})
     assert patched.json()["workflowVersion"] is None and patched.json()["runTimeout"] == 30

@@ -127,21 +127,33 @@ def test_comfyui_server_error(comfy):
     assert "HTTP 500" in executor.health_error
 
 
-def test_comfyui_missing_node_class(comfy):
+def test_comfyui_missing_node_class_marks_the_binding_not_the_executor(comfy):
     comfy.installed_nodes = ["EmptyImage", "SaveImage"]
     executor = check(comfy_executor_for(comfy.url))
-    assert executor.health_status == "unhealthy"
-    assert "ImageInvert" in executor.health_error
-    assert "EmptyImage" not in executor.health_error
+    assert executor.health_status == "healthy"
+    assert executor.health_error == ""
     assert executor.health_details["missingNodeClasses"] == ["ImageInvert"]
-    assert not executor.is_dispatchable
+    assert executor.is_dispatchable
+    assert executor.node_inventory.node_classes == ["EmptyImage", "SaveImage"]
+    binding = executor.bindings.get()
+    assert binding.missing_node_classes == ["ImageInvert"]
+    assert binding.nodes_checked_at is not None
+    assert not binding.is_runnable
+    # Installed later: the next check clears it.
+    comfy.installed_nodes = None
+    check(executor)
+    binding.refresh_from_db()
+    assert binding.missing_node_classes == []
+    assert binding.is_runnable
 
 
 def test_comfyui_disabled_binding_does_not_require_its_nodes(comfy):
     comfy.installed_nodes = ["EmptyImage", "SaveImage"]
     executor = comfy_executor_for(comfy.url)
     executor.bindings.update(enabled=False)
-    assert check(executor).health_status == "healthy"
+    checked = check(executor)
+    assert checked.health_status == "healthy"
+    assert checked.health_details["missingNodeClasses"] == []
 
 
 class NotComfy(LoopbackServer):
