@@ -152,6 +152,7 @@ _dramatiq_middleware = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "podi.runtime.WorkerLiveness",
 ]
 if BROKER_URL and BROKER_URL.startswith("amqp"):
     DRAMATIQ_BROKER = {

@@ -8,6 +8,7 @@ PostgreSQL (never the test run's database). Prints one JSON line.
 * ``check TASK_IDS_FILE``: for the listed tasks: statuses, terminal events per task, holds,
   webhook deliveries; wallet invariants of every fleet user.
 * ``executors``: each executor's health.
+* ``running``: queued and running tasks with the worker (id ``host:pid:…``) running each.
 """
 
 from __future__ import annotations
@@ -133,11 +134,24 @@ def executors() -> dict:
     }
 
 
+def running() -> dict:
+    from tasks.models import Task
+
+    return {
+        task_id: {"worker": (state or {}).get("worker"), "status": status}
+        for task_id, state, status in Task.objects.filter(
+            status__in=["running", "queued"]
+        ).values_list("public_id", "executor_state", "status")
+    }
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "podi.settings")
     django.setup()
     command, *args = sys.argv[1:]
-    result = {"seed": seed, "check": check, "executors": executors}[command](*args)
+    result = {"seed": seed, "check": check, "executors": executors, "running": running}[command](
+        *args
+    )
     print(json.dumps(result, default=str))
 
 

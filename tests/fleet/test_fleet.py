@@ -97,3 +97,37 @@ def test_smoke_a_few_tasks_through_nginx(fleet, load):
     )
     assert css.status_code == 200
     assert "nginx" in css.headers.get("server", "")
+
+
+def worker_of(fleet, host: str) -> str:
+    """The pid part of the worker ids of ``host``'s worker process."""
+    return f":{fleet.hosts[host].procs[0].popen.pid}:"
+
+
+def test_worker_host_killed_its_tasks_resume_on_the_other_within_15s(fleet, load):
+    """Fault 1: kill -9 a worker host mid-run; its running attempts are resumed by the other
+    worker within 15 s (its liveness lease lapses; no 60 s stale-heartbeat wait), each ends once."""
+    pending = load.submit_in_background(25, seconds=0.6, spread=6)
+    dead = worker_of(fleet, "worker1")
+    deadline = time.monotonic() + 60
+    while True:
+        held = {t for t, row in fleet.probe("running").items() if dead in (row["worker"] or "")}
+        if len(held) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert held, "worker1 never ran a task"
+    fleet.kill("worker1")
+    killed_at = time.monotonic()
+    waits = {}
+    while len(waits) < len(held) and time.monotonic() - killed_at < 40:
+        rows = fleet.probe("running")
+        for task_id in held - set(waits):
+            row = rows.get(task_id)
+            if row is None or dead not in (row["worker"] or ""):
+                waits[task_id] = time.monotonic() - killed_at
+        time.sleep(0.5)
+    fleet.start_worker("worker1")
+    pending.result(timeout=240)
+    assert sorted(waits) == sorted(held), f"not resumed in 40 s: {sorted(held - set(waits))}"
+    assert max(waits.values()) < 15, waits
+    assert_fleet_consistent(fleet, load)
