@@ -10,6 +10,7 @@ has no gap and no duplicate. The tests run in file order on one fleet.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -131,3 +132,92 @@ def test_worker_host_killed_its_tasks_resume_on_the_other_within_15s(fleet, load
     assert sorted(waits) == sorted(held), f"not resumed in 40 s: {sorted(held - set(waits))}"
     assert max(waits.values()) < 15, waits
     assert_fleet_consistent(fleet, load)
+
+
+def test_web_host_killed_clients_resume_through_nginx(fleet, load):
+    """Fault 2: a web host dies; submits are retried through nginx onto the other web host and
+    every subscriber reconnects with ?after=<last seq> and misses nothing."""
+    connects_before = sum(s.connects for s in load.subscribers.values())
+    pending = load.submit_in_background(15, seconds=0.3, spread=8)
+    time.sleep(3)
+    fleet.kill("web1")
+    time.sleep(4)
+    fleet.start_web("web1")
+    pending.result(timeout=240)
+    assert_fleet_consistent(fleet, load)
+    reconnects = sum(s.connects for s in load.subscribers.values()) - connects_before
+    assert reconnects >= 1, "no subscriber was on the killed web host"
+    assert 500 not in load.responses, load.responses
+
+
+def test_executor_link_cut_for_20s_tasks_fail_over_and_health_recovers(fleet, load):
+    """Fault 3: exec1's link is down for 20 s; its tasks fail over or resume, exec1 turns unhealthy
+    and then healthy again."""
+    pending = load.submit_in_background(15, seconds=0.5, spread=6)
+    time.sleep(2)
+    fleet.link("exec1", up=False)
+    try:
+        deadline = time.monotonic() + 20
+        unhealthy = False
+        while time.monotonic() < deadline:
+            unhealthy = unhealthy or fleet.probe("executors")["exec1"]["health"] == "unhealthy"
+            time.sleep(1)
+    finally:
+        fleet.link("exec1", up=True)
+    assert unhealthy, "exec1 never turned unhealthy while cut off"
+    deadline = time.monotonic() + 40
+    while fleet.probe("executors")["exec1"]["health"] != "healthy":
+        assert time.monotonic() < deadline, fleet.probe("executors")
+        time.sleep(1)
+    pending.result(timeout=240)
+    assert_fleet_consistent(fleet, load)
+
+
+def test_postgres_restarted_requests_answer_503_with_a_code_and_work_resumes(fleet, load):
+    """Fault 4: PostgreSQL restarts under load; meanwhile the API answers 503 with a code (never a
+    500 or a traceback) and everything resumes by itself."""
+    import httpx
+
+    pending = load.submit_in_background(15, seconds=0.3, spread=10)
+    time.sleep(2)
+    fleet.kill("db", signal.SIGINT)  # a fast shutdown, as a restart does
+    seen = []
+    token = next(iter(load.tokens.values()))
+    for _ in range(5):
+        response = httpx.get(
+            f"{fleet.lb_url}/api/tasks/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=fleet.tls,
+            timeout=20,
+        )
+        seen.append((response.status_code, response.json().get("code")))
+        time.sleep(0.5)
+    fleet.start_postgres(fresh=False)
+    assert set(seen) == {(503, "DATABASE_UNAVAILABLE")}, seen
+    pending.result(timeout=240)
+    assert_fleet_consistent(fleet, load, timeout=240)
+    assert 500 not in load.responses, load.responses
+
+
+def test_redis_restarted_events_and_dispatch_resume(fleet, load):
+    """Fault 5: Redis restarts (its queues and channel groups are lost); the database rows drive
+    dispatch again and the streams fill their gaps from the database."""
+    pending = load.submit_in_background(15, seconds=0.3, spread=8)
+    time.sleep(3)
+    fleet.kill("redis", signal.SIGTERM)
+    time.sleep(2)
+    fleet.start_redis()
+    pending.result(timeout=240)
+    assert_fleet_consistent(fleet, load, timeout=240)
+
+
+def test_reconciler_host_killed_and_restarted_twice(fleet, load):
+    """Fault 6: the reconciler host is killed and restarted twice under load; the passes go on."""
+    pending = load.submit_in_background(15, seconds=0.3, spread=8)
+    for _ in range(2):
+        time.sleep(2)
+        fleet.kill("recon")
+        time.sleep(1)
+        fleet.start_reconciler()
+    pending.result(timeout=240)
+    assert_fleet_consistent(fleet, load, timeout=240)

@@ -195,3 +195,31 @@ def test_up_roles_run_one_piece_each(up_env):
                 process.kill()
                 rest, _ = process.communicate()
             assert process.returncode == 0, rest
+
+
+def test_an_unreachable_database_answers_503_with_a_code(tmp_path):
+    """A web host whose database is down answers 503 DATABASE_UNAVAILABLE (no 500, no traceback)."""
+    if os.environ.get("DATABASE_URL"):
+        database_url = f"postgres://postgres@127.0.0.1:{free_port()}/nowhere"  # nothing listens
+    else:
+        database_url = f"sqlite:///{tmp_path}/no/such/dir/db.sqlite3"  # cannot be opened
+    env = {**os.environ, "DATABASE_URL": database_url, "PODI_DATA_DIR": str(tmp_path)}
+    env["PYTHONUNBUFFERED"] = "1"
+    port = free_port()
+    web = _start(["--role", "web", "--port", str(port)], env)
+    try:
+        text = _read_until(web, "PODI is up")
+        assert "PODI is up" in text, text
+        base = f"http://127.0.0.1:{port}"
+        login = httpx.post(
+            f"{base}/api/auth/v1/login", json={"username": "a", "password": "b"}, timeout=15
+        )
+        assert login.status_code == 503, login.text
+        assert login.json()["code"] == "DATABASE_UNAVAILABLE"
+        assert login.headers["Retry-After"] == "2"
+        health = httpx.get(f"{base}/health", timeout=15)
+        assert health.status_code == 503
+    finally:
+        web.send_signal(signal.SIGTERM)
+        rest, _ = web.communicate(timeout=15)
+    assert "Traceback" not in rest, rest
