@@ -156,18 +156,19 @@ def test_executor_link_cut_for_20s_tasks_fail_over_and_health_recovers(fleet, lo
     pending = load.submit_in_background(15, seconds=0.5, spread=6)
     time.sleep(2)
     fleet.link("exec1", up=False)
+    health = []
     try:
         deadline = time.monotonic() + 20
-        unhealthy = False
         while time.monotonic() < deadline:
-            unhealthy = unhealthy or fleet.probe("executors")["exec1"]["health"] == "unhealthy"
+            health.append(fleet.probe("executors")["exec1"]["health"])
             time.sleep(1)
     finally:
         fleet.link("exec1", up=True)
-    assert unhealthy, "exec1 never turned unhealthy while cut off"
-    deadline = time.monotonic() + 40
-    while fleet.probe("executors")["exec1"]["health"] != "healthy":
-        assert time.monotonic() < deadline, fleet.probe("executors")
+    # A check that started during the cut may finish (timed out) just after it.
+    deadline = time.monotonic() + 60
+    while "unhealthy" not in health or health[-1] != "healthy":
+        assert time.monotonic() < deadline, f"exec1 health seen: {health}"
+        health.append(fleet.probe("executors")["exec1"]["health"])
         time.sleep(1)
     pending.result(timeout=240)
     assert_fleet_consistent(fleet, load)
