@@ -178,6 +178,12 @@ def test_up_roles_run_one_piece_each(up_env):
         try:
             text = _read_until(reconciler, "PODI reconciler is up")
             assert "Reconciler running" in text and "Worker running" not in text, text
+            steps = text.split("Reconciler steps: ", 1)[1].split("\n", 1)[0].split(", ")
+            assert {
+                "tasks.actors.reconcile_tasks",
+                "integrations.actors.executors_health_refresh",
+                "tasks.webhooks.reconcile_webhook_deliveries",
+            } <= set(steps), steps
             assert "Applying database migrations" not in text, text
         finally:
             reconciler.send_signal(signal.SIGTERM)

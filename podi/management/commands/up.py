@@ -49,8 +49,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, role, host, port, migrate, threads, **opts):
-        from podi.reconcile import ReconcilerThread
-        from podi.runtime import start_worker
+        from podi.reconcile import ReconcilerThread, registered_steps
+        from podi.runtime import import_actor_modules, start_worker
 
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535")
@@ -68,9 +68,11 @@ class Command(BaseCommand):
             self.stdout.write(f"Worker running ({threads} threads)\n")
         reconciler = None
         if run_reconciler:
+            import_actor_modules()  # every app's reconcile steps are declared in its actors
             reconciler = ReconcilerThread(settings.RECONCILE_INTERVAL)
             reconciler.start()
             self.stdout.write(f"Reconciler running (every {settings.RECONCILE_INTERVAL} s)\n")
+            self.stdout.write(f"Reconciler steps: {', '.join(registered_steps())}\n")
         self.stdout.flush()
 
         started = time.monotonic()
