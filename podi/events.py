@@ -98,7 +98,7 @@ def _send_quietly(actor, args: tuple, options: dict) -> None:
         else:
             actor.send(*args)
     except (
-        dramatiq.errors.ConnectionError,
+        dramatiq.errors.BrokerConnectionError,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
     ) as exc:
