@@ -29,3 +29,6 @@ INTERNAL_ERROR = ErrorCode(
     "INTERNAL_ERROR", 500, "Internal error. Quote the request id to support."
 )
 SERVICE_UNAVAILABLE = ErrorCode("SERVICE_UNAVAILABLE", 503, "Service unavailable.")
+DATABASE_UNAVAILABLE = ErrorCode(
+    "DATABASE_UNAVAILABLE", 503, "The database is not reachable right now; retry in a few seconds."
+)

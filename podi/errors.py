@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from redis import exceptions as redis_errors
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -126,6 +128,14 @@ def to_app_error(exc: Exception) -> AppError | None:
         return AppError(codes.NOT_FOUND)
     if isinstance(exc, DjangoPermissionDenied):
         return AppError(codes.FORBIDDEN)
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database restarting or unreachable: a temporary condition, not a bug.
+        logger.warning("database unavailable: %s", exc)
+        return AppError(codes.DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        # Redis (cache and rate limits, channel layer, broker) restarting or unreachable.
+        logger.warning("redis unavailable: %s", exc)
+        return AppError(codes.SERVICE_UNAVAILABLE, headers={"Retry-After": "2"})
     return None
 
 

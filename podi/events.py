@@ -11,8 +11,29 @@ from django.db import transaction
 
 
 def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any) -> None:
-    """Send ``actor`` after the current transaction commits (immediately outside one)."""
-    if options:
-        transaction.on_commit(lambda: actor.send_with_options(args=args, **options), using=using)
-    else:
-        transaction.on_commit(lambda: actor.send(*args), using=using)
+    """Send ``actor`` after the current transaction commits (immediately outside one).
+
+    The message is only a doorbell: when the broker is unreachable (Redis restarting) the send is
+    logged and dropped, never turned into an error of the request that already committed; the
+    reconciler finds the work from the database rows (docs/adr/0009-fleet.md).
+    """
+    transaction.on_commit(lambda: _send_quietly(actor, args, options), using=using)
+
+
+def _send_quietly(actor, args: tuple, options: dict) -> None:
+    import dramatiq.errors
+    import redis.exceptions
+
+    try:
+        if options:
+            actor.send_with_options(args=args, **options)
+        else:
+            actor.send(*args)
+    except (
+        dramatiq.errors.BrokerConnectionError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    ) as exc:
+        logger.warning(
+            "broker unreachable, %s not sent (the reconciler catches up): %s", actor, exc
+        )

@@ -1,12 +1,20 @@
-"""Runs the Dramatiq worker inside this process (embedded mode and ``manage.py up``)."""
+"""Runs the Dramatiq worker inside this process (embedded mode and ``manage.py up``), and keeps
+every worker process's liveness lease."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
+import socket
+import threading
+import uuid
 
 import dramatiq
 from django.apps import apps
+
+logger = logging.getLogger("podi.runtime")
 
 
 def import_actor_modules() -> list[str]:
@@ -25,3 +33,69 @@ def start_worker(threads: int) -> dramatiq.Worker:
     worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=threads, worker_timeout=200)
     worker.start()
     return worker
+
+
+# --- Worker liveness --------------------------------------------------------------------------
+# Each worker process holds a lease named ``worker:<id>`` and renews it every third of
+# WORKER_LEASE_TTL from a thread of its own, whatever its actors are doing. A task attempt records
+# the id of the worker running it, so the reconciler can tell a dead worker's tasks (lease
+# expired: resume them elsewhere now) from a busy one's (docs/adr/0009-fleet.md).
+
+WORKER_LEASE_PREFIX = "worker:"
+_worker_id: str | None = None
+
+
+def current_worker_id() -> str | None:
+    """This process's worker id while it runs a Dramatiq worker, else None."""
+    return _worker_id
+
+
+def worker_lease_name(worker_id: str) -> str:
+    return f"{WORKER_LEASE_PREFIX}{worker_id}"
+
+
+class WorkerLiveness(dramatiq.Middleware):
+    """Dramatiq middleware: keeps this worker process's liveness lease while the worker runs."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker, worker) -> None:
+        global _worker_id
+        _worker_id = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stopping.clear()
+        self._renew()
+        self._thread = threading.Thread(target=self._run, name="podi-worker-lease", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        global _worker_id
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        _worker_id = None
+
+    def _run(self) -> None:
+        from django.conf import settings
+
+        while not self._stopping.wait(settings.WORKER_LEASE_TTL / 3):
+            self._renew()
+
+    def _renew(self) -> None:
+        from django.conf import settings
+        from django.db import connection
+
+        from podi.services import lease_acquire
+
+        try:
+            lease_acquire(
+                name=worker_lease_name(_worker_id),
+                holder=_worker_id,
+                ttl=settings.WORKER_LEASE_TTL,
+            )
+        except Exception:  # the database is down: renew at the next tick; the lease may lapse
+            logger.warning("renewing the worker lease failed", exc_info=True)
+        finally:
+            connection.close()

@@ -1,11 +1,11 @@
-"""Writes owned by the platform app: service keys and leases."""
+"""Writes owned by the platform app: service keys, leases and the first admin user."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -94,3 +94,32 @@ def service_key_rotate_webhook_secret(*, key: ServiceKey) -> str:
     ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted=encrypt_secret(secret))
     key.refresh_from_db(fields=["webhook_secret_encrypted"])
     return secret
+
+
+def admin_user_ensure(*, username: str, password: str | None) -> tuple[object, str | None] | None:
+    """Create the first staff user when there is none; None when one exists already.
+
+    Returns ``(user, generated_password)``: the password is generated (and returned, to be shown
+    once) only when ``password`` is empty. Safe to run on several machines at once.
+    """
+    import secrets
+
+    User = get_user_model()
+    if User.objects.filter(is_staff=True).exists():
+        return None
+    generated = None if password else secrets.token_urlsafe(15)
+    try:
+        with transaction.atomic():
+            user = User.objects.select_for_update().filter(username=username).first() or User(
+                username=username
+            )
+            if user.pk and user.is_staff:
+                return None
+            user.is_staff = True
+            user.is_superuser = True
+            user.is_active = True
+            user.set_password(password or generated)
+            user.save()
+    except IntegrityError:  # another machine created it between our check and our insert
+        return None
+    return user, generated

@@ -165,6 +165,7 @@ _dramatiq_middleware = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "podi.runtime.WorkerLiveness",
 ]
 if BROKER_URL and BROKER_URL.startswith("amqp"):
     DRAMATIQ_BROKER = {
@@ -190,6 +191,11 @@ DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 WORKER_THREADS = env.int("WORKER_THREADS", 8, min_value=1, max_value=256)
 RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", 5, min_value=1, max_value=3600)
+# A worker process renews a liveness lease every third of this; once it has been silent this
+# long the reconciler hands the tasks it was running to another worker (docs/adr/0009-fleet.md).
+WORKER_LEASE_TTL = env.int("WORKER_LEASE_TTL", 15, min_value=3, max_value=3600)
+# Behind a reverse proxy: take the client address and scheme from X-Forwarded-For/-Proto.
+PROXY_HEADERS = env.bool("PROXY_HEADERS", False)
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

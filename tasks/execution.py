@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from tasks.services import (
     task_callback_url,
     task_heartbeat,
     task_progress,
+    task_run_claim,
     task_set_external,
     task_token,
     tasks_dispatch_pending,
@@ -216,8 +218,34 @@ def _store_outputs(task: Task, outputs) -> list:
     return stored
 
 
+# Attempts this process is running now: a duplicate message for one of them is skipped.
+_running_here: set[tuple[str, int]] = set()
+_running_lock = threading.Lock()
+
+
 def task_run(*, task_id: str, attempt: int) -> str:
-    """Run (or resume) one attempt. Returns what happened, for logs and tests."""
+    """Run (or resume) one attempt. Returns what happened, for logs and tests.
+
+    In a worker process the attempt is first claimed for this worker (``task_run_claim``), so a
+    dead worker's attempt is resumed by exactly one live worker and a late duplicate is skipped.
+    """
+    from podi.runtime import current_worker_id
+
+    worker = current_worker_id()
+    with _running_lock:
+        if (task_id, attempt) in _running_here:
+            return "skipped"
+        _running_here.add((task_id, attempt))
+    try:
+        if worker and not task_run_claim(task_id=task_id, attempt=attempt, worker=worker):
+            return "skipped"
+        return _task_run(task_id=task_id, attempt=attempt)
+    finally:
+        with _running_lock:
+            _running_here.discard((task_id, attempt))
+
+
+def _task_run(*, task_id: str, attempt: int) -> str:
     task = (
         Task.objects.select_related(
             "executor", "binding__workflow", "binding__workflow_version", "ability"
@@ -366,10 +394,67 @@ def tasks_resume_silent(*, now=None) -> int:
     return resumed
 
 
+def tasks_resume_orphaned(*, now=None) -> int:
+    """Running attempts whose worker process died (its liveness lease lapsed): resume them on
+    another worker now, without waiting for ``HEARTBEAT_STALE``. Guarded like
+    ``tasks_resume_silent``; the resumed run claims the attempt for its own worker."""
+    from django.conf import settings
+
+    from podi.events import enqueue_on_commit
+    from podi.models import Lease
+    from podi.runtime import worker_lease_name
+    from tasks.actors import run_task
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.WORKER_LEASE_TTL)
+    rows = [
+        (task_id, attempt, beat, (state or {}).get("worker"))
+        for task_id, attempt, beat, state in Task.objects.filter(
+            status=TaskStatus.RUNNING, heartbeat_at__lt=cutoff
+        ).values_list("public_id", "attempts", "heartbeat_at", "executor_state")[:500]
+    ]
+    holders = {worker for *_, worker in rows if worker}
+    if not holders:
+        return 0
+    alive = set(
+        Lease.objects.filter(
+            name__in=[worker_lease_name(w) for w in holders], expires_at__gt=now
+        ).values_list("holder", flat=True)
+    )
+    resumed = 0
+    for task_id, attempt, beat, worker in rows:
+        if not worker or worker in alive:
+            continue
+        with transaction.atomic():
+            claimed = Task.objects.filter(
+                public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
+            ).update(heartbeat_at=now)
+            if claimed:
+                enqueue_on_commit(run_task, task_id, attempt)
+                resumed += 1
+    if resumed:
+        logger.warning("resumed %s attempts of dead workers", resumed)
+    return resumed
+
+
+def worker_leases_prune(*, now=None) -> int:
+    """Forget the liveness leases of workers gone for a day."""
+    from podi.models import Lease
+    from podi.runtime import WORKER_LEASE_PREFIX
+
+    now = now or timezone.now()
+    deleted, _ = Lease.objects.filter(
+        name__startswith=WORKER_LEASE_PREFIX, expires_at__lt=now - timedelta(days=1)
+    ).delete()
+    return deleted
+
+
 def tasks_reconcile() -> dict[str, int]:
     return {
         "queueTimeouts": tasks_fail_queue_timeouts(),
         "runTimeouts": tasks_fail_run_timeouts(),
+        "orphansResumed": tasks_resume_orphaned(),
         "resumed": tasks_resume_silent(),
+        "workerLeasesPruned": worker_leases_prune(),
         "dispatched": tasks_dispatch_pending(),
     }

@@ -655,6 +655,33 @@ def task_heartbeat(*, task_id: str, attempt: int) -> str | None:
     return row[0]
 
 
+def task_run_claim(*, task_id: str, attempt: int, worker: str) -> bool:
+    """Record ``worker`` as the process running this attempt. False when the attempt is no longer
+    current, or another worker that is still alive holds it (a duplicate or late message)."""
+    from podi.models import Lease
+    from podi.runtime import worker_lease_name
+
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update()
+            .filter(public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING)
+            .first()
+        )
+        if task is None:
+            return False
+        holder = task.executor_state.get("worker")
+        if holder and holder != worker:
+            alive = Lease.objects.filter(
+                name=worker_lease_name(holder), holder=holder, expires_at__gt=timezone.now()
+            ).exists()
+            if alive:
+                return False
+        task.executor_state = {**task.executor_state, "worker": worker}
+        task.heartbeat_at = timezone.now()
+        task.save(update_fields=["executor_state", "heartbeat_at", "updated_at"])
+    return True
+
+
 def task_set_external(*, task_id: str, attempt: int, external_id: str, **state: Any) -> None:
     """Persist the executor-side id of an attempt before it is submitted (idempotent submit)."""
     with transaction.atomic():

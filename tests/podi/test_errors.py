@@ -147,3 +147,24 @@ def test_expired_records_are_not_replayed(owner_client, settings):
     assert second.json()["id"] != first.json()["id"]
     IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
     assert purge_expired_idempotency_records() == 1
+
+
+def test_an_unreachable_redis_answers_503_with_a_code(settings, owner, transactional_db):
+    """Rate limits live in the cache: with Redis down the API answers 503, not 500."""
+    import socket
+
+    from tests.conftest import Client, access_token
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+        }
+    }
+    response = Client(access_token(owner)).get("/api/tasks/v1")
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert response["Retry-After"] == "2"

@@ -1,0 +1,109 @@
+"""A worker process killed mid-task: its liveness lease lapses and the reconciler hands its running
+attempt to another worker after WORKER_LEASE_TTL, not after the 60 s stale-heartbeat limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import dramatiq
+import pytest
+
+from podi.models import Lease
+from tasks.execution import HEARTBEAT_STALE, tasks_resume_orphaned, tasks_resume_silent
+from tasks.models import Task, TaskEvent, TaskStatus
+from tasks.services import task_run_claim, tasks_dispatch_pending
+from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
+from tests.tasks.test_recovery import ROOT, database_url
+from wallet.models import LedgerEntry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+VICTIM = """
+import django; django.setup()
+from podi.runtime import WorkerLiveness
+WorkerLiveness().after_worker_boot(None, None)  # what a worker process does at boot
+from tasks.execution import task_run
+task_run(task_id={task_id!r}, attempt=1)
+"""
+
+
+def test_dead_workers_attempt_is_resumed_once_its_lease_lapses(
+    comfy, funded, api, request, settings
+):
+    settings.WORKER_LEASE_TTL = 3
+    executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=6)
+    task_id = (
+        api(funded)
+        .post("/api/tasks/v1/submit", json={"action": "sleep", "params": {"seconds": 4}})
+        .json()["taskId"]
+    )
+    assert tasks_dispatch_pending() == 1
+    dramatiq.get_broker().flush_all()  # the message went to the worker that is about to die
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "PUBLIC_BASE_URL": settings.PUBLIC_BASE_URL,
+        "WORKER_LEASE_TTL": "3",
+    }
+    victim = subprocess.Popen(
+        [sys.executable, "-c", VICTIM.format(task_id=task_id)], cwd=ROOT, env=env
+    )
+    try:
+        wait_for(lambda: comfy.queue_snapshot()["queue_running"], timeout=20)
+        wait_for(lambda: Task.objects.get(public_id=task_id).executor_state.get("submitted"))
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    task = Task.objects.get(public_id=task_id)
+    holder = task.executor_state["worker"]
+    assert holder.split(":")[1] == str(victim.pid)
+    assert Lease.objects.get(name=f"worker:{holder}").holder == holder
+    # Another worker may not take an attempt whose worker is alive (a duplicate message).
+    assert task_run_claim(task_id=task_id, attempt=1, worker="other:1:abc") is False
+    assert tasks_resume_orphaned() == 0  # its lease has not lapsed yet
+
+    request.getfixturevalue("worker")  # the live worker the attempt goes to
+    killed = time.monotonic()
+    wait_for(lambda: tasks_resume_orphaned() == 1, timeout=10, interval=0.2)
+    waited = time.monotonic() - killed
+    assert waited < HEARTBEAT_STALE.total_seconds() / 4, waited
+    assert tasks_resume_orphaned() == 0  # handed over once
+    assert tasks_resume_silent() == 0
+    wait_for(lambda: Task.objects.get(public_id=task_id).status == TaskStatus.SUCCEEDED, timeout=20)
+    task = Task.objects.get(public_id=task_id)
+    assert task.attempts == 1
+    assert task.executor_state["worker"] != holder  # resumed by the live worker
+    assert len(comfy.prompts) == 1  # followed, not resubmitted
+    assert LedgerEntry.objects.filter(task_id=task_id, type="confirm").count() == 1
+    finals = TaskEvent.objects.filter(task=task, type="task.status", payload__status="succeeded")
+    assert finals.count() == 1
+
+
+def test_a_claim_takes_over_only_from_a_dead_worker(funded, comfy, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from podi.services import lease_acquire
+
+    executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=6)
+    from tasks.services import task_submit
+
+    task = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    assert tasks_dispatch_pending() == 1
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="a:1:x") is True
+    lease_acquire(name="worker:a:1:x", holder="a:1:x", ttl=30)
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is False
+    assert task_run_claim(task_id=task.public_id, attempt=2, worker="b:2:y") is False  # stale
+    Lease.objects.filter(name="worker:a:1:x").update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is True
+    assert Task.objects.get(pk=task.pk).executor_state["worker"] == "b:2:y"
