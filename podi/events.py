@@ -5,9 +5,14 @@ Events have an app of their own: ``podi.realtime.events.emit`` (docs/adr/0006-li
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import dramatiq.errors
+import redis.exceptions
 from django.db import transaction
+
+logger = logging.getLogger("podi.events")
 
 
 def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any) -> None:
@@ -15,15 +20,12 @@ def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any)
 
     The message is only a doorbell: when the broker is unreachable (Redis restarting) the send is
     logged and dropped, never turned into an error of the request that already committed; the
-    reconciler finds the work from the database rows (docs/adr/0009-fleet.md).
+    reconciler finds the work from the database rows (docs/adr/0012-fleet.md).
     """
     transaction.on_commit(lambda: _send_quietly(actor, args, options), using=using)
 
 
 def _send_quietly(actor, args: tuple, options: dict) -> None:
-    import dramatiq.errors
-    import redis.exceptions
-
     try:
         if options:
             actor.send_with_options(args=args, **options)

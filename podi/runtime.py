@@ -39,7 +39,7 @@ def start_worker(threads: int) -> dramatiq.Worker:
 # Each worker process holds a lease named ``worker:<id>`` and renews it every third of
 # WORKER_LEASE_TTL from a thread of its own, whatever its actors are doing. A task attempt records
 # the id of the worker running it, so the reconciler can tell a dead worker's tasks (lease
-# expired: resume them elsewhere now) from a busy one's (docs/adr/0009-fleet.md).
+# expired: resume them elsewhere now) from a busy one's (docs/adr/0012-fleet.md).
 
 WORKER_LEASE_PREFIX = "worker:"
 _worker_id: str | None = None

@@ -192,7 +192,7 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 WORKER_THREADS = env.int("WORKER_THREADS", 8, min_value=1, max_value=256)
 RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", 5, min_value=1, max_value=3600)
 # A worker process renews a liveness lease every third of this; once it has been silent this
-# long the reconciler hands the tasks it was running to another worker (docs/adr/0009-fleet.md).
+# long the reconciler hands the tasks it was running to another worker (docs/adr/0012-fleet.md).
 WORKER_LEASE_TTL = env.int("WORKER_LEASE_TTL", 15, min_value=3, max_value=3600)
 # Behind a reverse proxy: take the client address and scheme from X-Forwarded-For/-Proto.
 PROXY_HEADERS = env.bool("PROXY_HEADERS", False)

@@ -14,12 +14,20 @@ def on_postgres() -> bool:
     return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The fleet test belongs to the PostgreSQL configuration (it builds its own PostgreSQL, and
+    CI's second run is the production one): on the embedded defaults it is deselected, not
+    skipped. On PostgreSQL it always runs, and fails with one line where namespaces are refused."""
+    if on_postgres():
+        return
+    fleet_items = [item for item in items if item.get_closest_marker("fleet")]
+    if fleet_items:
+        config.hook.pytest_deselected(items=fleet_items)
+        items[:] = [item for item in items if not item.get_closest_marker("fleet")]
+
+
 @pytest.fixture(scope="module")
 def fleet():
-    if not on_postgres():
-        pytest.skip(
-            "the fleet test runs on the PostgreSQL configuration (DATABASE_URL=postgres://…)"
-        )
     try:
         preflight()
     except FleetUnavailable as exc:

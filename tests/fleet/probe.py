@@ -75,16 +75,17 @@ def seed(exec1: str, exec2: str) -> dict:
 def check(task_file: str) -> dict:
     from django.contrib.auth import get_user_model
 
-    from tasks.models import TERMINAL_STATUSES, Task, TaskEvent, WebhookDelivery
+    from podi.realtime.models import Event, WebhookDelivery
+    from tasks.models import TERMINAL_STATUSES, Task
     from tests.wallet.invariants import assert_wallet_invariants
     from wallet.models import Hold
 
     ids = [line.strip() for line in open(task_file) if line.strip()]
     tasks = {t.public_id: t for t in Task.objects.filter(public_id__in=ids)}
     terminal_events = Counter()
-    for task_id, payload in TaskEvent.objects.filter(
-        task__public_id__in=ids, type="task.status"
-    ).values_list("task__public_id", "payload"):
+    for task_id, payload in Event.objects.filter(
+        task_public_id__in=ids, type="task.status"
+    ).values_list("task_public_id", "payload"):
         if payload.get("status") in TERMINAL_STATUSES:
             terminal_events[task_id] += 1
     holds = {h.task_id: h.status for h in Hold.objects.filter(task_id__in=ids)}
@@ -94,8 +95,8 @@ def check(task_file: str) -> dict:
         if task.status in TERMINAL_STATUSES and holds.get(task_id) != expected:
             hold_mismatch.append(f"{task_id} {task.status} hold {holds.get(task_id)}")
     deliveries = list(
-        WebhookDelivery.objects.filter(task__public_id__in=ids).values(
-            "public_id", "task__public_id", "event_type", "status", "attempts"
+        WebhookDelivery.objects.filter(task_public_id__in=ids).values(
+            "public_id", "task_public_id", "event_type", "status", "attempts"
         )
     )
     invariants = {}

@@ -53,7 +53,7 @@ def assert_fleet_consistent(fleet, load, *, all_succeed: bool = True, timeout: f
         deliveries = report["deliveries"]
         by_task = {}
         for delivery in deliveries:
-            by_task.setdefault(delivery["task__public_id"], []).append(delivery)
+            by_task.setdefault(delivery["task_public_id"], []).append(delivery)
         undelivered = [
             d for d in deliveries if d["status"] != "succeeded" or d["public_id"] not in received
         ]

@@ -182,7 +182,7 @@ def test_up_roles_run_one_piece_each(up_env):
             assert {
                 "tasks.actors.reconcile_tasks",
                 "integrations.actors.executors_health_refresh",
-                "tasks.webhooks.reconcile_webhook_deliveries",
+                "podi.realtime.webhooks.reconcile_webhook_deliveries",
             } <= set(steps), steps
             assert "Applying database migrations" not in text, text
         finally:

@@ -13,8 +13,9 @@ import dramatiq
 import pytest
 
 from podi.models import Lease
+from podi.realtime.models import Event
 from tasks.execution import HEARTBEAT_STALE, tasks_resume_orphaned, tasks_resume_silent
-from tasks.models import Task, TaskEvent, TaskStatus
+from tasks.models import Task, TaskStatus
 from tasks.services import task_run_claim, tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 from tests.tasks.test_recovery import ROOT, database_url
@@ -81,7 +82,9 @@ def test_dead_workers_attempt_is_resumed_once_its_lease_lapses(
     assert task.executor_state["worker"] != holder  # resumed by the live worker
     assert len(comfy.prompts) == 1  # followed, not resubmitted
     assert LedgerEntry.objects.filter(task_id=task_id, type="confirm").count() == 1
-    finals = TaskEvent.objects.filter(task=task, type="task.status", payload__status="succeeded")
+    finals = Event.objects.filter(
+        task_public_id=task_id, type="task.status", payload__status="succeeded"
+    )
     assert finals.count() == 1
 
 
