@@ -9,6 +9,7 @@ from django.utils import timezone
 
 class MediaStatus(models.TextChoices):
     PENDING = "pending", "pending"
+    STAGED = "staged", "staged"
     UPLOADED = "uploaded", "uploaded"
     DELETED = "deleted", "deleted"
 
@@ -24,6 +25,9 @@ class MediaObject(models.Model):
 
     ``pending`` rows are upload grants (created by ``sts``); they become ``uploaded`` when the
     OSS callback or ``complete`` has checked the stored object, and ``deleted`` when removed.
+    ``staged`` rows are in storage but reachable by nobody: a task's outputs (and base64 inputs)
+    until the transaction that charges (submits) the task makes them ``uploaded``; staged rows of
+    a task that ended otherwise are swept (docs/adr/0011-money-holes.md).
     """
 
     object_key = models.CharField(max_length=1024, unique=True)

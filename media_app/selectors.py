@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import QuerySet
 
 from media_app.error_codes import MEDIA_DOWNLOAD_DENIED, MEDIA_OBJECT_NOT_FOUND
@@ -28,7 +30,7 @@ def media_get_uploaded_for_user(*, user, object_key: str) -> MediaObject:
 def media_get_for_owner(*, user, object_key: str, any_owner: bool = False) -> MediaObject:
     """An object (any status but deleted) of ``user`` — or of anyone when ``any_owner``."""
     queryset = MediaObject.objects.filter(object_key=str(object_key)).exclude(
-        status=MediaStatus.DELETED
+        status__in=[MediaStatus.DELETED, MediaStatus.STAGED]
     )
     if not any_owner:
         queryset = queryset.filter(owner_id=user.pk)
@@ -41,10 +43,15 @@ def media_get_for_owner(*, user, object_key: str, any_owner: bool = False) -> Me
 def media_get_downloadable(*, user, object_key: str, any_owner: bool) -> MediaObject:
     """An uploaded object the caller may download.
 
-    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED`` (DESIGN);
-    only the owner learns that their own object is not uploaded (404).
+    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED``; only
+    the owner learns that their own object is not uploaded (404). A staged object (a task's
+    output before the charge) is an unknown key to everyone (docs/adr/0011-money-holes.md).
     """
-    media = MediaObject.objects.filter(object_key=str(object_key)).first()
+    media = (
+        MediaObject.objects.filter(object_key=str(object_key))
+        .exclude(status=MediaStatus.STAGED)
+        .first()
+    )
     if media is None or not (any_owner or media.owner_id == user.pk):
         raise AppError(MEDIA_DOWNLOAD_DENIED)
     if media.status != MediaStatus.UPLOADED:
@@ -69,3 +76,12 @@ def file_list(*, prefix: str) -> QuerySet[MediaObject]:
         purpose=MediaPurpose.FILE,
         status=MediaStatus.UPLOADED,
     ).order_by("object_key")
+
+
+def media_staged(*, limit: int = 200) -> list[tuple[str, str, datetime]]:
+    """``(objectKey, taskId, createdAt)`` of staged objects, oldest first (for the sweep)."""
+    return list(
+        MediaObject.objects.filter(status=MediaStatus.STAGED)
+        .order_by("created_at", "pk")
+        .values_list("object_key", "task_id", "created_at")[:limit]
+    )

@@ -1,7 +1,8 @@
 """Writes of the media app: upload keys, upload grants, completion, callbacks, outputs, files.
 
-Other apps call: ``media_store_output``, ``media_open``, ``signed_download_url`` (and the selector
-``media_get_uploaded_for_user``).
+Other apps call: ``media_store_output``, ``media_publish``, ``media_discard_staged``,
+``media_open``, ``signed_download_url`` (and the selectors ``media_get_uploaded_for_user`` and
+``media_staged``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ logger = logging.getLogger("media_app")
 MAX_FILE_NAME = 255
 MAX_TASK_ID = 64
 SIGNED_TTL_MIN, SIGNED_TTL_MAX = 60, 3600
+STORED = (MediaStatus.STAGED, MediaStatus.UPLOADED)  # in storage (visible or not yet)
 
 
 # --- Upload keys ---------------------------------------------------------------------------
@@ -459,17 +461,20 @@ def media_store_output(
     stream: BinaryIO,
     mime_type: str | None = None,
     size: int | None = None,
+    staged: bool = False,
 ) -> MediaObject:
     """Stream a file into storage at ``results/<userId>/<taskId>/<safe filename>``.
 
     Chunked copy (never whole in memory) with sha256 and size computed on the way, image
     width/height read with Pillow from the first bytes; recorded as uploaded, purpose output.
+    ``staged``: recorded as ``staged`` instead, reachable by nobody until :func:`media_publish`
+    (a task's outputs become visible only with the charge, docs/adr/0011-money-holes.md).
     Idempotent per ``(task_id, filename)``: an output already stored is returned as it is.
     ``size`` is a hint only; the streamed size is what is recorded.
     """
     object_key = output_object_key(user_id=user_id, task_id=task_id, filename=filename)
     existing = MediaObject.objects.filter(object_key=object_key).first()
-    if existing is not None and existing.status == MediaStatus.UPLOADED:
+    if existing is not None and existing.status in STORED:
         return existing
     backend = get_backend()
     guessed = mime_type or mimetypes.guess_type(object_key)[0] or "application/octet-stream"
@@ -488,10 +493,10 @@ def media_store_output(
         "sha256": saved.sha256,
         "width": image.width if image else None,
         "height": image.height if image else None,
-        "status": MediaStatus.UPLOADED,
+        "status": MediaStatus.STAGED if staged else MediaStatus.UPLOADED,
         "purpose": MediaPurpose.OUTPUT,
         "task_id": str(task_id)[:MAX_TASK_ID],
-        "uploaded_at": timezone.now(),
+        "uploaded_at": None if staged else timezone.now(),
         "deleted_at": None,
     }
     try:
@@ -499,13 +504,51 @@ def media_store_output(
             media, created = MediaObject.objects.select_for_update().get_or_create(
                 object_key=object_key, defaults=values
             )
-            if not created and media.status != MediaStatus.UPLOADED:
+            if not created and media.status not in STORED:
                 for name, value in values.items():
                     setattr(media, name, value)
                 media.save()
     except IntegrityError:  # a concurrent writer recorded the same output first
         media = MediaObject.objects.get(object_key=object_key)
     return media
+
+
+def media_publish(*, object_keys: list[str]) -> int:
+    """Make staged objects ``uploaded`` (downloadable, usable as inputs); returns how many.
+
+    One guarded update, meant to run inside the caller's transaction (``task_finish`` publishes
+    a task's outputs in the transaction that confirms its charge). Objects not staged are left
+    as they are.
+    """
+    if not object_keys:
+        return 0
+    now = timezone.now()
+    return MediaObject.objects.filter(
+        object_key__in=[str(key) for key in object_keys], status=MediaStatus.STAGED
+    ).update(status=MediaStatus.UPLOADED, uploaded_at=now, updated_at=now)
+
+
+def media_discard_staged(*, object_keys: list[str]) -> int:
+    """Remove staged objects from storage and forget them; returns how many were discarded.
+
+    The caller decides that nobody will publish them any more (their task ended otherwise, or
+    its submit failed). Nobody ever saw them, so no row is kept: the key is as unknown as one
+    never written. The file goes first, then the row; a storage error leaves the row staged
+    for the next reconciler pass.
+    """
+    backend = get_backend()
+    discarded = 0
+    for object_key in object_keys:
+        rows = MediaObject.objects.filter(object_key=str(object_key), status=MediaStatus.STAGED)
+        if not rows.exists():
+            continue
+        try:
+            backend.delete(str(object_key))
+        except AppError:
+            logger.warning("could not delete staged object %s; retrying later", object_key)
+            continue
+        discarded += rows.delete()[0] > 0
+    return discarded
 
 
 def media_open(*, object_key: str) -> BinaryIO:

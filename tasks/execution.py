@@ -21,8 +21,10 @@ from integrations.executors.base import ExecutorError
 from integrations.executors.runtime import InputFile, RunStopped
 from integrations.templating import fill_template
 from integrations.validation import media_params
+from media_app.selectors import media_staged
+from media_app.services import media_discard_staged
 from tasks import error_codes as codes
-from tasks.models import Task, TaskStatus
+from tasks.models import TERMINAL_STATUSES, Task, TaskStatus
 from tasks.services import (
     task_callback_url,
     task_heartbeat,
@@ -45,6 +47,8 @@ HEARTBEAT_EVERY = 5.0
 # A running attempt whose worker has not touched its heartbeat for this long is presumed dead.
 HEARTBEAT_STALE = timedelta(seconds=60)
 TIMEOUT_GRACE = timedelta(seconds=30)
+# Staged media without a task row are a failed submit's leftovers once this old.
+STAGED_ORPHAN_GRACE = timedelta(minutes=10)
 
 
 def _retrying(write):
@@ -203,6 +207,7 @@ def _store_outputs(task: Task, outputs) -> list:
                 stream=io.BytesIO(data),
                 mime_type="text/plain; charset=utf-8",
                 size=len(data),
+                staged=True,
             )
         else:
             with output.open() as stream:
@@ -212,6 +217,7 @@ def _store_outputs(task: Task, outputs) -> list:
                     filename=name,
                     stream=stream,
                     mime_type=output.mime_type,
+                    staged=True,
                 )
         media.node_id = output.node_id
         stored.append(media)
@@ -449,6 +455,32 @@ def worker_leases_prune(*, now=None) -> int:
     return deleted
 
 
+def tasks_sweep_staged_media(*, now=None) -> int:
+    """Remove staged media nobody will publish any more (docs/adr/0011-money-holes.md).
+
+    A task's outputs are published only in the transaction that ends it succeeded, so anything
+    still staged under a terminal task (failed, canceled, or stored late by a stale worker) is
+    unreachable for good. Staged objects of a task that does not exist (a submit that failed
+    after writing its base64 inputs and could not clean up) go after ``STAGED_ORPHAN_GRACE``.
+    """
+    now = now or timezone.now()
+    staged = media_staged(limit=500)
+    if not staged:
+        return 0
+    statuses = dict(
+        Task.objects.filter(public_id__in={task_id for _, task_id, _ in staged}).values_list(
+            "public_id", "status"
+        )
+    )
+    doomed = [
+        key
+        for key, task_id, created in staged
+        if statuses.get(task_id) in TERMINAL_STATUSES
+        or (task_id not in statuses and created < now - STAGED_ORPHAN_GRACE)
+    ]
+    return media_discard_staged(object_keys=doomed) if doomed else 0
+
+
 def tasks_reconcile() -> dict[str, int]:
     return {
         "queueTimeouts": tasks_fail_queue_timeouts(),
@@ -457,4 +489,5 @@ def tasks_reconcile() -> dict[str, int]:
         "resumed": tasks_resume_silent(),
         "workerLeasesPruned": worker_leases_prune(),
         "dispatched": tasks_dispatch_pending(),
+        "stagedMediaSwept": tasks_sweep_staged_media(),
     }

@@ -19,7 +19,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
-from media_app.services import signed_download_url
+from media_app.services import media_publish, signed_download_url
 from podi.errors import AppError, validation_error
 from podi.events import enqueue_on_commit
 from podi.ids import new_id
@@ -717,8 +717,10 @@ def task_finish(
 ) -> Task:
     """Move a task to a terminal state and settle its hold, once.
 
-    ``outputs`` are stored media objects (``media_app.models.MediaObject``). A call for a stale
-    attempt, or for a task already terminal, changes nothing and returns the task as it is.
+    ``outputs`` are stored media objects (``media_app.models.MediaObject``), usually staged: a
+    success publishes them in this transaction, together with the confirm; any other ending
+    leaves them staged for the sweep. A call for a stale attempt, or for a task already
+    terminal, changes nothing and returns the task as it is.
     """
     from wallet.selectors import hold_get
     from wallet.services import hold_confirm, hold_release
@@ -750,7 +752,10 @@ def task_finish(
                 status=status,
             )
         output_items = None
-        if outputs is not None:
+        if outputs is not None and status == TaskStatus.SUCCEEDED:
+            # Outputs become reachable here, with the charge; otherwise they stay staged and
+            # the reconciler sweeps them (docs/adr/0011-money-holes.md).
+            media_publish(object_keys=[media.object_key for media in outputs])
             for media in outputs:
                 TaskAsset.objects.get_or_create(
                     task=task,

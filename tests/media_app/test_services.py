@@ -10,8 +10,15 @@ from django.db import connections
 from django.utils import timezone
 
 from media_app.models import MediaObject, MediaStatus
-from media_app.selectors import media_get_uploaded_for_user
-from media_app.services import media_delete, media_open, media_store_output, signed_download_url
+from media_app.selectors import media_get_downloadable, media_get_uploaded_for_user, media_staged
+from media_app.services import (
+    media_delete,
+    media_discard_staged,
+    media_open,
+    media_publish,
+    media_store_output,
+    signed_download_url,
+)
 from media_app.storage.base import CHUNK_SIZE
 from podi.errors import AppError
 from tests.media_app.conftest import png_bytes
@@ -203,3 +210,55 @@ def test_local_backend_interface(settings):
     with pytest.raises(AppError) as caught:
         backend.stat("../outside")
     assert caught.value.code == "MEDIA_STORAGE_ERROR"
+
+
+@pytest.mark.django_db
+def test_staged_output_is_unreachable_until_published(owner, settings):
+    media = media_store_output(
+        user_id=owner.pk,
+        task_id="tsk_s",
+        filename="a.png",
+        stream=io.BytesIO(png_bytes()),
+        mime_type="image/png",
+        staged=True,
+    )
+    assert (media.status, media.uploaded_at) == (MediaStatus.STAGED, None)
+    path = Path(settings.MEDIA_ROOT) / media.object_key
+    assert path.exists()
+    # Not downloadable (the same refusal as an unknown key), not an input, not openable.
+    with pytest.raises(AppError) as denied:
+        media_get_downloadable(user=owner, object_key=media.object_key, any_owner=False)
+    assert denied.value.code == "MEDIA_DOWNLOAD_DENIED"
+    with pytest.raises(AppError) as denied_staff:
+        media_get_downloadable(user=owner, object_key=media.object_key, any_owner=True)
+    assert denied_staff.value.code == "MEDIA_DOWNLOAD_DENIED"
+    with pytest.raises(AppError):
+        media_get_uploaded_for_user(user=owner, object_key=media.object_key)
+    with pytest.raises(AppError):
+        media_open(object_key=media.object_key)
+    # Storing it again (a resumed run) keeps it staged.
+    again = media_store_output(
+        user_id=owner.pk, task_id="tsk_s", filename="a.png", stream=io.BytesIO(b"x"), staged=True
+    )
+    assert (again.pk, again.status) == (media.pk, MediaStatus.STAGED)
+
+    assert media_publish(object_keys=[media.object_key]) == 1
+    assert media_publish(object_keys=[media.object_key]) == 0
+    published = MediaObject.objects.get(pk=media.pk)
+    assert published.status == MediaStatus.UPLOADED and published.uploaded_at is not None
+    assert media_get_downloadable(user=owner, object_key=media.object_key, any_owner=False)
+    # Discarding touches only staged objects.
+    assert media_discard_staged(object_keys=[media.object_key]) == 0
+    assert path.exists()
+
+
+@pytest.mark.django_db
+def test_discarding_staged_objects_removes_file_and_row(owner, settings):
+    media = media_store_output(
+        user_id=owner.pk, task_id="tsk_d", filename="a.txt", stream=io.BytesIO(b"1"), staged=True
+    )
+    assert media_staged() == [(media.object_key, "tsk_d", media.created_at)]
+    assert media_discard_staged(object_keys=[media.object_key, "results/1/none/x"]) == 1
+    assert not (Path(settings.MEDIA_ROOT) / media.object_key).exists()
+    assert not MediaObject.objects.filter(object_key=media.object_key).exists()
+    assert media_staged() == []

@@ -50,6 +50,9 @@ Knobs (plain attributes, may be changed at any time from the test thread):
                           validation), e.g. to simulate a missing custom node.
 ``history_delay``         float s: delay between ``execution_success``/``execution_error`` being
                           delivered and the history write (opens the race of protocols.md §1.10).
+``view_delay``            float s: sleep before answering every ``GET /view`` (a slow output
+                          download: outputs are fetched one after another, so this holds the
+                          client between them).
 
 Observation attributes (kept across kill/restart): ``.requests`` (see base.py), ``.prompts``
 (prompt_id -> POST body, for every POST /prompt carrying a ``prompt``), ``.interrupts`` (ids of
@@ -894,6 +897,7 @@ class ComfyUITestServer(LoopbackServer):
         self.http_status_override: int | None = None
         self.installed_nodes: Iterable[str] | None = None
         self.history_delay: float = 0.0
+        self.view_delay: float = 0.0
         # observation logs
         self.prompts: dict[str, dict] = {}
         self.interrupts: list[str] = []
@@ -1552,6 +1556,8 @@ class ComfyUITestServer(LoopbackServer):
         return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(t)
 
     async def _view(self, request: web.Request) -> web.StreamResponse:
+        if self.view_delay:
+            await asyncio.sleep(self.view_delay)
         q = request.query
         if "filename" in q:
             filename, out_dir = _annotated(self, q["filename"])

@@ -1,0 +1,124 @@
+"""Issue #12 "Trust", money: no result without paying, holds outlive tasks, callback tokens bound
+to their attempt, no storage written before the charge (docs/adr/0011-money-holes.md)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from media_app.models import MediaObject, MediaStatus
+from media_app.storage import get_backend
+from podi.reconcile import run_pass
+from tasks.models import Task, TaskStatus
+from tests.tasks.conftest import INVERT_SCHEMA, make_ability, make_executor, wait_for, wait_status
+from wallet.models import Hold
+from wallet.selectors import account_for_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TWO_OUTPUTS_GRAPH = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {
+            "width": "{{width}}",
+            "height": "{{height}}",
+            "batch_size": 1,
+            "color": "{{color}}",
+        },
+    },
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+    "3": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
+}
+
+
+def balance(user) -> tuple[int, int]:
+    account = account_for_user(user)
+    account.refresh_from_db()
+    return account.balance, account.frozen
+
+
+def refusal(client: httpx.Client, object_key: str) -> tuple[int, str]:
+    response = client.post("/api/media/v1/signed-download", json={"objectKey": object_key})
+    return response.status_code, response.json().get("code", "")
+
+
+def in_storage(object_key: str) -> bool:
+    return get_backend().exists(object_key)
+
+
+def staged_media_swept() -> int:
+    """One reconciler pass, as ``manage.py up`` runs them; how many staged objects it swept."""
+    return run_pass()["tasks.actors.reconcile_tasks"]["stagedMediaSwept"]
+
+
+# --- 1. Results only with the charge ---------------------------------------------------------
+
+
+def test_outputs_stay_unreachable_while_running_and_after_cancel(worker, comfy, funded, api):
+    make_ability(
+        "two", [make_executor("gpu-1", comfy.url)], graph=TWO_OUTPUTS_GRAPH, schema=INVERT_SCHEMA
+    )
+    comfy.view_delay = 2.0  # the second output is fetched 2 s after the first one is stored
+    client = api(funded)
+    task_id = client.post(
+        "/api/tasks/v1/submit", json={"action": "two", "params": {"width": 4, "height": 4}}
+    ).json()["taskId"]
+    first = wait_for(lambda: MediaObject.objects.filter(task_id=task_id).first(), timeout=20)
+    assert Task.objects.get(public_id=task_id).status == TaskStatus.RUNNING
+    assert first.object_key.startswith(f"results/{funded.pk}/{task_id}/")
+    assert in_storage(first.object_key)
+
+    # The predictable key answers exactly like a key that does not exist.
+    unknown = refusal(client, f"results/{funded.pk}/{task_id}/nothing.png")
+    assert unknown == (403, "MEDIA_DOWNLOAD_DENIED")
+    assert refusal(client, first.object_key) == unknown
+    assert client.get(f"/api/tasks/v1/{task_id}").json()["outputs"] == []
+
+    canceled = client.post(f"/api/tasks/v1/{task_id}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+    assert canceled.json()["outputs"] == []
+    assert refusal(client, first.object_key) == unknown
+    assert balance(funded) == (1000, 0)
+
+    # The worker still stores the second output after the cancel; nothing of it is reachable.
+    wait_for(lambda: MediaObject.objects.filter(task_id=task_id).count() == 2, timeout=20)
+    keys = list(MediaObject.objects.filter(task_id=task_id).values_list("object_key", flat=True))
+    for key in keys:
+        assert refusal(client, key) == unknown
+    assert staged_media_swept() == 2
+    for key in keys:
+        assert not in_storage(key)
+        assert refusal(client, key) == unknown
+    assert not MediaObject.objects.filter(task_id=task_id).exists()
+    assert staged_media_swept() == 0
+    detail = client.get(f"/api/tasks/v1/{task_id}").json()
+    assert (detail["status"], detail["outputs"]) == ("canceled", [])
+    assert balance(funded) == (1000, 0)
+
+
+def test_outputs_become_downloadable_with_the_charge(worker, comfy, funded, api):
+    make_ability(
+        "two", [make_executor("gpu-1", comfy.url)], graph=TWO_OUTPUTS_GRAPH, schema=INVERT_SCHEMA
+    )
+    client = api(funded)
+    task_id = client.post(
+        "/api/tasks/v1/submit", json={"action": "two", "params": {"width": 4, "height": 4}}
+    ).json()["taskId"]
+    done = wait_status(client, task_id, {"succeeded", "failed", "canceled"})
+    assert done["status"] == "succeeded", done
+    assert balance(funded) == (990, 0)
+    assert len(done["outputs"]) == 2
+    for output in done["outputs"]:
+        signed = client.post(
+            "/api/media/v1/signed-download", json={"objectKey": output["objectKey"]}
+        )
+        assert signed.status_code == 200, signed.text
+        assert httpx.get(signed.json()["url"], timeout=10).status_code == 200
+        assert httpx.get(output["url"], timeout=10).status_code == 200
+    assert staged_media_swept() == 0
+    assert set(MediaObject.objects.filter(task_id=task_id).values_list("status", flat=True)) == {
+        MediaStatus.UPLOADED
+    }
+    assert Hold.objects.get(public_id=done["holdId"]).status == "confirmed"
