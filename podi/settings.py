@@ -382,6 +382,10 @@ CORS_URLS_REGEX = rf"(?:{CORS_URLS_REGEX})|^/media-(?:upload|download)/"
 
 # --- Wallet ---------------------------------------------------------------------------------
 WALLET_HOLD_TTL = env.int("WALLET_HOLD_TTL", 3600, min_value=10)
+# Seconds a task's hold outlives the task's current deadline (queue or run); it is moved later
+# whenever a deadline moves. Keep it well above the run-timeout grace (30 s) plus
+# RECONCILE_INTERVAL: a confirm after the hold expired fails the task (docs/adr/0011).
+TASK_HOLD_MARGIN = env.int("TASK_HOLD_MARGIN", 900, min_value=1)
 
 # --- Webhooks -------------------------------------------------------------------------------
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", False)

@@ -10,8 +10,11 @@ class TasksConfig(AppConfig):
         # Lend live events what they must not import (docs/adr/0006-live-events.md): who may
         # follow a task, and how a callback's output URLs are signed when it is sent.
         from podi.realtime.events import register_followable, register_webhook_body_hook
-        from tasks.selectors import tasks_followable
+        from tasks.selectors import tasks_followable, tasks_live_holds
         from tasks.services import callback_body_for_sending
+        from wallet.services import register_live_hold_check
 
         register_followable("task", tasks_followable)
         register_webhook_body_hook(callback_body_for_sending)
+        # A live task's hold never expires under it; the task settles it (docs/adr/0011).
+        register_live_hold_check(tasks_live_holds)

@@ -16,4 +16,7 @@ TASK_QUEUE_TIMEOUT = ErrorCode(
 TASK_TIMEOUT = ErrorCode("TASK_TIMEOUT", 504, "The task ran longer than its run timeout.")
 TASK_CANCELED = ErrorCode("TASK_CANCELED", 409, "The task was canceled.")
 EXECUTOR_ERROR = ErrorCode("EXECUTOR_ERROR", 502, "The executor failed.")
+TASK_HOLD_EXPIRED = ErrorCode(
+    "TASK_HOLD_EXPIRED", 409, "The task's hold expired before it could be charged; not charged."
+)
 EXECUTOR_LOST = ErrorCode("EXECUTOR_LOST", 502, "The executor lost the task.")

@@ -65,6 +65,16 @@ def tasks_followable(principal: Principal, task_ids: list[str]) -> tuple[set[str
     return own, foreign
 
 
+def tasks_live_holds(hold_ids: list[str]) -> set[str]:
+    """The wallet's live-hold check (registered in ``TasksConfig.ready``): the ids among
+    ``hold_ids`` that belong to a queued or running task, which will settle them itself."""
+    return set(
+        Task.objects.filter(
+            status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING], hold_id__in=hold_ids
+        ).values_list("hold_id", flat=True)
+    )
+
+
 def batch_get_for_request(request, batch_id: str) -> TaskBatch:
     queryset = TaskBatch.objects.all()
     if not _sees_everyone(request):

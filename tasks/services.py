@@ -35,11 +35,12 @@ from tasks.models import (
     TaskStatus,
     TaskTemplate,
 )
+from wallet.error_codes import WALLET_HOLD_EXPIRED
+from wallet.selectors import hold_get
+from wallet.services import hold_confirm, hold_extend, hold_release
 
 logger = logging.getLogger("podi.tasks")
 
-# Seconds a hold outlives the task's deadlines, so it can never expire under a running task.
-HOLD_MARGIN = 900
 CALLBACK_EVENT_TYPES = {
     "task.queued",
     "task.running",
@@ -146,7 +147,11 @@ def task_token(task: Task) -> str:
 
 
 def task_token_max_age(task: Task) -> int:
-    return task.queue_timeout + task.run_timeout * max(task.max_attempts, 1) + HOLD_MARGIN
+    return (
+        task.queue_timeout
+        + task.run_timeout * max(task.max_attempts, 1)
+        + settings.TASK_HOLD_MARGIN
+    )
 
 
 def task_from_token(raw: str) -> Task:
@@ -577,6 +582,15 @@ def _dispatch_one(pk: int, now) -> str:
         task.dispatched_at = now
         task.run_timeout = binding.run_timeout
         task.run_deadline = now + timedelta(seconds=binding.run_timeout)
+        if not _hold_outlives(task, task.run_deadline):
+            # Never run what can no longer be charged (docs/adr/0011-money-holes.md).
+            task_finish(
+                task_id=task.public_id,
+                status=TaskStatus.FAILED,
+                error_code=codes.TASK_HOLD_EXPIRED.code,
+                error_message="The task's hold expired before it could start.",
+            )
+            return "skipped"
         task.external_id = ""
         state = dict(task.executor_state)
         state.pop("notBefore", None)
@@ -604,6 +618,32 @@ def queue_position(task: Task) -> int | None:
         | Q(priority=task.priority, created_at=task.created_at, pk__lt=task.pk)
     )
     return ahead.count() + 1
+
+
+# --- The hold outlives the task ----------------------------------------------------------------
+
+
+def _hold_outlives(task: Task, deadline) -> bool:
+    """Extend the task's hold past ``deadline`` (plus ``TASK_HOLD_MARGIN``) whenever a deadline
+    moves; False when the hold can no longer be charged (settled or overdue)."""
+    if not task.hold_id:
+        return True
+    return hold_extend(
+        hold=hold_get(hold_id=task.hold_id),
+        expires_at=deadline + timedelta(seconds=settings.TASK_HOLD_MARGIN),
+    )
+
+
+def _charge(hold) -> bool:
+    """Confirm the hold; False when it expired first (the task then fails, uncharged)."""
+    try:
+        hold_confirm(hold=hold)
+    except AppError as exc:
+        if exc.error is not WALLET_HOLD_EXPIRED:
+            raise
+        logger.error("hold %s expired before its task %s was charged", hold, hold.task_id)
+        return False
+    return True
 
 
 # --- Progress, finish, retry -----------------------------------------------------------------
@@ -722,15 +762,21 @@ def task_finish(
     leaves them staged for the sweep. A call for a stale attempt, or for a task already
     terminal, changes nothing and returns the task as it is.
     """
-    from wallet.selectors import hold_get
-    from wallet.services import hold_confirm, hold_release
-
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
     with transaction.atomic():
         task = Task.objects.select_for_update().get(public_id=task_id)
         if task.is_terminal or (attempt is not None and task.attempts != attempt):
             return task
+        # Settle first: a success whose hold expired ends failed, deterministically.
+        if task.hold_id:
+            hold = hold_get(hold_id=task.hold_id)
+            if status == TaskStatus.SUCCEEDED and not _charge(hold):
+                status = TaskStatus.FAILED
+                error_code = codes.TASK_HOLD_EXPIRED.code
+                error_message = "The task's hold expired before it could be charged."
+            if status != TaskStatus.SUCCEEDED:
+                hold_release(hold=hold)
         now = timezone.now()
         task.status = status
         task.finished_at = now
@@ -771,12 +817,6 @@ def task_finish(
                     },
                 )
             output_items = [_asset_dict(a) for a in task.assets.filter(kind=TaskAsset.Kind.OUTPUT)]
-        if task.hold_id:
-            hold = hold_get(hold_id=task.hold_id)
-            if status == TaskStatus.SUCCEEDED:
-                hold_confirm(hold=hold)
-            else:
-                hold_release(hold=hold)
         _emit_status(task, outputs=output_items)
         _enqueue_dispatch()
     return task
@@ -815,6 +855,14 @@ def task_requeue_or_fail(
         task.executor_state = state
         task.queue_deadline = now + timedelta(seconds=task.queue_timeout)
         task.run_deadline = None
+        if not _hold_outlives(task, task.queue_deadline):
+            return task_finish(
+                task_id=task_id,
+                status=TaskStatus.FAILED,
+                attempt=attempt,
+                error_code=codes.TASK_HOLD_EXPIRED.code,
+                error_message="The task's hold expired before it could be retried.",
+            )
         task.save()
         _emit_status(task)
         from tasks.actors import dispatch_pending

@@ -21,6 +21,7 @@ whole transaction; the same statements are correct there too.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -471,10 +472,53 @@ def _give_back(account: Account, hold: Hold, *, type: str, now: datetime) -> Non
     _apply(account, balance=hold.points, frozen=-hold.points, entries=[entry], now=now)
 
 
+def hold_extend(*, hold: Hold, expires_at: datetime) -> bool:
+    """Make a held hold last at least until ``expires_at``; True when it now does.
+
+    One guarded update: it moves ``expires_at`` only later, and only while the hold is held and
+    not yet overdue (an overdue hold can no longer be confirmed and is not revived). False when
+    the hold is settled or overdue. The caller (``tasks``) extends a task's hold whenever the
+    task's deadline moves, so the hold outlives the task (docs/adr/0011-money-holes.md).
+    """
+    now = timezone.now()
+    moved = Hold.objects.filter(
+        pk=hold.pk, status=HoldStatus.HELD, expires_at__gt=now, expires_at__lt=expires_at
+    ).update(expires_at=expires_at, updated_at=now)
+    if (
+        moved
+        or Hold.objects.filter(
+            pk=hold.pk, status=HoldStatus.HELD, expires_at__gte=expires_at, expires_at__gt=now
+        ).exists()
+    ):
+        hold.expires_at = max(hold.expires_at, expires_at)
+        return True
+    return False
+
+
+# Hooks that name the holds whose work is still live (the tasks app registers one): expiry
+# leaves those to whoever settles the work. The wallet imports no app above it.
+_live_hold_checks: list[Callable[[list[str]], set[str]]] = []
+
+
+def register_live_hold_check(check: Callable[[list[str]], set[str]]) -> None:
+    """``check(hold_ids)`` → the ids among them whose work is still live (never expired)."""
+    if check not in _live_hold_checks:
+        _live_hold_checks.append(check)
+
+
+def _live_holds(batch: list[Hold]) -> set[str]:
+    ids = [hold.public_id for hold in batch]
+    live: set[str] = set()
+    for check in _live_hold_checks:
+        live |= check(ids)
+    return live
+
+
 def holds_expire(*, now: datetime | None = None, batch_size: int = 500) -> int:
     """Release every hold still held at ``now`` past its ``expires_at``, once (entry ``expire``).
 
-    One short transaction per hold; a hold settled meanwhile by someone else is left alone.
+    One short transaction per hold; a hold settled meanwhile by someone else is left alone, and
+    so is a hold whose work is still live (a registered check says so): its work settles it.
     Returns how many holds this call expired.
     """
     due_by = now or timezone.now()
@@ -487,8 +531,10 @@ def holds_expire(*, now: datetime | None = None, batch_size: int = 500) -> int:
         )
         if not batch:
             return expired
+        live = _live_holds(batch)
         for hold in batch:
-            expired += _expire_one(hold, due_by=due_by)
+            if hold.public_id not in live:
+                expired += _expire_one(hold, due_by=due_by)
         last_pk = batch[-1].pk
 
 

@@ -3,16 +3,23 @@ to their attempt, no storage written before the charge (docs/adr/0011-money-hole
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import httpx
 import pytest
+from django.utils import timezone
 
+from integrations.models import WorkflowBinding
 from media_app.models import MediaObject, MediaStatus
 from media_app.storage import get_backend
 from podi.reconcile import run_pass
 from tasks.models import Task, TaskStatus
+from tasks.services import task_finish, task_requeue_or_fail, tasks_dispatch_pending
 from tests.tasks.conftest import INVERT_SCHEMA, make_ability, make_executor, wait_for, wait_status
 from wallet.models import Hold
 from wallet.selectors import account_for_user
+from wallet.services import holds_expire
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -122,3 +129,103 @@ def test_outputs_become_downloadable_with_the_charge(worker, comfy, funded, api)
         MediaStatus.UPLOADED
     }
     assert Hold.objects.get(public_id=done["holdId"]).status == "confirmed"
+
+
+# --- 2. The hold outlives the task ---------------------------------------------------------
+
+
+def test_hold_outlives_a_longer_binding_picked_at_dispatch(comfy, comfy2, funded, api):
+    quick, slow = make_executor("quick", comfy.url), make_executor("slow", comfy2.url)
+    ability = make_ability("invert", [quick], queue_timeout=5, run_timeout=5, max_attempts=1)
+    WorkflowBinding.objects.create(
+        ability=ability,
+        workflow=ability.bindings.get().workflow,
+        executor=slow,
+        priority=-1,
+        max_attempts=1,
+        queue_timeout=5,
+        run_timeout=100_000,
+    )
+    client = api(funded)
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "invert"}).json()["taskId"]
+    quick.enabled = False  # the operator takes the quick executor out: dispatch picks the slow one
+    quick.save()
+    assert tasks_dispatch_pending() == 1
+    task = Task.objects.get(public_id=task_id)
+    assert (task.status, task.executor_id, task.run_timeout) == ("running", slow.pk, 100_000)
+    hold = Hold.objects.get(public_id=task.hold_id)
+    assert hold.expires_at > task.run_deadline + timedelta(seconds=60)
+    # Even at the very end of the run (and the reconciler's grace), the hold is still held.
+    assert holds_expire(now=task.run_deadline + timedelta(seconds=60)) == 0
+    assert Hold.objects.get(pk=hold.pk).status == "held"
+    assert task_finish(task_id=task_id, status="succeeded", attempt=1).status == "succeeded"
+    assert Hold.objects.get(pk=hold.pk).status == "confirmed"
+    assert balance(funded) == (990, 0)
+
+
+def test_requeue_moves_the_hold_with_the_queue_deadline(comfy, funded, api, settings):
+    settings.TASK_HOLD_MARGIN = 2
+    make_ability(
+        "invert",
+        [make_executor("gpu", comfy.url)],
+        queue_timeout=1,
+        run_timeout=1,
+        max_attempts=2,
+    )
+    client = api(funded)
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "invert"}).json()["taskId"]
+    assert tasks_dispatch_pending() == 1
+    first = Hold.objects.get(task_id=task_id).expires_at  # submit + 1 + 2 × 1 + 2 s
+    time.sleep(3)  # the attempt failed late: the new queue deadline lies beyond that
+    requeued = task_requeue_or_fail(
+        task_id=task_id, attempt=1, error_code="EXECUTOR_ERROR", error_message="502"
+    )
+    assert requeued.status == "queued"
+    hold = Hold.objects.get(task_id=task_id)
+    assert hold.expires_at == requeued.queue_deadline + timedelta(seconds=2)
+    assert hold.expires_at > first
+
+
+def test_a_live_tasks_hold_never_expires_and_an_overdue_hold_ends_the_task(
+    comfy, funded, api, settings
+):
+    make_ability("invert", [make_executor("gpu", comfy.url)])
+    client = api(funded)
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "invert"}).json()["taskId"]
+    assert tasks_dispatch_pending() == 1
+    hold = Hold.objects.get(task_id=task_id)
+    # However it came to be overdue, expiry leaves a live task's hold to the task.
+    Hold.objects.filter(pk=hold.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert holds_expire() == 0
+    assert Hold.objects.get(pk=hold.pk).status == "held"
+    # The task ends, once, failed and uncharged — it does not stay running.
+    done = task_finish(task_id=task_id, status="succeeded", attempt=1)
+    assert (done.status, done.error_code) == ("failed", "TASK_HOLD_EXPIRED")
+    assert Hold.objects.get(pk=hold.pk).status == "released"
+    assert balance(funded) == (1000, 0)
+    assert task_finish(task_id=task_id, status="succeeded", attempt=1).status == "failed"
+    assert holds_expire() == 0
+
+
+def test_a_confirm_after_the_hold_expired_fails_the_run_once(worker, comfy, funded, api, settings):
+    """End to end: the outputs arrive after the hold's margin. The task fails (not charged,
+    outputs swept) instead of staying running and calling the executor again."""
+    settings.TASK_HOLD_MARGIN = 1
+    make_ability(
+        "two",
+        [make_executor("gpu", comfy.url)],
+        graph=TWO_OUTPUTS_GRAPH,
+        schema=INVERT_SCHEMA,
+        queue_timeout=1,
+        run_timeout=2,
+        max_attempts=1,
+    )
+    comfy.view_delay = 2.5
+    client = api(funded)
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "two"}).json()["taskId"]
+    done = wait_status(client, task_id, {"succeeded", "failed", "canceled"}, timeout=30)
+    assert (done["status"], done["error"]["code"]) == ("failed", "TASK_HOLD_EXPIRED"), done
+    assert done["outputs"] == []
+    assert balance(funded) == (1000, 0)
+    assert len(comfy.prompts) == 1
+    assert staged_media_swept() == 2

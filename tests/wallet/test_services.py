@@ -11,6 +11,7 @@ from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
 from wallet.selectors import account_for_user, account_statistics, hold_get, ledger_entries
 from wallet.services import (
     hold_confirm,
+    hold_extend,
     hold_freeze,
     hold_release,
     holds_expire,
@@ -430,3 +431,27 @@ def test_ledger_is_append_only(owner):
     with pytest.raises(TypeError):
         LedgerEntry.objects.filter(pk=entry.pk).delete()
     assert LedgerEntry.objects.get(pk=entry.pk).points == 10
+
+
+def test_hold_extend_moves_only_later_and_only_while_held(owner):
+    wallet_grant(user=owner, points=500)
+    hold, _ = hold_freeze(user=owner, task_id="t", points=120, ttl_seconds=60)
+    first = hold.expires_at
+    later = first + timedelta(hours=2)
+    assert hold_extend(hold=hold, expires_at=later) is True
+    assert Hold.objects.get(pk=hold.pk).expires_at == later == hold.expires_at
+    # Never earlier: an earlier time is already covered, and nothing moves.
+    assert hold_extend(hold=hold, expires_at=first) is True
+    assert Hold.objects.get(pk=hold.pk).expires_at == later
+    assert (account(owner).balance, account(owner).frozen) == (380, 120)
+    assert holds_expire(now=first + timedelta(hours=1)) == 0
+    # An overdue hold is not revived; a settled one is not touched.
+    Hold.objects.filter(pk=hold.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert hold_extend(hold=hold, expires_at=later + timedelta(hours=1)) is False
+    assert Hold.objects.get(pk=hold.pk).expires_at < timezone.now()
+    settled, _ = hold_freeze(user=owner, task_id="u", points=10)
+    hold_release(hold=settled)
+    assert hold_extend(hold=settled, expires_at=later) is False
+    assert Hold.objects.get(pk=settled.pk).expires_at < later
+    assert_wallet_invariants(owner)
+    assert not LedgerEntry.objects.filter(account__user=owner, type="expire").exists()
