@@ -369,6 +369,8 @@ class TaskCompleteApi(APIView):
         request=InputSerializer,
         responses={200: TaskSerializer, **error_responses(400, 401, 409)},
         auth=[],
+        description="The token is bound to the attempt it was issued for: a token of an earlier "
+        "attempt (or of one that was given up and queued again) is 409 `TASK_ATTEMPT_STALE`.",
         parameters=[
             OpenApiParameter(
                 "token", str, description="The task token (or send it as a Bearer token)."
@@ -382,7 +384,7 @@ class TaskCompleteApi(APIView):
         raw = raw or request.query_params.get("token", "")
         if not raw:
             raise AppError(codes.TASK_TOKEN_INVALID, "Send the task token.")
-        task = task_from_token(raw)
+        task, attempt = task_from_token(raw)
         if task.public_id != task_id:
             raise AppError(codes.TASK_TOKEN_INVALID, "The token is for another task.")
         data = self.InputSerializer(data=request.data)
@@ -390,6 +392,7 @@ class TaskCompleteApi(APIView):
         values = data.validated_data
         task = task_complete_receipt(
             task=task,
+            attempt=attempt,
             status=values["status"],
             outputs=values.get("outputs"),
             result=values.get("result"),

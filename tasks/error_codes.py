@@ -9,6 +9,9 @@ TASK_NOT_RETRYABLE = ErrorCode(
 )
 TASK_ALREADY_FINISHED = ErrorCode("TASK_ALREADY_FINISHED", 409, "The task has already finished.")
 TASK_TOKEN_INVALID = ErrorCode("TASK_TOKEN_INVALID", 401, "The task token is not valid.")
+TASK_ATTEMPT_STALE = ErrorCode(
+    "TASK_ATTEMPT_STALE", 409, "The task token is for an attempt that is no longer current."
+)
 NO_EXECUTOR = ErrorCode("NO_EXECUTOR", 503, "No executor is configured for this ability.")
 TASK_QUEUE_TIMEOUT = ErrorCode(
     "TASK_QUEUE_TIMEOUT", 504, "The task waited too long for an executor."

@@ -154,7 +154,8 @@ def task_token_max_age(task: Task) -> int:
     )
 
 
-def task_from_token(raw: str) -> Task:
+def task_from_token(raw: str) -> tuple[Task, int]:
+    """The task and the attempt a task token was issued for (401 ``TASK_TOKEN_INVALID``)."""
     try:
         unsigned = signing.loads(raw, salt=TOKEN_SALT, max_age=None)
     except signing.BadSignature:
@@ -166,7 +167,10 @@ def task_from_token(raw: str) -> Task:
         signing.loads(raw, salt=TOKEN_SALT, max_age=task_token_max_age(task))
     except signing.SignatureExpired:
         raise AppError(codes.TASK_TOKEN_INVALID, "The task token has expired.") from None
-    return task
+    attempt = unsigned.get("a")
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
+        raise AppError(codes.TASK_TOKEN_INVALID)
+    return task, attempt
 
 
 def task_callback_url(task: Task) -> str:
@@ -921,17 +925,31 @@ def task_retry(*, task: Task) -> Task:
     )
 
 
+def _stale_attempt(task: Task, attempt: int) -> AppError:
+    return AppError(
+        codes.TASK_ATTEMPT_STALE, details={"attempt": attempt, "currentAttempt": task.attempts}
+    )
+
+
 def task_complete_receipt(
     *,
     task: Task,
+    attempt: int,
     status: str,
     outputs: list[dict[str, Any]] | None = None,
     result: Any = None,
     error: dict[str, Any] | None = None,
 ) -> Task:
-    """A receipt from the executor or agent (authenticated by the task token)."""
+    """A receipt from the executor or agent (authenticated by the task token of ``attempt``).
+
+    Only the current attempt may report: a token of an earlier attempt, or of one that was
+    given up on (the task is queued again), is 409 ``TASK_ATTEMPT_STALE`` and changes nothing
+    (docs/adr/0011-money-holes.md).
+    """
     from media_app.selectors import media_get_uploaded_for_user
 
+    if task.attempts != attempt or task.status == TaskStatus.QUEUED:
+        raise _stale_attempt(task, attempt)
     if task.is_terminal:
         if task.status == status:
             return task
@@ -948,15 +966,24 @@ def task_complete_receipt(
                 {f"outputs[{index}].objectKey": ["No uploaded object of the task's user."]}
             ) from None
     if status == TaskStatus.SUCCEEDED:
-        return task_finish(
-            task_id=task.public_id, status=TaskStatus.SUCCEEDED, outputs=media, result=result
+        finished = task_finish(
+            task_id=task.public_id,
+            status=TaskStatus.SUCCEEDED,
+            attempt=attempt,
+            outputs=media,
+            result=result,
         )
-    error = error or {}
-    return task_finish(
-        task_id=task.public_id,
-        status=TaskStatus.FAILED,
-        outputs=media,
-        result=result,
-        error_code=str(error.get("code") or codes.EXECUTOR_ERROR.code)[:64],
-        error_message=str(error.get("message") or "The executor reported a failure."),
-    )
+    else:
+        error = error or {}
+        finished = task_finish(
+            task_id=task.public_id,
+            status=TaskStatus.FAILED,
+            attempt=attempt,
+            outputs=media,
+            result=result,
+            error_code=str(error.get("code") or codes.EXECUTOR_ERROR.code)[:64],
+            error_message=str(error.get("message") or "The executor reported a failure."),
+        )
+    if finished.attempts != attempt or not finished.is_terminal:
+        raise _stale_attempt(finished, attempt)  # the task moved on meanwhile
+    return finished

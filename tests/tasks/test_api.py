@@ -8,7 +8,7 @@ from media_app.models import MediaObject
 from podi.ids import new_id
 from podi.realtime.models import Event
 from tasks.models import Task, TaskBatch, TaskStatus, TaskTemplate
-from tasks.services import task_token
+from tasks.services import task_token, tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_status
 from wallet.models import Hold, LedgerEntry
 from wallet.selectors import account_for_user
@@ -254,6 +254,7 @@ def test_template_creates_a_batch(ability, funded, api):
 def test_complete_receipt_with_the_task_token(ability, funded, api):
     client = api(funded)
     task_id = client.post("/api/tasks/v1/submit", json={"action": "sleep"}).json()["taskId"]
+    assert tasks_dispatch_pending() == 1  # a token is issued to a running attempt
     task = Task.objects.get(public_id=task_id)
     anon = api()
     assert (

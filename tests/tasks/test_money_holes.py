@@ -15,7 +15,12 @@ from media_app.models import MediaObject, MediaStatus
 from media_app.storage import get_backend
 from podi.reconcile import run_pass
 from tasks.models import Task, TaskStatus
-from tasks.services import task_finish, task_requeue_or_fail, tasks_dispatch_pending
+from tasks.services import (
+    task_finish,
+    task_requeue_or_fail,
+    task_token,
+    tasks_dispatch_pending,
+)
 from tests.tasks.conftest import INVERT_SCHEMA, make_ability, make_executor, wait_for, wait_status
 from wallet.models import Hold
 from wallet.selectors import account_for_user
@@ -229,3 +234,46 @@ def test_a_confirm_after_the_hold_expired_fails_the_run_once(worker, comfy, fund
     assert balance(funded) == (1000, 0)
     assert len(comfy.prompts) == 1
     assert staged_media_swept() == 2
+
+
+# --- 3. A callback token is bound to its attempt ------------------------------------------------
+
+
+def test_a_token_of_an_earlier_attempt_cannot_finish_the_current_one(comfy, funded, api):
+    make_ability("invert", [make_executor("gpu", comfy.url)], points=10)
+    client, executor = api(funded), api()
+    task_id = client.post("/api/tasks/v1/submit", json={"action": "invert"}).json()["taskId"]
+    assert tasks_dispatch_pending() == 1
+    first_token = task_token(Task.objects.get(public_id=task_id))
+
+    def receipt(token: str):
+        return executor.post(
+            f"/api/tasks/v1/{task_id}/complete",
+            json={"status": "succeeded", "result": {"by": token[-6:]}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    # Attempt 1 is given up on (a transient error): its token no longer finishes the task …
+    task_requeue_or_fail(task_id=task_id, attempt=1, error_code="EXECUTOR_ERROR", error_message="x")
+    stale = receipt(first_token)
+    assert stale.status_code == 409, stale.text
+    assert stale.json()["code"] == "TASK_ATTEMPT_STALE"
+    assert stale.json()["details"] == {"attempt": 1, "currentAttempt": 1}
+    # … nor the attempt that runs now.
+    time.sleep(1.1)  # the back-off after a first failure
+    assert tasks_dispatch_pending() == 1
+    task = Task.objects.get(public_id=task_id)
+    assert (task.status, task.attempts) == ("running", 2)
+    stale = receipt(first_token)
+    assert (stale.status_code, stale.json()["code"]) == (409, "TASK_ATTEMPT_STALE")
+    assert stale.json()["details"] == {"attempt": 1, "currentAttempt": 2}
+    assert Task.objects.get(public_id=task_id).status == "running"
+    assert balance(funded) == (990, 10)
+
+    current = receipt(task_token(task))
+    assert current.status_code == 200, current.text
+    assert (current.json()["status"], current.json()["attempts"]) == ("succeeded", 2)
+    assert balance(funded) == (990, 0)
+    late = receipt(first_token)
+    assert (late.status_code, late.json()["code"]) == (409, "TASK_ATTEMPT_STALE")
+    assert balance(funded) == (990, 0)
