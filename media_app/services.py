@@ -534,14 +534,16 @@ def media_discard_staged(*, object_keys: list[str]) -> int:
     The caller decides that nobody will publish them any more (their task ended otherwise, or
     its submit failed). Nobody ever saw them, so no row is kept: the key is as unknown as one
     never written. The file goes first, then the row; a storage error leaves the row staged
-    for the next reconciler pass.
+    for the next reconciler pass. A key without a row (a submit whose transaction rolled the
+    row back) loses its file too; a key whose row is not staged is never touched.
     """
     backend = get_backend()
     discarded = 0
     for object_key in object_keys:
-        rows = MediaObject.objects.filter(object_key=str(object_key), status=MediaStatus.STAGED)
-        if not rows.exists():
+        rows = MediaObject.objects.filter(object_key=str(object_key))
+        if rows.exclude(status=MediaStatus.STAGED).exists():
             continue
+        rows = rows.filter(status=MediaStatus.STAGED)
         try:
             backend.delete(str(object_key))
         except AppError:

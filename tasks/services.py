@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import io
 import logging
 from datetime import UTC, timedelta
 from typing import Any
@@ -19,7 +21,13 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
-from media_app.services import media_publish, signed_download_url
+from media_app.paths import output_object_key
+from media_app.services import (
+    media_discard_staged,
+    media_publish,
+    media_store_output,
+    signed_download_url,
+)
 from podi.errors import AppError, validation_error
 from podi.events import enqueue_on_commit
 from podi.ids import new_id
@@ -36,8 +44,8 @@ from tasks.models import (
     TaskTemplate,
 )
 from wallet.error_codes import WALLET_HOLD_EXPIRED
-from wallet.selectors import hold_get
-from wallet.services import hold_confirm, hold_extend, hold_release
+from wallet.selectors import account_require_balance, hold_get
+from wallet.services import hold_confirm, hold_extend, hold_freeze, hold_release
 
 logger = logging.getLogger("podi.tasks")
 
@@ -180,7 +188,17 @@ def task_callback_url(task: Task) -> str:
 # --- Submit ----------------------------------------------------------------------------------
 
 
-def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str, Any]]:
+class _Base64Input:
+    """A decoded base64 input, written (staged) only once the submit is sure to be paid for."""
+
+    def __init__(self, *, item: dict[str, Any], file_name: str, data: bytes):
+        self.item, self.file_name, self.data = item, file_name, data
+
+
+def _normalise_inputs(
+    *, user, inputs: list[Any], task_id: str
+) -> tuple[list[dict[str, Any]], list[_Base64Input]]:
+    """Check the inputs; base64 ones are decoded but not written (``_stage_base64_inputs``)."""
     from media_app.selectors import media_get_uploaded_for_user
 
     if not isinstance(inputs, list):
@@ -188,6 +206,7 @@ def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str
     if len(inputs) > MAX_INPUTS:
         raise validation_error({"inputs": [f"At most {MAX_INPUTS} inputs."]})
     normalised: list[dict[str, Any]] = []
+    decoded: list[_Base64Input] = []
     for index, item in enumerate(inputs):
         field = f"inputs[{index}]"
         if not isinstance(item, dict):
@@ -208,19 +227,15 @@ def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str
             validate_callback_url(url, field=f"{field}.url")
             normalised.append({"url": url})
         elif item.get("base64"):
-            normalised.append(
-                _store_base64_input(user=user, item=item, field=field, task_id=task_id)
-            )
+            pending = _decode_base64_input(user=user, item=item, field=field, task_id=task_id)
+            normalised.append(pending.item)
+            decoded.append(pending)
         else:
             raise validation_error({field: ["Give objectKey, url, or base64 with fileName."]})
-    return normalised
+    return normalised, decoded
 
 
-def _store_base64_input(*, user, item: dict, field: str, task_id: str) -> dict[str, Any]:
-    import io
-
-    from media_app.services import media_store_output
-
+def _decode_base64_input(*, user, item: dict, field: str, task_id: str) -> _Base64Input:
     file_name = str(item.get("fileName") or "")
     if not file_name:
         raise validation_error({f"{field}.fileName": ["Required with base64."]})
@@ -231,14 +246,52 @@ def _store_base64_input(*, user, item: dict, field: str, task_id: str) -> dict[s
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise validation_error({f"{field}.base64": ["Not valid base64."]}) from None
-    media = media_store_output(
-        user_id=user.pk,
-        task_id=task_id,
-        filename=f"input-{file_name}",
-        stream=io.BytesIO(data),
-        size=len(data),
+    name = f"input-{file_name}"
+    key = output_object_key(user_id=user.pk, task_id=task_id, filename=name)
+    # mimeType is filled in when the file is written (sniffed like any stored object).
+    return _Base64Input(
+        item={"objectKey": key, "mimeType": "", "size": len(data)}, file_name=name, data=data
     )
-    return {"objectKey": media.object_key, "mimeType": media.mime_type, "size": media.size}
+
+
+def _stage_base64_inputs(*, user, task_id: str, decoded: list[_Base64Input]) -> list[str]:
+    """Write decoded base64 inputs as staged media (reachable by nobody until the submit's
+    transaction publishes them); returns their keys, for the cleanup if the submit fails."""
+    keys = [pending.item["objectKey"] for pending in decoded]
+    try:
+        for pending in decoded:
+            media = media_store_output(
+                user_id=user.pk,
+                task_id=task_id,
+                filename=pending.file_name,
+                stream=io.BytesIO(pending.data),
+                size=len(pending.data),
+                staged=True,
+            )
+            pending.item.update(
+                objectKey=media.object_key, mimeType=media.mime_type, size=media.size
+            )
+    except BaseException:
+        _discard_base64_inputs(keys)
+        raise
+    return keys
+
+
+def _discard_base64_inputs(keys: list[str]) -> None:
+    """Remove what a failed submit wrote (files and rows); the reconciler catches the rest."""
+    if keys:
+        media_discard_staged(object_keys=keys)
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(keys: list[str]):
+    """Around a submit transaction: when it fails (402, a conflict, a rollback), remove the
+    base64 inputs it would have published."""
+    try:
+        yield
+    except BaseException:
+        _discard_base64_inputs(keys)
+        raise
 
 
 def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> dict:
@@ -315,9 +368,10 @@ def task_submit(
     """Create a queued task with its hold and first event in one transaction; dispatch on commit.
 
     ``test_binding`` (the console's "test run"): the task runs only on that binding and is free.
+    Base64 inputs are decoded and checked first, written staged only when the balance covers
+    the task, and published in the transaction that freezes; if it fails they are removed
+    (docs/adr/0011-money-holes.md). The returned task's ``staged_inputs`` names them.
     """
-    from wallet.services import hold_freeze
-
     if test_binding is not None:
         ability = test_binding.ability
         bindings = [test_binding]
@@ -339,7 +393,9 @@ def task_submit(
         validate_callback_url(callback_url, field="callbackUrl")
     events = _validate_callback_events(callback_events)
     public_id = new_id("tsk")
-    normalised_inputs = _normalise_inputs(user=user, inputs=inputs or [], task_id=public_id)
+    normalised_inputs, decoded = _normalise_inputs(
+        user=user, inputs=inputs or [], task_id=public_id
+    )
     if ability.requires_image and not normalised_inputs:
         raise validation_error({"inputs": ["This ability needs an input image."]})
     params = _bind_media_params(
@@ -347,9 +403,16 @@ def task_submit(
     )
     merged = ability_validate_params(ability=ability, params=params, preset=preset)
 
+    points = 0 if test_binding is not None else ability.points
+    if decoded and points:
+        # Refuse early what the freeze would refuse, before writing anything (the freeze below
+        # still decides); docs/adr/0011-money-holes.md.
+        account_require_balance(user=user, points=points)
+    staged = _stage_base64_inputs(user=user, task_id=public_id, decoded=decoded)
+
     first = bindings[0]
     now = timezone.now()
-    with transaction.atomic():
+    with _discarded_on_failure(staged), transaction.atomic():
         task = Task(
             public_id=public_id,
             user=user,
@@ -360,7 +423,7 @@ def task_submit(
             inputs=normalised_inputs,
             priority=priority,
             max_attempts=max(b.max_attempts for b in bindings),
-            points=0 if test_binding is not None else ability.points,
+            points=points,
             executor_state={"testBinding": test_binding.pk} if test_binding is not None else {},
             callback_url=callback_url or "",
             callback_events=events,
@@ -386,6 +449,7 @@ def task_submit(
             )
             task.hold_id = hold.public_id
         task.save(force_insert=True)
+        media_publish(object_keys=staged)
         for item in normalised_inputs:
             if item.get("objectKey"):
                 TaskAsset.objects.create(
@@ -397,6 +461,7 @@ def task_submit(
                 )
         _emit_status(task)
         _enqueue_dispatch()
+    task.staged_inputs = staged
     return task
 
 
@@ -414,7 +479,8 @@ def batch_submit(
         raise validation_error({"items": ["Give at least one item."]})
     if len(items) > 100:
         raise validation_error({"items": ["At most 100 items per batch."]})
-    with transaction.atomic():
+    staged: list[str] = []  # base64 inputs written so far, removed if the batch fails
+    with _discarded_on_failure(staged), transaction.atomic():
         batch = TaskBatch.objects.create(
             public_id=new_id("bat"),
             user=user,
@@ -439,6 +505,7 @@ def batch_submit(
                         service_key=service_key,
                     )
                 )
+                staged.extend(tasks[-1].staged_inputs)
             except AppError as exc:
                 if exc.code == "VALIDATION_ERROR":
                     fields = exc.details.get("fields", {})

@@ -25,6 +25,19 @@ def account_for_user(user) -> Account:
         return Account.objects.get(user=user)
 
 
+def account_require_balance(*, user, points: int) -> None:
+    """402 ``WALLET_INSUFFICIENT`` (as a freeze would answer) when the user's balance is below
+    ``points``. A read, not a decision: callers use it to refuse early, before costly work,
+    and still freeze, which decides (docs/adr/0011-money-holes.md)."""
+    balance = Account.objects.filter(user=user).values_list("balance", flat=True).first() or 0
+    if balance < points:
+        raise AppError(
+            codes.WALLET_INSUFFICIENT,
+            f"Needs {points} points; the balance is {balance}.",
+            details={"balance": balance, "required": points},
+        )
+
+
 def hold_get(*, hold_id: str, user=None) -> Hold:
     """The hold ``hold_id``; with ``user``, only when it is that user's (else 404 as well)."""
     queryset = Hold.objects.select_related("account")

@@ -3,8 +3,10 @@ to their attempt, no storage written before the charge (docs/adr/0011-money-hole
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from tasks.services import (
     task_token,
     tasks_dispatch_pending,
 )
+from tests.servers.comfyui import solid_png
 from tests.tasks.conftest import INVERT_SCHEMA, make_ability, make_executor, wait_for, wait_status
 from wallet.models import Hold
 from wallet.selectors import account_for_user
@@ -276,4 +279,89 @@ def test_a_token_of_an_earlier_attempt_cannot_finish_the_current_one(comfy, fund
     assert balance(funded) == (990, 0)
     late = receipt(first_token)
     assert (late.status_code, late.json()["code"]) == (409, "TASK_ATTEMPT_STALE")
+    assert balance(funded) == (990, 0)
+
+
+# --- 4. Nothing is written before the charge -------------------------------------------------
+
+IMAGE_GRAPH = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+}
+IMAGE_SCHEMA = {
+    "type": "object",
+    "properties": {"image": {"type": "string", "x-podi-media": True}},
+    "required": ["image"],
+    "additionalProperties": False,
+}
+
+
+def stored_files(settings) -> list[Path]:
+    root = Path(settings.MEDIA_ROOT)
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def base64_inputs(count: int) -> list[dict]:
+    png = base64.b64encode(solid_png(16, 16, (0, 0, 255))).decode()
+    return [{"base64": png, "fileName": f"in-{index}.png"} for index in range(count)]
+
+
+@pytest.fixture
+def image_ability(comfy):
+    return make_ability(
+        "invert-image",
+        [make_executor("gpu", comfy.url)],
+        graph=IMAGE_GRAPH,
+        schema=IMAGE_SCHEMA,
+        points=10,
+        requires_image=True,
+    )
+
+
+def test_a_submit_that_cannot_pay_writes_no_input(image_ability, outsider, api, settings):
+    client = api(outsider)  # no points at all
+    refused = client.post(
+        "/api/tasks/v1/submit", json={"action": "invert-image", "inputs": base64_inputs(8)}
+    )
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["code"] == "WALLET_INSUFFICIENT"
+    assert refused.json()["details"] == {"balance": 0, "required": 10}
+    assert stored_files(settings) == []
+    assert not MediaObject.objects.exists()
+    assert not Task.objects.exists() and not Hold.objects.exists()
+
+
+def test_a_failed_batch_removes_the_inputs_it_wrote(image_ability, funded, api, settings):
+    client = api(funded)
+    refused = client.post(
+        "/api/tasks/v1/batches",
+        json={
+            "action": "invert-image",
+            "items": [{"inputs": base64_inputs(2)}, {"inputs": [{"base64": "not base64!"}]}],
+        },
+    )
+    assert refused.status_code == 400, refused.text
+    assert stored_files(settings) == []
+    assert not MediaObject.objects.exists()
+    assert not Task.objects.exists() and not Hold.objects.exists()
+    assert balance(funded) == (1000, 0)
+
+
+def test_base64_inputs_become_usable_with_the_freeze(worker, image_ability, funded, api, settings):
+    client = api(funded)
+    submitted = client.post(
+        "/api/tasks/v1/submit", json={"action": "invert-image", "inputs": base64_inputs(1)}
+    )
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["taskId"]
+    key = f"results/{funded.pk}/{task_id}/input-in-0.png"
+    media = MediaObject.objects.get(object_key=key)
+    assert (media.status, media.mime_type, media.width) == ("uploaded", "image/png", 16)
+    assert client.get(f"/api/tasks/v1/{task_id}").json()["inputs"] == [
+        {"objectKey": key, "mimeType": "image/png", "size": media.size}
+    ]
+    done = wait_status(client, task_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done
+    assert done["params"]["image"] == key
     assert balance(funded) == (990, 0)
