@@ -41,7 +41,22 @@ SECRET_KEY = _secret_key()
 DEBUG = env.bool("DEBUG", False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
-PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), "http://127.0.0.1:8000").rstrip("/")
+# Where `manage.py up` / `make run` listen; PUBLIC_BASE_URL follows them unless it is set.
+HOST = env.str("HOST", "127.0.0.1")
+PORT = env.int("PORT", 8000, min_value=1, max_value=65535)
+
+
+def base_url_for(host: str, port: int) -> str:
+    """The URL clients use for a server bound to ``host:port`` (wildcards become loopback)."""
+    wildcards = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+    host = wildcards.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+PUBLIC_BASE_URL_IS_SET = bool(env.str("PUBLIC_BASE_URL"))
+PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), base_url_for(HOST, PORT)).rstrip(
+    "/"
+)
 
 INSTALLED_APPS = [
     "daphne",
@@ -307,6 +322,7 @@ OSS_PUBLIC_DOMAIN = env.str("OSS_PUBLIC_DOMAIN") or env.str("OSS_DOWNLOAD_DOMAIN
 OSS_ROLE_ARN = env.str("OSS_ROLE_ARN")
 OSS_STS_DURATION = env.int("OSS_STS_DURATION", 900, min_value=900, max_value=3600)
 OSS_STS_ENDPOINT = env.str("OSS_STS_ENDPOINT", "sts.aliyuncs.com")
+OSS_CALLBACK_URL_IS_SET = bool(env.str("OSS_CALLBACK_URL"))
 OSS_CALLBACK_URL = env.url(
     "OSS_CALLBACK_URL", ("http", "https"), f"{PUBLIC_BASE_URL}/api/media/v1/oss-callback"
 )

@@ -7,7 +7,6 @@ Production runs the same pieces as separate processes (see README).
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import time
@@ -45,12 +44,24 @@ def ensure_first_admin(stdout) -> None:
     stdout.flush()
 
 
+def follow_listen_address(host: str, port: int) -> None:
+    """Signed URLs and executor callbacks point where this server listens, unless
+    PUBLIC_BASE_URL (or OSS_CALLBACK_URL) was set explicitly."""
+    from podi.settings import base_url_for
+
+    if settings.PUBLIC_BASE_URL_IS_SET:
+        return
+    settings.PUBLIC_BASE_URL = base_url_for(host, port)
+    if not settings.OSS_CALLBACK_URL_IS_SET:
+        settings.OSS_CALLBACK_URL = f"{settings.PUBLIC_BASE_URL}/api/media/v1/oss-callback"
+
+
 class Command(BaseCommand):
     help = "Migrate, create the first admin, and serve web + worker + reconciler in one process."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--no-worker", action="store_true", help="Do not run the worker here.")
         parser.add_argument(
             "--no-reconciler", action="store_true", help="Do not run the reconciler here."
@@ -67,6 +78,7 @@ class Command(BaseCommand):
 
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535")
+        follow_listen_address(host, port)
         self.stdout.write("Applying database migrations…\n")
         call_command("migrate", interactive=False, verbosity=0)
         ensure_first_admin(self.stdout)
