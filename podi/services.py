@@ -73,6 +73,17 @@ def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
     return taken == 1
 
 
+def lease_renew(*, name: str, holder: str, ttl: float) -> bool:
+    """Push the expiry of a lease ``holder`` still holds; False when it expired or was taken."""
+    from podi.models import Lease
+
+    now = timezone.now()
+    renewed = Lease.objects.filter(name=name, holder=holder, expires_at__gte=now).update(
+        expires_at=now + timedelta(seconds=ttl)
+    )
+    return renewed == 1
+
+
 def lease_release(*, name: str, holder: str) -> None:
     from podi.models import Lease
 
