@@ -184,7 +184,9 @@ class CozeRunner:
                 OutputFile(
                     filename=name,
                     kind="file",
-                    open=download_opener(url, timeout=self.timeout.read or 60),
+                    open=download_opener(
+                        url, timeout=self.timeout.read or 60, trusted_origin=self.base_url
+                    ),
                 )
             )
         return RunResult(outputs=outputs, result=result)

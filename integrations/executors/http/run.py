@@ -181,7 +181,11 @@ class HttpRunner:
                         OutputFile(
                             filename=name,
                             mime_type=mime,
-                            open=download_opener(url, timeout=self.timeout.read or 60),
+                            open=download_opener(
+                                url,
+                                timeout=self.timeout.read or 60,
+                                trusted_origin=self.base_url,
+                            ),
                         )
                     )
         for path in spec.get("base64") or []:
