@@ -380,6 +380,11 @@ CORS_URLS_REGEX = rf"(?:{CORS_URLS_REGEX})|^/media-(?:upload|download)/"
 # --- Wallet ---------------------------------------------------------------------------------
 WALLET_HOLD_TTL = env.int("WALLET_HOLD_TTL", 3600, min_value=10)
 
+# --- Tasks ----------------------------------------------------------------------------------
+# Users and non-admin service keys may set a task priority within ±this; staff and admin-scope
+# keys the full -100…100.
+TASK_USER_PRIORITY_MAX = env.int("TASK_USER_PRIORITY_MAX", 10, min_value=0, max_value=100)
+
 # --- Webhooks -------------------------------------------------------------------------------
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", False)
 WEBHOOK_SECRET = env.str("WEBHOOK_SECRET")
