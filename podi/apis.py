@@ -12,7 +12,6 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -22,6 +21,7 @@ from podi.auth import service_key_of
 from podi.errors import AppError, validation_error
 from podi.health import run_checks
 from podi.schema import error_responses
+from podi.throttling import LoginAddressThrottle, LoginNameThrottle
 
 
 class UserSerializer(serializers.Serializer):
@@ -50,17 +50,10 @@ def _token_pair(user, refresh: RefreshToken | None = None) -> dict:
     ).data
 
 
-class LoginThrottle(ScopedRateThrottle):
-    scope = "login"
-
-    def get_cache_key(self, request, view):
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle]
+    throttle_classes = [LoginAddressThrottle, LoginNameThrottle]
 
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField(required=False, max_length=254)
@@ -168,7 +161,7 @@ class MeApi(APIView):
 class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle]
+    throttle_classes = [LoginAddressThrottle]
 
     class InputSerializer(serializers.Serializer):
         username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)

@@ -240,7 +240,10 @@ REST_FRAMEWORK = {
         "principal": env.rate("RATE_LIMIT", "1200/min"),
         "anon": env.rate("RATE_LIMIT_ANON", "60/min"),
         "login": env.rate("RATE_LIMIT_LOGIN", "20/min"),
+        "login_name": env.rate("RATE_LIMIT_LOGIN_NAME", "10/min"),
     },
+    # How many proxies in front of PODI append to X-Forwarded-For (0: use the peer address).
+    "NUM_PROXIES": env.int("TRUSTED_PROXIES", 0, min_value=0, max_value=10),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DATETIME_FORMAT": "iso-8601",
     "COERCE_DECIMAL_TO_STRING": False,
