@@ -10,14 +10,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authentication import get_authorization_header
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from podi import error_codes as codes
-from podi.auth import service_key_of
+from podi.auth import access_tokens_revoke, service_key_of
 from podi.errors import AppError, validation_error
 from podi.health import run_checks
 from podi.schema import error_responses
@@ -131,18 +132,35 @@ class LogoutApi(APIView):
         request=InputSerializer,
         responses={204: None, **error_responses(400, 401)},
         auth=[],
-        summary="Revoke a refresh token",
+        summary="Log out: revoke the refresh token and the user's access tokens",
+        description="The refresh token is revoked for good; the access token sent in "
+        "`Authorization` (if any) and every access token of the user issued before this second "
+        "stop working at once (other devices refresh to continue).",
     )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            RefreshToken(data.validated_data["refreshToken"]).blacklist()
+            refresh = RefreshToken(data.validated_data["refreshToken"])
         except TokenError as exc:
             raise AppError(codes.AUTH_INVALID, f"Refresh token rejected: {exc}") from None
+        try:
+            refresh.blacklist()
         except IntegrityError:
             pass  # already revoked
+        access_tokens_revoke(user_id=refresh.get("user_id"), jti=_presented_access_jti(request))
         return Response(status=204)
+
+
+def _presented_access_jti(request) -> str | None:
+    """The jti of a valid access token in ``Authorization``, if the logout request sent one."""
+    header = get_authorization_header(request).split()
+    if len(header) != 2 or header[0].lower() != b"bearer":
+        return None
+    try:
+        return str(AccessToken(header[1].decode("ascii"))["jti"])
+    except (TokenError, UnicodeDecodeError, KeyError):
+        return None
 
 
 class MeApi(APIView):

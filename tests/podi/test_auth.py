@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 
 import pytest
@@ -280,3 +281,44 @@ def test_trusted_proxies_take_the_address_the_proxy_saw(anon, settings, fast_has
         assert _login(anon, f"m-{index}", HTTP_X_FORWARDED_FOR=forwarded).status_code == 401
     refused = _login(anon, "m-x", HTTP_X_FORWARDED_FOR="203.0.113.99, 198.51.100.250")
     assert refused.status_code == 429
+
+
+def test_logout_revokes_the_access_token_at_once(anon, owner, client_for):
+    tokens = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    older = access_token(owner)  # another device, logged in earlier
+    assert client_for(older).get("/api/auth/v1/me").status_code == 200
+    me = client_for(tokens["accessToken"])
+    assert me.get("/api/auth/v1/me").status_code == 200
+    time.sleep(1.05)  # the per-user cutoff has second resolution
+    logout = me.post("/api/auth/v1/logout", {"refreshToken": tokens["refreshToken"]})
+    assert logout.status_code == 204
+    for token in (tokens["accessToken"], older):
+        refused = client_for(token).get("/api/auth/v1/me")
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "AUTH_INVALID"
+    # Logging in again right away works.
+    again = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    assert client_for(again["accessToken"]).get("/api/auth/v1/me").status_code == 200
+
+
+def test_logout_without_waiting_still_revokes_the_presented_token(anon, owner, client_for):
+    tokens = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    me = client_for(tokens["accessToken"])
+    assert (
+        me.post("/api/auth/v1/logout", {"refreshToken": tokens["refreshToken"]}).status_code == 204
+    )
+    assert me.get("/api/auth/v1/me").status_code == 401
+
+
+def test_access_token_revoked_is_what_long_lived_connections_check(anon, owner):
+    from podi.auth import access_token_revoked, access_tokens_revoke
+
+    payload = AccessToken(access_token(owner)).payload
+    assert access_token_revoked(payload) is False
+    access_tokens_revoke(user_id=owner.pk, jti=payload["jti"])
+    assert access_token_revoked(payload) is True
+    other = dict(payload, jti="another", iat=payload["iat"] - 1)
+    assert access_token_revoked(other) is True  # issued in an earlier second
+    later = dict(payload, jti="later", iat=payload["iat"] + 1)
+    assert access_token_revoked(later) is False
+    assert access_token_revoked(dict(later, user_id=owner.pk + 1)) is False
