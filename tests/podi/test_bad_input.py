@@ -90,3 +90,22 @@ def test_integers_beyond_the_columns_are_400(owner_client, staff_client):
     # The connection is still usable afterwards (PostgreSQL: no aborted transaction left).
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+
+
+def test_admin_numbers_beyond_an_integer_column_are_named_in_a_400(staff_client):
+    """Found by the schema fuzz: a vendor key priority of -290668241380 was a 500."""
+    from integrations.models import VendorApiKey
+
+    response = staff_client.post(
+        "/api/admin/api-keys",
+        {"provider": "coze", "name": "k", "secret": "s3cret", "priority": -290668241380},
+    )
+    body = assert_error(response, 400, "VALIDATION_ERROR")
+    assert list(body["details"]["fields"]) == ["priority"]
+    response = staff_client.post(
+        "/api/admin/workflow-bindings",
+        {"ability": 1, "workflow": 1, "executor": 1, "queueTimeout": 2**40},
+    )
+    body = assert_error(response, 400, "VALIDATION_ERROR")
+    assert list(body["details"]["fields"]) == ["queueTimeout"]
+    assert VendorApiKey.objects.count() == 0
