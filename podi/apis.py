@@ -7,7 +7,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import get_authorization_header
@@ -22,6 +21,7 @@ from podi.auth import access_tokens_revoke, service_key_of
 from podi.errors import AppError, validation_error
 from podi.health import run_checks
 from podi.schema import error_responses
+from podi.services import user_identity_errors
 from podi.throttling import LoginAddressThrottle, LoginNameThrottle
 
 
@@ -77,18 +77,26 @@ class LoginApi(APIView):
         data.is_valid(raise_exception=True)
         login = data.validated_data.get("username") or data.validated_data.get("email")
         password = data.validated_data["password"]
-        User = get_user_model()
-        user = (
-            User.objects.filter(Q(username=login) | Q(email__iexact=login)).order_by("pk").first()
-        )
+        user = _user_for_login(login)
         if user is None:
-            User().set_password(password)  # spend the same time as a real check
+            get_user_model()().set_password(password)  # spend the same time as a real check
             raise AppError(codes.INVALID_CREDENTIALS)
         if not user.check_password(password):
             raise AppError(codes.INVALID_CREDENTIALS)
         if not user.is_active:
             raise AppError(codes.USER_INACTIVE)
         return Response(_token_pair(user))
+
+
+def _user_for_login(login: str):
+    """An email (unique, case-insensitive) or a username. Usernames hold no "@" since 0003;
+    an older one that does still logs in when no account has it as its email."""
+    User = get_user_model()
+    if "@" in login:
+        by_email = User.objects.filter(email__iexact=login).exclude(email="").first()
+        if by_email is not None:
+            return by_email
+    return User.objects.filter(username=login).first()
 
 
 class RefreshApi(APIView):
@@ -182,7 +190,11 @@ class RegisterApi(APIView):
     throttle_classes = [LoginAddressThrottle]
 
     class InputSerializer(serializers.Serializer):
-        username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
+        username = serializers.RegexField(
+            r"^[\w.+-]+\Z",
+            max_length=150,
+            error_messages={"invalid": "Letters, digits and . + - _ only (no @)."},
+        )
         email = serializers.EmailField(required=False, allow_blank=True, default="")
         password = serializers.CharField(max_length=4096, trim_whitespace=False)
 
@@ -204,15 +216,19 @@ class RegisterApi(APIView):
             validate_password(values["password"], candidate)
         except DjangoValidationError as exc:
             raise validation_error({"password": list(exc.messages)}) from None
-        if User.objects.filter(username__iexact=values["username"]).exists():
-            raise validation_error({"username": ["This username is taken."]})
+        errors = user_identity_errors(username=values["username"], email=values["email"])
+        if errors:
+            raise validation_error(errors)
         try:
             with transaction.atomic():
                 user = User.objects.create_user(
                     username=values["username"], email=values["email"], password=values["password"]
                 )
-        except IntegrityError:
-            raise validation_error({"username": ["This username is taken."]}) from None
+        except IntegrityError:  # a concurrent registration won the race
+            raise validation_error(
+                user_identity_errors(username=values["username"], email=values["email"])
+                or {"username": ["This username or email is taken."]}
+            ) from None
         return Response(_token_pair(user), status=201)
 
 
