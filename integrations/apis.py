@@ -102,9 +102,12 @@ def _int_param(request, name: str) -> int | None:
     if raw in (None, ""):
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise validation_error({name: ["Must be an integer."]}) from None
+    if not -(2**63) <= value < 2**63:
+        raise validation_error({name: ["Out of range."]})
+    return value
 
 
 class AdminApi(APIView):
