@@ -1,4 +1,5 @@
-"""Fuzz every operation of the OpenAPI schema with schemathesis: no input may cause a 5xx.
+"""Fuzz every operation of the OpenAPI schema with schemathesis: no input may cause a 500 (nor
+a 5xx the operation does not document, such as 503 NO_EXECUTOR).
 
 Runs against the real Django app (WSGI handler, real database and cache) as a staff user and as
 a plain user, with schema-valid and schema-violating examples, a bounded number per operation
@@ -30,6 +31,19 @@ OUTBOUND = {
 }
 
 
+def is_server_error(operation, response) -> bool:
+    """A 5xx the operation does not document with a stable code (a 503 ``NO_EXECUTOR`` for an
+    ability without executors is an answer, not a crash); every 500 is a failure."""
+    if response.status_code < 500:
+        return False
+    declared = str(response.status_code) in (operation.definition.raw.get("responses") or {})
+    try:
+        code = response.json().get("code")
+    except ValueError:
+        code = None
+    return response.status_code == 500 or not declared or code in (None, "INTERNAL_ERROR")
+
+
 def fuzz_operation(operation, principals: dict[str, dict], failures: list) -> None:
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
@@ -47,7 +61,7 @@ def fuzz_operation(operation, principals: dict[str, dict], failures: list) -> No
         for who, headers in principals.items():
             response = case.call(headers=headers)
             STATS[response.status_code] = STATS.get(response.status_code, 0) + 1
-            if response.status_code >= 500:
+            if is_server_error(operation, response):
                 failures.append(
                     f"{who}: {case.method} {case.formatted_path} "
                     f"query={case.query!r} body={case.body!r:.300} -> "
@@ -89,29 +103,39 @@ def test_call_sequences_along_inferred_links_answer_no_server_error(owner, staff
     )
     headers = {"Authorization": f"Bearer {access_token(staff if who == 'staff' else owner)}"}
     failures: list[str] = []
+    calls = [0]
 
     class Calls(schema.as_state_machine()):
         def get_call_kwargs(self, case):
             return {"headers": headers}
 
         def validate_response(self, response, case, **kwargs):
+            calls[0] += 1
             STATS[response.status_code] = STATS.get(response.status_code, 0) + 1
-            if response.status_code >= 500:
+            if is_server_error(case.operation, response):
                 failures.append(
                     f"{case.method} {case.formatted_path} body={case.body!r:.300} -> "
                     f"{response.status_code} {response.text[:300]}"
                 )
 
     cache.clear()
-    Calls.run(
-        settings=hypothesis.settings(
-            max_examples=40,
-            stateful_step_count=8,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
+    try:
+        Calls.run(
+            settings=hypothesis.settings(
+                max_examples=40,
+                stateful_step_count=8,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
+    except hypothesis.errors.FlakyStrategyDefinition:
+        # The rows earlier sequences created stay (one database for the whole run), so
+        # hypothesis cannot always replay a sequence it derived from an earlier one; it stops
+        # there. What the API answered until then is what this test judges.
+        pass
+    assert calls[0] >= 100, calls
     assert STATS.get(201, 0) >= 1, STATS  # something was created
     assert not failures, f"{len(failures)} server errors:\n" + "\n".join(failures[:40])
