@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
 	@touch $@
 
 run: $(STAMP)
-	$(BIN)/python manage.py up --host $(HOST) --port $(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py up --host $(HOST) --port $(PORT)
 
 test: $(STAMP) lint check-migrations browser
 	PODI_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -897,6 +897,7 @@ def main() -> int:
             PODI_DATA_DIR=str(data_dir / "data"),
             PODI_ADMIN_PASSWORD=secrets.token_urlsafe(16),
             RATE_LIMIT="100000000/min",
+            RATE_LIMIT_LOGIN="100000/min",  # the bench logs in many users from one address
             LOG_LEVEL="warning",
             WORKER_THREADS=str(args.worker_threads),
             DJANGO_SETTINGS_MODULE="podi.settings",

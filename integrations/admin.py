@@ -71,6 +71,7 @@ from integrations.validation import (
     clean_params_schema,
     config_for_display,
     config_keep_masked,
+    config_unsealed,
 )
 from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
 from podi.errors import AppError
@@ -151,7 +152,7 @@ class ExecutorForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # What is stored, before the form writes posted values onto the instance.
-        self.instance_config = dict(self.instance.config or {})
+        self.instance_config = config_unsealed(self.instance.config)
         self.instance_kind = self.instance.kind
         if self.instance.pk and not self.is_bound:
             self.initial["config"] = config_for_display(self.instance.config)
@@ -167,7 +168,7 @@ class ExecutorForm(forms.ModelForm):
             config = data.get("config") or {}
             if self.instance.pk:
                 config = config_keep_masked(self.instance_config, config)
-            data["config"] = clean_executor_config(kind, config)
+            data["config"] = clean_executor_config(kind, config)  # sealed by the service
         except AppError as exc:
             raise as_form_error(exc) from None
         if self.instance.pk and kind != self.instance_kind and self.instance.bindings.exists():

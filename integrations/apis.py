@@ -67,6 +67,11 @@ from podi.schema import error_responses
 
 ADMIN_ERRORS = (400, 401, 403)
 
+# Bounds that keep values inside the database's 32-bit integer columns.
+INT32_MAX = 2**31 - 1
+PRIORITY_MAX = 1_000_000
+SECONDS_MAX = 30 * 86400
+
 
 def _ids(model, ids, error) -> list:
     ids = list(dict.fromkeys(ids))
@@ -610,12 +615,14 @@ class AdminBindingsApi(AdminApi):
         workflow = serializers.IntegerField()
         workflowVersion = serializers.IntegerField(allow_null=True, default=None, min_value=1)
         executor = serializers.IntegerField()
-        priority = serializers.IntegerField(default=0)
-        weight = serializers.IntegerField(min_value=0, default=1)
+        priority = serializers.IntegerField(
+            default=0, min_value=-PRIORITY_MAX, max_value=PRIORITY_MAX
+        )
+        weight = serializers.IntegerField(min_value=0, max_value=10000, default=1)
         enabled = serializers.BooleanField(default=True)
         maxAttempts = serializers.IntegerField(min_value=1, max_value=100, default=3)
-        queueTimeout = serializers.IntegerField(min_value=1, default=600)
-        runTimeout = serializers.IntegerField(min_value=1, default=600)
+        queueTimeout = serializers.IntegerField(min_value=1, max_value=SECONDS_MAX, default=600)
+        runTimeout = serializers.IntegerField(min_value=1, max_value=SECONDS_MAX, default=600)
 
     @extend_schema(
         summary="List workflow bindings",
@@ -716,8 +723,12 @@ class AdminApiKeysApi(AdminApi):
             write_only=True, max_length=4096, trim_whitespace=True, help_text="Write-only."
         )
         status = serializers.ChoiceField(choices=VendorApiKey.Status.choices, default="active")
-        priority = serializers.IntegerField(default=0)
-        dailyQuota = serializers.IntegerField(min_value=0, allow_null=True, default=None)
+        priority = serializers.IntegerField(
+            default=0, min_value=-PRIORITY_MAX, max_value=PRIORITY_MAX
+        )
+        dailyQuota = serializers.IntegerField(
+            min_value=0, max_value=INT32_MAX, allow_null=True, default=None
+        )
         expiresAt = serializers.DateTimeField(allow_null=True, default=None)
 
     @extend_schema(

@@ -43,6 +43,8 @@ from integrations.validation import (
     clean_outputs,
     clean_params_schema,
     config_keep_masked,
+    config_sealed,
+    config_unsealed,
 )
 from podi import error_codes as common_codes
 from podi.common import check_unique, model_delete, model_update, required_text
@@ -160,7 +162,7 @@ def api_key_record_use(*, key: VendorApiKey) -> bool:
 def _clean_executor(kind: str, base_url: str, config: Any) -> tuple[str, dict]:
     if kind not in ExecutorKind.values:
         raise validation_error({"kind": [f"One of {', '.join(ExecutorKind.values)}."]})
-    return check_http_url(base_url, "baseUrl"), clean_executor_config(kind, config)
+    return check_http_url(base_url, "baseUrl"), config_sealed(clean_executor_config(kind, config))
 
 
 def _clean_count(value: Any, field: str, minimum: int) -> int:
@@ -214,7 +216,9 @@ def executor_update(*, executor: Executor, **changes: Any) -> Executor:
     if kind != executor.kind and executor.bindings.exists():
         raise validation_error({"kind": ["Cannot change the kind of an executor with bindings."]})
     base_url, config = _clean_executor(
-        kind, changes.get("base_url", executor.base_url), changes.get("config", executor.config)
+        kind,
+        changes.get("base_url", executor.base_url),
+        changes.get("config", config_unsealed(executor.config)),
     )
     changes.update(base_url=base_url, config=config)
     executor, _ = model_update(

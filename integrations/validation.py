@@ -414,37 +414,69 @@ def clean_definition(kind: str, definition: Any, schema: dict) -> Any:
 
 
 # ------------------------------------------------------------------------------ secrets in config
+#
+# Executor headers often carry credentials, so every header value is stored Fernet-encrypted
+# (``podi.crypto``) under ``config["headers_encrypted"]`` and never returned: reads show each
+# value masked, and a config sent back with a masked value keeps the stored one.
 
-SENSITIVE_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "password")
+HEADERS_SEALED = "headers_encrypted"
 
 
-def _is_sensitive(header: str) -> bool:
-    lowered = header.lower()
-    return any(word in lowered for word in SENSITIVE_HEADER_WORDS)
+def config_unsealed(config: dict | None) -> dict:
+    """The config as the operator wrote it: plain ``headers``, no sealed field. Server-side only."""
+    import json
+
+    from podi.crypto import decrypt_secret
+
+    plain = dict(config or {})
+    sealed = plain.pop(HEADERS_SEALED, None)
+    if sealed:
+        plain["headers"] = json.loads(decrypt_secret(sealed))
+    return plain
+
+
+def config_sealed(config: dict) -> dict:
+    """A cleaned config ready to store: its ``headers`` encrypted."""
+    import json
+
+    from podi.crypto import encrypt_secret
+
+    stored = {key: value for key, value in config.items() if key not in ("headers", HEADERS_SEALED)}
+    headers = config.get("headers")
+    if headers:
+        stored[HEADERS_SEALED] = encrypt_secret(json.dumps(headers, sort_keys=True))
+    return stored
+
+
+def executor_headers(config: dict | None) -> dict[str, str]:
+    """The extra headers to send on every call to an executor with this stored config."""
+    headers = config_unsealed(config).get("headers") or {}
+    return {str(key): str(value) for key, value in headers.items()}
 
 
 def config_for_display(config: dict) -> dict:
-    """The config with sensitive header values masked (keep secrets in vendor API keys)."""
+    """The config with every header value masked (stored encrypted, never shown)."""
     from podi.crypto import mask_secret
 
-    headers = (config or {}).get("headers")
+    plain = config_unsealed(config)
+    headers = plain.get("headers")
     if not isinstance(headers, dict):
-        return dict(config or {})
-    masked = {k: mask_secret(str(v)) if _is_sensitive(k) else v for k, v in headers.items()}
-    return {**config, "headers": masked}
+        return plain
+    return {**plain, "headers": {k: mask_secret(str(v)) or "…" for k, v in headers.items()}}
 
 
 def config_keep_masked(old: dict, new: dict) -> dict:
-    """A config sent back with masked header values keeps the stored ones."""
+    """A config sent back with masked header values keeps the stored ones (``old`` is the
+    stored config, sealed or not)."""
     from podi.crypto import mask_secret
 
-    old_headers = (old or {}).get("headers") or {}
+    old_headers = config_unsealed(old).get("headers") or {}
     new_headers = (new or {}).get("headers")
     if not isinstance(new_headers, dict) or not isinstance(old_headers, dict):
         return new
     kept = {
         k: old_headers[k]
-        if k in old_headers and _is_sensitive(k) and v == mask_secret(str(old_headers[k]))
+        if k in old_headers and v == (mask_secret(str(old_headers[k])) or "…")
         else v
         for k, v in new_headers.items()
     }

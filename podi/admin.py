@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -135,3 +137,46 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- Users: the admin enforces the same identity rules as registration -----------------------
+
+
+class _IdentityRules:
+    """Usernames without "@", one account per email (case-insensitive)."""
+
+    def _identity_error(self, field: str, value: str) -> str:
+        from podi.services import user_identity_errors
+
+        instance = getattr(self, "instance", None)
+        errors = user_identity_errors(
+            username=value if field == "username" else None,
+            email=value if field == "email" else None,
+            user_id=instance.pk if instance is not None else None,
+        )
+        if errors.get(field):
+            raise forms.ValidationError(errors[field][0], code=f"{field}_conflict")
+        return value
+
+    def clean_username(self):
+        return self._identity_error("username", self.cleaned_data.get("username") or "")
+
+    def clean_email(self):
+        return self._identity_error("email", self.cleaned_data.get("email") or "")
+
+
+class PodiUserCreationForm(_IdentityRules, AdminUserCreationForm):
+    pass
+
+
+class PodiUserChangeForm(_IdentityRules, UserChangeForm):
+    pass
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class PodiUserAdmin(UserAdmin):
+    form = PodiUserChangeForm
+    add_form = PodiUserCreationForm

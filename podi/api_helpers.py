@@ -41,6 +41,9 @@ def query_int(request, name: str) -> int | None:
     if raw in (None, ""):
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise validation_error({name: ["Must be an integer."]}) from None
+    if not -(2**63) <= value < 2**63:  # beyond any integer column: a 400, not a database error
+        raise validation_error({name: ["Out of range."]})
+    return value

@@ -7,21 +7,22 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authentication import get_authorization_header
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from podi import error_codes as codes
-from podi.auth import service_key_of
+from podi.auth import access_tokens_revoke, service_key_of
 from podi.errors import AppError, validation_error
 from podi.health import run_checks
 from podi.schema import error_responses
+from podi.services import user_identity_errors
+from podi.throttling import LoginAddressThrottle, LoginNameThrottle
 
 
 class UserSerializer(serializers.Serializer):
@@ -50,17 +51,10 @@ def _token_pair(user, refresh: RefreshToken | None = None) -> dict:
     ).data
 
 
-class LoginThrottle(ScopedRateThrottle):
-    scope = "login"
-
-    def get_cache_key(self, request, view):
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle]
+    throttle_classes = [LoginAddressThrottle, LoginNameThrottle]
 
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField(required=False, max_length=254)
@@ -83,18 +77,26 @@ class LoginApi(APIView):
         data.is_valid(raise_exception=True)
         login = data.validated_data.get("username") or data.validated_data.get("email")
         password = data.validated_data["password"]
-        User = get_user_model()
-        user = (
-            User.objects.filter(Q(username=login) | Q(email__iexact=login)).order_by("pk").first()
-        )
+        user = _user_for_login(login)
         if user is None:
-            User().set_password(password)  # spend the same time as a real check
+            get_user_model()().set_password(password)  # spend the same time as a real check
             raise AppError(codes.INVALID_CREDENTIALS)
         if not user.check_password(password):
             raise AppError(codes.INVALID_CREDENTIALS)
         if not user.is_active:
             raise AppError(codes.USER_INACTIVE)
         return Response(_token_pair(user))
+
+
+def _user_for_login(login: str):
+    """An email (unique, case-insensitive) or a username. Usernames hold no "@" since 0003;
+    an older one that does still logs in when no account has it as its email."""
+    User = get_user_model()
+    if "@" in login:
+        by_email = User.objects.filter(email__iexact=login).exclude(email="").first()
+        if by_email is not None:
+            return by_email
+    return User.objects.filter(username=login).first()
 
 
 class RefreshApi(APIView):
@@ -138,18 +140,35 @@ class LogoutApi(APIView):
         request=InputSerializer,
         responses={204: None, **error_responses(400, 401)},
         auth=[],
-        summary="Revoke a refresh token",
+        summary="Log out: revoke the refresh token and the user's access tokens",
+        description="The refresh token is revoked for good; the access token sent in "
+        "`Authorization` (if any) and every access token of the user issued before this second "
+        "stop working at once (other devices refresh to continue).",
     )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            RefreshToken(data.validated_data["refreshToken"]).blacklist()
+            refresh = RefreshToken(data.validated_data["refreshToken"])
         except TokenError as exc:
             raise AppError(codes.AUTH_INVALID, f"Refresh token rejected: {exc}") from None
+        try:
+            refresh.blacklist()
         except IntegrityError:
             pass  # already revoked
+        access_tokens_revoke(user_id=refresh.get("user_id"), jti=_presented_access_jti(request))
         return Response(status=204)
+
+
+def _presented_access_jti(request) -> str | None:
+    """The jti of a valid access token in ``Authorization``, if the logout request sent one."""
+    header = get_authorization_header(request).split()
+    if len(header) != 2 or header[0].lower() != b"bearer":
+        return None
+    try:
+        return str(AccessToken(header[1].decode("ascii"))["jti"])
+    except (TokenError, UnicodeDecodeError, KeyError):
+        return None
 
 
 class MeApi(APIView):
@@ -168,10 +187,14 @@ class MeApi(APIView):
 class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle]
+    throttle_classes = [LoginAddressThrottle]
 
     class InputSerializer(serializers.Serializer):
-        username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
+        username = serializers.RegexField(
+            r"^[\w.+-]+\Z",
+            max_length=150,
+            error_messages={"invalid": "Letters, digits and . + - _ only (no @)."},
+        )
         email = serializers.EmailField(required=False, allow_blank=True, default="")
         password = serializers.CharField(max_length=4096, trim_whitespace=False)
 
@@ -193,15 +216,19 @@ class RegisterApi(APIView):
             validate_password(values["password"], candidate)
         except DjangoValidationError as exc:
             raise validation_error({"password": list(exc.messages)}) from None
-        if User.objects.filter(username__iexact=values["username"]).exists():
-            raise validation_error({"username": ["This username is taken."]})
+        errors = user_identity_errors(username=values["username"], email=values["email"])
+        if errors:
+            raise validation_error(errors)
         try:
             with transaction.atomic():
                 user = User.objects.create_user(
                     username=values["username"], email=values["email"], password=values["password"]
                 )
-        except IntegrityError:
-            raise validation_error({"username": ["This username is taken."]}) from None
+        except IntegrityError:  # a concurrent registration won the race
+            raise validation_error(
+                user_identity_errors(username=values["username"], email=values["email"])
+                or {"username": ["This username or email is taken."]}
+            ) from None
         return Response(_token_pair(user), status=201)
 
 

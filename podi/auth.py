@@ -3,13 +3,20 @@
 ``Authorization: Bearer <token>`` carries either a user access JWT (from ``/api/auth/v1/login``)
 or a service key ``psk_…``. For a JWT ``request.auth`` is the validated token; for a service key it
 is the ``ServiceKey`` row and ``request.user`` is the account the key acts as.
+
+Access tokens are short-lived JWTs, checked without the database except for the user's row, plus
+a deny list in the cache (``access_tokens_revoke``): logout revokes the presented access token
+and every access token of the user issued in an earlier second, for one access-token lifetime.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -23,12 +30,59 @@ from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+def _revoked_before_key(user_id) -> str:
+    return f"podi:auth:revoked-before:{user_id}"
+
+
+def _revoked_jti_key(jti: str) -> str:
+    return f"podi:auth:revoked-jti:{jti}"
+
+
+def access_tokens_revoke(*, user_id: int, jti: str | None = None, now: float | None = None) -> None:
+    """Refuse ``jti`` and every access token of ``user_id`` issued before the current second.
+
+    Kept for one access-token lifetime (``JWT_ACCESS_TTL``): older tokens have expired anyway.
+    Tokens issued later in the same second stay valid, so a fresh login right after works.
+    """
+    import time
+
+    ttl = settings.JWT_ACCESS_TTL + 5
+    cutoff = int(now if now is not None else time.time())
+    key = _revoked_before_key(user_id)
+    if (cache.get(key) or 0) < cutoff:
+        cache.set(key, cutoff, ttl)
+    if jti:
+        cache.set(_revoked_jti_key(jti), 1, ttl)
+
+
+def access_token_revoked(payload: Mapping) -> bool:
+    """True when a (signature-checked) access token's claims were revoked by logout.
+
+    For long-lived connections (the WebSocket stream) to call in their periodic check, with the
+    claims they authenticated with; user deactivation is the separate ``is_active`` check.
+    """
+    jti = payload.get("jti")
+    keys = [_revoked_before_key(payload.get("user_id"))]
+    if jti:
+        keys.append(_revoked_jti_key(str(jti)))
+    found = cache.get_many(keys)
+    if jti and found.get(_revoked_jti_key(str(jti))):
+        return True
+    cutoff = found.get(keys[0])
+    try:
+        return cutoff is not None and int(payload.get("iat", 0)) < int(cutoff)
+    except (TypeError, ValueError):
+        return True
+
+
 def user_from_access_token(raw: str):
     """Validate a user access JWT and return its active user, or raise ``AUTH_INVALID``."""
     try:
         token = AccessToken(raw)
     except TokenError as exc:
         raise AppError(codes.AUTH_INVALID, f"Access token rejected: {exc}") from None
+    if access_token_revoked(token.payload):
+        raise AppError(codes.AUTH_INVALID, "Access token revoked (logged out).")
     user_id = token.get("user_id")
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None:

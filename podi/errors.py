@@ -117,11 +117,40 @@ def _from_drf(exc: drf.APIException) -> AppError:
     )
 
 
+def _bad_value(exc: Exception) -> AppError | None:
+    """Input the database cannot hold, found only when a query runs: a 400, not a 500.
+
+    A number beyond the column's range (``DataError`` on PostgreSQL, ``OverflowError`` on
+    SQLite and in date arithmetic) or a NUL character in text (refused by psycopg).
+    """
+    from django.db import DataError
+
+    from podi import error_codes as codes
+
+    if isinstance(exc, DataError | OverflowError) or (
+        isinstance(exc, ValueError) and "NUL (0x00)" in str(exc)
+    ):
+        logger.warning("bad value reached the database: %s", exc)
+        return AppError(
+            codes.VALIDATION_ERROR,
+            "A value is out of range or holds a character that cannot be stored.",
+        )
+    return None
+
+
 def to_app_error(exc: Exception) -> AppError | None:
+    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+
     from podi import error_codes as codes
 
     if isinstance(exc, AppError):
         return exc
+    if isinstance(exc, RequestDataTooBig):
+        from podi.parsers import too_large
+
+        return too_large()
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return AppError(codes.VALIDATION_ERROR, str(exc))
     if isinstance(exc, drf.APIException):
         return _from_drf(exc)
     if isinstance(exc, Http404):
@@ -136,7 +165,7 @@ def to_app_error(exc: Exception) -> AppError | None:
         # Redis (cache and rate limits, channel layer, broker) restarting or unreachable.
         logger.warning("redis unavailable: %s", exc)
         return AppError(codes.SERVICE_UNAVAILABLE, headers={"Retry-After": "2"})
-    return None
+    return _bad_value(exc)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response:

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from podi.errors import validation_error
 
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000  # beyond it an offset can overflow the database's integers
 
 
 class PagePagination(PageNumberPagination):
@@ -36,8 +37,8 @@ class PagePagination(PageNumberPagination):
             page = int(raw)
         except ValueError:
             raise validation_error({"page": ["Must be an integer."]}) from None
-        if page < 1:
-            raise validation_error({"page": ["Must be 1 or more."]})
+        if not 1 <= page <= MAX_PAGE:
+            raise validation_error({"page": [f"Must be between 1 and {MAX_PAGE}."]})
         self.request = request
         self._size = self.get_page_size(request)
         self._page_number = page
@@ -71,12 +72,17 @@ class PagePagination(PageNumberPagination):
 
     def get_schema_operation_parameters(self, view):
         return [
-            {"name": "page", "required": False, "in": "query", "schema": {"type": "integer"}},
+            {
+                "name": "page",
+                "required": False,
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+            },
             {
                 "name": "pageSize",
                 "required": False,
                 "in": "query",
-                "schema": {"type": "integer", "maximum": MAX_PAGE_SIZE},
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
             },
         ]
 

@@ -1,7 +1,9 @@
 """The periodic reconciler: one pass every RECONCILE_INTERVAL seconds, never two at once.
 
 Apps register steps with ``@reconcile_step``; a pass runs each under one fleet-wide lease, so
-running ``manage.py up`` or ``manage.py reconcile --loop`` on several machines is safe.
+running ``manage.py up`` or ``manage.py reconcile --loop`` on several machines is safe. The lease
+is renewed every third of its lifetime while a pass runs; a pass that loses it (a stall longer
+than the lease, a clock jump) runs no further step.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
-from podi.services import lease_acquire, lease_release
+from podi.services import lease_acquire, lease_release, lease_renew
 
 logger = logging.getLogger("podi.reconcile")
 
@@ -35,20 +38,62 @@ def registered_steps() -> list[str]:
     return [name for name, _ in _steps]
 
 
+class LeaseKeeper(threading.Thread):
+    """Renews a held lease every ``ttl / 3`` seconds; sets ``lost`` once it cannot be renewed."""
+
+    def __init__(self, *, name: str, holder: str, ttl: float):
+        super().__init__(name=f"podi-lease-{name}", daemon=True)
+        self.lease, self.holder, self.ttl = name, holder, ttl
+        self.interval = max(ttl / 3, 0.05)
+        self.lost = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        renewed_at = time.monotonic()
+        try:
+            while not self.stopping.wait(self.interval):
+                try:
+                    if lease_renew(name=self.lease, holder=self.holder, ttl=self.ttl):
+                        renewed_at = time.monotonic()
+                        continue
+                    logger.warning("lease %s was taken from %s", self.lease, self.holder)
+                except DatabaseError:
+                    logger.exception("renewing lease %s failed", self.lease)
+                    if time.monotonic() - renewed_at < self.ttl - self.interval:
+                        continue  # still ours for a while: try again
+                self.lost.set()
+                return
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=max(self.ttl, 5))
+
+
 def run_pass(*, lease_ttl: float = 60.0) -> dict[str, object] | None:
-    """Run every step once. Returns step results, or None when another process holds the lease."""
+    """Run every step once. Returns step results, or None when another process holds the lease.
+
+    Steps left when the lease is lost are reported as ``"skipped: lease lost"`` and not run.
+    """
     holder = f"{HOLDER}:{uuid.uuid4().hex[:8]}"[:64]  # one per pass, even within a process
     if not lease_acquire(name=LEASE_NAME, holder=holder, ttl=lease_ttl):
         return None
+    keeper = LeaseKeeper(name=LEASE_NAME, holder=holder, ttl=lease_ttl)
+    keeper.start()
     results: dict[str, object] = {}
     try:
         for name, step in list(_steps):
+            if keeper.lost.is_set():
+                results[name] = "skipped: lease lost"
+                continue
             try:
                 results[name] = step()
             except Exception as exc:  # one failing step must not stop the others
                 logger.exception("reconcile step %s failed", name)
                 results[name] = f"error: {exc}"
     finally:
+        keeper.stop()
         lease_release(name=LEASE_NAME, holder=holder)
         close_old_connections()
     return results

@@ -13,6 +13,23 @@ from podi.errors import validation_error
 from podi.models import SCOPES, ServiceKey, hash_service_key
 
 
+def user_identity_errors(*, username: str | None, email: str | None, user_id=None) -> dict:
+    """Field errors for a username or email another account (not ``user_id``) could be
+    confused with. Usernames may not contain "@" (so none looks like an email) and an email
+    belongs to one account, case-insensitively (a unique index backs it)."""
+    User = get_user_model()
+    others = User.objects.exclude(pk=user_id) if user_id is not None else User.objects.all()
+    errors: dict[str, list[str]] = {}
+    if username is not None:
+        if "@" in username:
+            errors["username"] = ['A username may not contain "@" (log in by email instead).']
+        elif others.filter(username__iexact=username).exists():
+            errors["username"] = ["This username is taken."]
+    if email and others.filter(email__iexact=email).exists():
+        errors["email"] = ["This email belongs to another account."]
+    return errors
+
+
 def _clean_scopes(scopes: list[str]) -> list[str]:
     cleaned = sorted({scope.strip() for scope in scopes if scope.strip()})
     unknown = [scope for scope in cleaned if scope not in SCOPES]
@@ -71,6 +88,17 @@ def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
         Q(holder=holder) | Q(expires_at__lt=now) | Q(expires_at__isnull=True), name=name
     ).update(holder=holder, expires_at=expires)
     return taken == 1
+
+
+def lease_renew(*, name: str, holder: str, ttl: float) -> bool:
+    """Push the expiry of a lease ``holder`` still holds; False when it expired or was taken."""
+    from podi.models import Lease
+
+    now = timezone.now()
+    renewed = Lease.objects.filter(name=name, holder=holder, expires_at__gte=now).update(
+        expires_at=now + timedelta(seconds=ttl)
+    )
+    return renewed == 1
 
 
 def lease_release(*, name: str, holder: str) -> None:

@@ -50,7 +50,22 @@ SECRET_KEY = _secret_key()
 DEBUG = env.bool("DEBUG", False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
-PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), "http://127.0.0.1:8000").rstrip("/")
+# Where `manage.py up` / `make run` listen; PUBLIC_BASE_URL follows them unless it is set.
+HOST = env.str("HOST", "127.0.0.1")
+PORT = env.int("PORT", 8000, min_value=1, max_value=65535)
+
+
+def base_url_for(host: str, port: int) -> str:
+    """The URL clients use for a server bound to ``host:port`` (wildcards become loopback)."""
+    wildcards = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+    host = wildcards.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+PUBLIC_BASE_URL_IS_SET = bool(env.str("PUBLIC_BASE_URL"))
+PUBLIC_BASE_URL = env.url("PUBLIC_BASE_URL", ("http", "https"), base_url_for(HOST, PORT)).rstrip(
+    "/"
+)
 
 INSTALLED_APPS = [
     "daphne",
@@ -80,6 +95,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "podi.middleware.RequestIdMiddleware",
     "podi.metrics.MetricsMiddleware",
+    "podi.middleware.RejectNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -231,7 +247,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "podi.parsers.JSONParser",
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
@@ -244,7 +260,10 @@ REST_FRAMEWORK = {
         "principal": env.rate("RATE_LIMIT", "1200/min"),
         "anon": env.rate("RATE_LIMIT_ANON", "60/min"),
         "login": env.rate("RATE_LIMIT_LOGIN", "20/min"),
+        "login_name": env.rate("RATE_LIMIT_LOGIN_NAME", "10/min"),
     },
+    # How many proxies in front of PODI append to X-Forwarded-For (0: use the peer address).
+    "NUM_PROXIES": env.int("TRUSTED_PROXIES", 0, min_value=0, max_value=10),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DATETIME_FORMAT": "iso-8601",
     "COERCE_DECIMAL_TO_STRING": False,
@@ -326,6 +345,7 @@ OSS_PUBLIC_DOMAIN = env.str("OSS_PUBLIC_DOMAIN") or env.str("OSS_DOWNLOAD_DOMAIN
 OSS_ROLE_ARN = env.str("OSS_ROLE_ARN")
 OSS_STS_DURATION = env.int("OSS_STS_DURATION", 900, min_value=900, max_value=3600)
 OSS_STS_ENDPOINT = env.str("OSS_STS_ENDPOINT", "sts.aliyuncs.com")
+OSS_CALLBACK_URL_IS_SET = bool(env.str("OSS_CALLBACK_URL"))
 OSS_CALLBACK_URL = env.url(
     "OSS_CALLBACK_URL", ("http", "https"), f"{PUBLIC_BASE_URL}/api/media/v1/oss-callback"
 )
@@ -386,6 +406,11 @@ WALLET_HOLD_TTL = env.int("WALLET_HOLD_TTL", 3600, min_value=10)
 # whenever a deadline moves. Keep it well above the run-timeout grace (30 s) plus
 # RECONCILE_INTERVAL: a confirm after the hold expired fails the task (docs/adr/0011).
 TASK_HOLD_MARGIN = env.int("TASK_HOLD_MARGIN", 900, min_value=1)
+
+# --- Tasks ----------------------------------------------------------------------------------
+# Users and non-admin service keys may set a task priority within ±this; staff and admin-scope
+# keys the full -100…100.
+TASK_USER_PRIORITY_MAX = env.int("TASK_USER_PRIORITY_MAX", 10, min_value=0, max_value=100)
 
 # --- Webhooks -------------------------------------------------------------------------------
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", False)

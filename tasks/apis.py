@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -16,8 +17,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from podi.auth import acting_user, service_key_of
-from podi.errors import AppError
+from podi.auth import acting_user, is_staff_principal, service_key_of
+from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
 from podi.realtime.selectors import task_events
@@ -149,7 +150,12 @@ class TaskSubmitApi(APIView):
         workflowParams = serializers.DictField(required=False, help_text="Alias of params.")
         inputs = InputItemSerializer(many=True, required=False)
         priority = serializers.IntegerField(
-            required=False, default=0, min_value=-100, max_value=100
+            required=False,
+            default=0,
+            min_value=-100,
+            max_value=100,
+            help_text="Higher starts first. Users: within ±TASK_USER_PRIORITY_MAX (10); "
+            "staff and admin-scope keys: -100…100.",
         )
         callbackUrl = serializers.CharField(required=False, allow_blank=True, max_length=2000)
         callbackEvents = serializers.ListField(
@@ -177,6 +183,11 @@ class TaskSubmitApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        bound = settings.TASK_USER_PRIORITY_MAX
+        if abs(values.get("priority", 0)) > bound and not is_staff_principal(request):
+            raise validation_error(
+                {"priority": [f"Must be between -{bound} and {bound} (wider for staff only)."]}
+            )
         user = acting_user(request, values.get("userId"))
         with transaction.atomic(durable=True):
             task = task_submit(

@@ -67,12 +67,15 @@ def _bound(raw: str | None, field: str, *, end: bool) -> datetime | None:
         moment = None if day is not None else parse_datetime(raw)
     except ValueError:
         day = moment = None
-    if day is not None:
-        start = datetime.combine(day, time.min, tzinfo=UTC)
-        return start + timedelta(days=1) if end else start
-    if moment is None:
+    if day is None and moment is None:
         raise validation_error({field: ["Use an ISO 8601 date or date-time."]})
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        if day is not None:
+            start = datetime.combine(day, time.min, tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise validation_error({field: ["Out of the supported date range."]}) from None
 
 
 def _range(query) -> tuple[datetime | None, datetime | None]:

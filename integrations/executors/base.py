@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from django.conf import settings
 
+from integrations.validation import executor_headers
+
 if TYPE_CHECKING:
     from integrations.models import Executor
 
@@ -108,7 +110,7 @@ class BaseHttpClient:
         connect, read = executor.timeout_config()
         return {
             "base_url": executor.base_url,
-            "headers": {str(k): str(v) for k, v in (config.get("headers") or {}).items()},
+            "headers": executor_headers(config),
             "connect_timeout": connect,
             "read_timeout": read,
         }

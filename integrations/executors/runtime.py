@@ -114,33 +114,49 @@ def ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def download_opener(url: str, *, timeout: float, headers: dict | None = None):
-    """A lazy opener that streams ``url`` (used for outputs that executors return as URLs)."""
+def download_opener(
+    url: str, *, timeout: float, headers: dict | None = None, trusted_origin: str | None = None
+):
+    """A lazy opener that streams ``url`` (input URLs, outputs that executors return as URLs).
+
+    Goes through the SSRF guard (``podi.urlguard.guarded_stream``): the address is checked and
+    pinned, and every redirect is checked again. ``trusted_origin`` is the executor's own base
+    URL, which the operator configured and which may be on a private network.
+    """
     import httpx
 
     from integrations.executors.base import ExecutorError
+    from podi.urlguard import UrlRefused, guarded_stream
 
     @contextlib.contextmanager
     def opener() -> Iterator[BinaryIO]:
         try:
-            with httpx.stream(
-                "GET",
+            with guarded_stream(
                 url,
                 timeout=timeout,
                 headers=headers or {},
-                follow_redirects=True,
+                trusted_origin=trusted_origin,
                 verify=ssl_context(),
             ) as response:
                 if response.status_code != 200:
                     raise ExecutorError(
-                        f"Downloading an output answered {response.status_code}",
+                        f"Downloading {_shown(url)} answered {response.status_code}",
                         permanent=400 <= response.status_code < 500,
                     )
                 yield io.BufferedReader(IterStream(response.iter_bytes(64 * 1024)))
+        except UrlRefused as exc:
+            raise ExecutorError(
+                f"Refused to download {_shown(url)}: {exc.reason}", permanent=True
+            ) from None
         except httpx.HTTPError as exc:
             raise ExecutorError(f"Downloading an output failed: {exc}", permanent=False) from exc
 
     return opener
+
+
+def _shown(url: str) -> str:
+    """A URL for an error message: no query string (it may carry a signature)."""
+    return url.split("?", 1)[0][:200]
 
 
 class IterStream(io.RawIOBase):

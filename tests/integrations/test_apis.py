@@ -22,6 +22,7 @@ from integrations.services import (
     workflow_create,
     workflow_version_create,
 )
+from integrations.validation import executor_headers
 
 from .conftest import graph, schema
 
@@ -113,7 +114,7 @@ def test_executor_crud(staff_client):
         "enabled": True,
         "maxConcurrency": 3,
         "weight": 2,
-        "config": {"read_timeout": 5, "headers": {"X-Env": "a", "Authorization": "Bear…zzzz"}},
+        "config": {"read_timeout": 5, "headers": {"X-Env": "…", "Authorization": "Bear…zzzz"}},
         "apiKeyIds": [key.pk],
         "health": {"status": "unknown", "checkedAt": None, "lastError": "", "details": {}},
         "createdAt": body["createdAt"],
@@ -133,7 +134,12 @@ def test_executor_crud(staff_client):
     assert patched.json()["enabled"] is False
     assert patched.json()["apiKeyIds"] == []
     stored = Executor.objects.get(pk=executor_id)
-    assert stored.config["headers"]["Authorization"] == "Bearer zzzzzzzz-secret-zzzz"
+    assert executor_headers(stored.config) == {
+        "X-Env": "a",
+        "Authorization": "Bearer zzzzzzzz-secret-zzzz",
+    }
+    assert "zzzzzzzz-secret" not in json.dumps(stored.config)  # encrypted at rest
+    assert set(stored.config) == {"read_timeout", "connect_timeout", "headers_encrypted"}
     assert stored.config["connect_timeout"] == 2
 
     assert staff_client.get(f"/api/admin/executors/{executor_id}").json()["enabled"] is False

@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 
 import pytest
@@ -217,3 +218,107 @@ def test_create_service_key_command(db, capsys):
     key = ServiceKey.objects.get(name="crm")
     assert key.key_hash == hash_service_key(raw)
     assert key.scopes == ["tasks:write", "wallet:read"]
+
+
+@pytest.fixture
+def fast_hashing(settings):
+    """Many refused logins: hash with a cheap hasher (the limits, not the hashing, are tested)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def _login(anon, name, password="wrong", **extra):
+    return anon.post("/api/auth/v1/login", {"username": name, "password": password}, **extra)
+
+
+def test_login_is_limited_per_address_and_forwarded_for_is_not_believed(
+    anon, settings, fast_hashing
+):
+    """RATE_LIMIT_LOGIN (20/min) per address; a rotating X-Forwarded-For changes nothing."""
+    assert settings.REST_FRAMEWORK["NUM_PROXIES"] == 0
+    for index in range(20):
+        response = _login(anon, f"nobody-{index}", HTTP_X_FORWARDED_FOR=f"203.0.113.{index}")
+        assert response.status_code == 401, (index, response.json())
+    refused = _login(anon, "nobody-x", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "RATE_LIMITED"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    # Registering counts against the same address.
+    settings.ALLOW_REGISTRATION = True
+    register = anon.post("/api/auth/v1/register", {"username": "late", "password": PASSWORD})
+    assert register.status_code == 429
+    assert not get_user_model().objects.filter(username="late").exists()
+    # Another address is not affected.
+    assert _login(anon, "nobody-y", REMOTE_ADDR="192.0.2.9").status_code == 401
+
+
+def test_login_is_limited_per_name_from_any_address(anon, owner, fast_hashing):
+    """RATE_LIMIT_LOGIN_NAME (10/min): a guesser spreading over addresses still stops, even
+    when it finally has the right password."""
+    for index in range(10):
+        response = _login(anon, "owner", REMOTE_ADDR=f"192.0.2.{index + 1}")
+        assert response.status_code == 401
+    refused = _login(anon, "OWNER", PASSWORD, REMOTE_ADDR="192.0.2.200")
+    assert refused.status_code == 429
+    assert "accessToken" not in refused.json()
+    assert int(refused["Retry-After"]) >= 1
+    by_email = anon.post(
+        "/api/auth/v1/login",
+        {"email": "someone-else@example.com", "password": "x"},
+        REMOTE_ADDR="192.0.2.201",
+    )
+    assert by_email.status_code == 401  # another name is not affected
+
+
+def test_trusted_proxies_take_the_address_the_proxy_saw(anon, settings, fast_hashing):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    # One proxy appends the peer it saw: rotating that last entry means distinct clients...
+    for index in range(25):
+        forwarded = f"203.0.113.1, 198.51.100.{index}"
+        assert _login(anon, f"n-{index}", HTTP_X_FORWARDED_FOR=forwarded).status_code == 401
+    # ...while rotating the client-written entries in front of it does not help.
+    for index in range(20):
+        forwarded = f"203.0.113.{index}, 198.51.100.250"
+        assert _login(anon, f"m-{index}", HTTP_X_FORWARDED_FOR=forwarded).status_code == 401
+    refused = _login(anon, "m-x", HTTP_X_FORWARDED_FOR="203.0.113.99, 198.51.100.250")
+    assert refused.status_code == 429
+
+
+def test_logout_revokes_the_access_token_at_once(anon, owner, client_for):
+    tokens = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    older = access_token(owner)  # another device, logged in earlier
+    assert client_for(older).get("/api/auth/v1/me").status_code == 200
+    me = client_for(tokens["accessToken"])
+    assert me.get("/api/auth/v1/me").status_code == 200
+    time.sleep(1.05)  # the per-user cutoff has second resolution
+    logout = me.post("/api/auth/v1/logout", {"refreshToken": tokens["refreshToken"]})
+    assert logout.status_code == 204
+    for token in (tokens["accessToken"], older):
+        refused = client_for(token).get("/api/auth/v1/me")
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "AUTH_INVALID"
+    # Logging in again right away works.
+    again = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    assert client_for(again["accessToken"]).get("/api/auth/v1/me").status_code == 200
+
+
+def test_logout_without_waiting_still_revokes_the_presented_token(anon, owner, client_for):
+    tokens = anon.post("/api/auth/v1/login", {"username": "owner", "password": PASSWORD}).json()
+    me = client_for(tokens["accessToken"])
+    assert (
+        me.post("/api/auth/v1/logout", {"refreshToken": tokens["refreshToken"]}).status_code == 204
+    )
+    assert me.get("/api/auth/v1/me").status_code == 401
+
+
+def test_access_token_revoked_is_what_long_lived_connections_check(anon, owner):
+    from podi.auth import access_token_revoked, access_tokens_revoke
+
+    payload = AccessToken(access_token(owner)).payload
+    assert access_token_revoked(payload) is False
+    access_tokens_revoke(user_id=owner.pk, jti=payload["jti"])
+    assert access_token_revoked(payload) is True
+    other = dict(payload, jti="another", iat=payload["iat"] - 1)
+    assert access_token_revoked(other) is True  # issued in an earlier second
+    later = dict(payload, jti="later", iat=payload["iat"] + 1)
+    assert access_token_revoked(later) is False
+    assert access_token_revoked(dict(later, user_id=owner.pk + 1)) is False

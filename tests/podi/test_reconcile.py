@@ -70,3 +70,69 @@ def test_concurrent_passes_never_overlap():
     assert not overlaps
     assert sum(outcome is not None for outcome in outcomes) >= 1
     assert len(outcomes) == 4
+
+
+def test_a_long_pass_keeps_its_lease_so_another_holder_cannot_start():
+    """The lease lives 0.6 s; a 1.5 s step must still own it all along (renewed, not expired)."""
+    from podi.reconcile import LEASE_NAME
+
+    other_took_it = []
+    stop = threading.Event()
+
+    def other_machine():
+        from django.db import connection
+
+        try:
+            while not stop.wait(0.05):
+                if lease_acquire(name=LEASE_NAME, holder="other-machine", ttl=60):
+                    other_took_it.append(1)
+                    lease_release(name=LEASE_NAME, holder="other-machine")
+        finally:
+            connection.close()
+
+    @reconcile_step
+    def long_step():
+        rival = threading.Thread(target=other_machine)
+        rival.start()
+        threading.Event().wait(1.5)
+        stop.set()
+        rival.join(5)
+        return "done"
+
+    results = run_pass(lease_ttl=0.6)
+    assert results is not None
+    assert results[f"{__name__}.long_step"] == "done"
+    assert other_took_it == []
+    # Released at the end: the other holder gets it now.
+    assert lease_acquire(name=LEASE_NAME, holder="other-machine", ttl=60) is True
+
+
+def test_a_pass_that_loses_its_lease_runs_no_further_step():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from podi.models import Lease
+    from podi.reconcile import LEASE_NAME
+
+    ran = []
+
+    @reconcile_step
+    def stalls_past_its_lease():
+        # As after a stall: the lease expired and another machine took it.
+        Lease.objects.filter(name=LEASE_NAME).update(
+            holder="other-machine", expires_at=timezone.now() + timedelta(seconds=60)
+        )
+        threading.Event().wait(0.8)  # the keeper (every 0.2 s) notices
+        ran.append("first")
+
+    @reconcile_step
+    def must_not_run():
+        ran.append("second")
+
+    results = run_pass(lease_ttl=0.6)
+    assert ran == ["first"]
+    assert results[f"{__name__}.must_not_run"] == "skipped: lease lost"
+    # The other machine's lease is untouched by our release.
+    lease = Lease.objects.get(name=LEASE_NAME)
+    assert lease.holder == "other-machine"

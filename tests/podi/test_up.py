@@ -24,6 +24,8 @@ def free_port() -> int:
 def up_env(tmp_path, django_db_blocker):
     env = {**os.environ, "PODI_DATA_DIR": str(tmp_path), "PODI_ADMIN_PASSWORD": ""}
     env.pop("PODI_ADMIN_PASSWORD")
+    for name in ("PUBLIC_BASE_URL", "OSS_CALLBACK_URL", "HOST", "PORT"):
+        env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
@@ -63,7 +65,9 @@ def test_up_serves_and_stops_on_sigterm(up_env):
             if "PODI is up" in line or process.poll() is not None:
                 break
         assert "PODI is up" in "".join(output), "".join(output)
-        assert any("Created the first admin user 'admin' with password:" in line for line in output)
+        created = [line for line in output if "Created the first admin user 'admin'" in line]
+        assert created and "with password: " in created[0], "".join(output)
+        password = created[0].split("with password: ", 1)[1].strip()
 
         with httpx.Client(base_url=base, timeout=10) as http:
             health = http.get("/health")
@@ -77,6 +81,27 @@ def test_up_serves_and_stops_on_sigterm(up_env):
             login = http.get("/admin/login/")
             assert login.status_code == 200
             assert "PODI console" in login.text
+
+            # Signed upload URLs point at the port this server listens on (not 8000) when
+            # PUBLIC_BASE_URL is not set.
+            tokens = http.post(
+                "/api/auth/v1/login", json={"username": "admin", "password": password}
+            )
+            assert tokens.status_code == 200, tokens.text
+            bearer = {"Authorization": f"Bearer {tokens.json()['accessToken']}"}
+            key = http.post("/api/media/v1/upload-key", json={}, headers=bearer)
+            assert key.status_code == 200, key.text
+            grant = http.post(
+                "/api/media/v1/sts",
+                json={
+                    "uploadKey": key.json()["uploadKey"],
+                    "fileName": "a.png",
+                    "mimeType": "image/png",
+                    "fileSize": 10,
+                },
+            )
+            assert grant.status_code == 200, grant.text
+            assert grant.json()["uploadUrl"].startswith(f"{base}/media-upload/")
 
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -371,3 +371,32 @@ def test_input_url_to_a_private_address_is_refused(ability, funded, api):
     assert response.status_code == 400
     assert "inputs[0].url" in response.json()["details"]["fields"]
     assert Task.objects.count() == 0
+
+
+def test_priority_is_bounded_for_users_but_not_for_staff_or_admin_keys(
+    ability, funded, staff, service_key, api, settings
+):
+    settings.TASK_USER_PRIORITY_MAX = 10
+    ledger_before = LedgerEntry.objects.filter(account__user=funded).count()
+    user_client = api(funded)
+    _, partner_raw = service_key(scopes=["tasks:write"], user=funded)
+    for client in (user_client, api(partner_raw)):
+        for priority in (11, -11, 100):
+            refused = client.post(
+                "/api/tasks/v1/submit", json={"action": "sleep", "priority": priority}
+            )
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["code"] == "VALIDATION_ERROR"
+            assert list(refused.json()["details"]["fields"]) == ["priority"]
+    nothing_created(funded, ledger_before)
+
+    edge = user_client.post("/api/tasks/v1/submit", json={"action": "sleep", "priority": 10})
+    assert edge.status_code == 202, edge.text
+    _, admin_raw = service_key(scopes=["admin"], name="ops", user=funded)
+    for client in (api(staff), api(admin_raw)):
+        top = client.post(
+            "/api/tasks/v1/submit",
+            json={"action": "sleep", "priority": 100, "userId": funded.pk},
+        )
+        assert top.status_code == 202, top.text
+    assert sorted(Task.objects.values_list("priority", flat=True)) == [10, 100, 100]

@@ -240,7 +240,7 @@ def test_priority_order(worker, comfy, funded, api):
         "taskId"
     ]
     normal = client.post("/api/tasks/v1/submit", json={"action": "sleep"}).json()["taskId"]
-    high = client.post("/api/tasks/v1/submit", json={"action": "sleep", "priority": 50}).json()[
+    high = client.post("/api/tasks/v1/submit", json={"action": "sleep", "priority": 10}).json()[
         "taskId"
     ]
     assert client.get(f"/api/tasks/v1/{high}").json()["queuePosition"] == 1

@@ -37,6 +37,7 @@ from integrations.executors.runtime import (
     RunResult,
     ssl_context,
 )
+from integrations.validation import executor_headers
 
 logger = logging.getLogger("podi.executors.comfyui")
 
@@ -105,7 +106,7 @@ class ComfyUIRunner:
             base_url=executor.base_url,
             connect_timeout=float(config.get("connect_timeout") or 5),
             read_timeout=float(config.get("read_timeout") or settings.EXECUTOR_HTTP_TIMEOUT),
-            headers={str(k): str(v) for k, v in (config.get("headers") or {}).items()},
+            headers=executor_headers(config),
             lost_after=float(config.get("lost_after") or LOST_AFTER),
             poll_every=float(config.get("poll_every") or POLL_EVERY),
             api_prefix=str(config.get("api_prefix", "/api")),

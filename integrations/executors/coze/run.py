@@ -25,6 +25,7 @@ from integrations.executors.runtime import (
     download_opener,
     ssl_context,
 )
+from integrations.validation import executor_headers
 
 logger = logging.getLogger("podi.executors.coze")
 
@@ -80,7 +81,7 @@ class CozeRunner:
             float(config.get("read_timeout") or max(settings.EXECUTOR_HTTP_TIMEOUT, 100)),
             connect=float(config.get("connect_timeout") or 5),
         )
-        self.headers = {str(k): str(v) for k, v in (config.get("headers") or {}).items()}
+        self.headers = executor_headers(config)
 
     @classmethod
     def from_executor(cls, executor) -> CozeRunner:
@@ -184,7 +185,9 @@ class CozeRunner:
                 OutputFile(
                     filename=name,
                     kind="file",
-                    open=download_opener(url, timeout=self.timeout.read or 60),
+                    open=download_opener(
+                        url, timeout=self.timeout.read or 60, trusted_origin=self.base_url
+                    ),
                 )
             )
         return RunResult(outputs=outputs, result=result)

@@ -45,6 +45,7 @@ from integrations.executors.runtime import (
     pointer_values,
     ssl_context,
 )
+from integrations.validation import executor_headers
 
 INPUT_URL_TTL = 6 * 3600
 DEFAULT_SUCCESS = ["succeeded", "success", "completed", "done"]
@@ -70,7 +71,7 @@ class HttpRunner:
             float(config.get("read_timeout") or settings.EXECUTOR_HTTP_TIMEOUT),
             connect=float(config.get("connect_timeout") or 5),
         )
-        self.headers = {str(k): str(v) for k, v in (config.get("headers") or {}).items()}
+        self.headers = executor_headers(config)
 
     @classmethod
     def from_executor(cls, executor) -> HttpRunner:
@@ -181,7 +182,11 @@ class HttpRunner:
                         OutputFile(
                             filename=name,
                             mime_type=mime,
-                            open=download_opener(url, timeout=self.timeout.read or 60),
+                            open=download_opener(
+                                url,
+                                timeout=self.timeout.read or 60,
+                                trusted_origin=self.base_url,
+                            ),
                         )
                     )
         for path in spec.get("base64") or []:

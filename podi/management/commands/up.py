@@ -24,13 +24,25 @@ from podi.management.commands.ensure_admin import ensure_first_admin
 ROLES = ("all", "web", "worker", "reconciler")
 
 
+def follow_listen_address(host: str, port: int) -> None:
+    """Signed URLs and executor callbacks point where this server listens, unless
+    PUBLIC_BASE_URL (or OSS_CALLBACK_URL) was set explicitly."""
+    from podi.settings import base_url_for
+
+    if settings.PUBLIC_BASE_URL_IS_SET:
+        return
+    settings.PUBLIC_BASE_URL = base_url_for(host, port)
+    if not settings.OSS_CALLBACK_URL_IS_SET:
+        settings.OSS_CALLBACK_URL = f"{settings.PUBLIC_BASE_URL}/api/media/v1/oss-callback"
+
+
 class Command(BaseCommand):
     help = "Serve web + worker + reconciler in one process, or one --role of them."
 
     def add_arguments(self, parser):
         parser.add_argument("--role", choices=ROLES, default=os.environ.get("PODI_ROLE") or "all")
-        parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument(
             "--migrate",
             action="store_true",
@@ -54,6 +66,7 @@ class Command(BaseCommand):
 
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535")
+        follow_listen_address(host, port)
         run_web = role in ("all", "web")
         run_worker = role == "worker" or (role == "all" and not opts["no_worker"])
         run_reconciler = role == "reconciler" or (role == "all" and not opts["no_reconciler"])
