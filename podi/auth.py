@@ -17,7 +17,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from podi import error_codes as codes
-from podi.errors import AppError
+from podi.errors import AppError, validation_error
 from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -108,8 +108,6 @@ def acting_user(request, user_id: int | str | None):
     try:
         user_id = int(user_id)
     except (TypeError, ValueError):
-        from podi.errors import validation_error
-
         raise validation_error({"userId": ["A valid integer is required."]}) from None
     if user_id == request.user.pk:
         return request.user

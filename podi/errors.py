@@ -6,7 +6,6 @@ Services raise ``AppError(SOME_CODE, …)``; views never build error responses b
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -14,19 +13,11 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from podi import error_codes as codes
+from podi.error_codes import VALIDATION_ERROR, ErrorCode
 from podi.logging import current_request_id
 
 logger = logging.getLogger("podi.errors")
-
-
-@dataclass(frozen=True)
-class ErrorCode:
-    code: str
-    status: int
-    message: str
-
-    def __str__(self) -> str:
-        return self.code
 
 
 class AppError(Exception):
@@ -50,8 +41,6 @@ class AppError(Exception):
 
 
 def validation_error(fields: dict[str, list[str] | str], message: str | None = None) -> AppError:
-    from podi.error_codes import VALIDATION_ERROR
-
     normalised = {k: v if isinstance(v, list) else [v] for k, v in fields.items()}
     first = next(iter(normalised.items()), None)
     text = message or (f"{first[0]}: {first[1][0]}" if first else VALIDATION_ERROR.message)
@@ -82,8 +71,6 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 
 
 def _from_drf(exc: drf.APIException) -> AppError:
-    from podi import error_codes as codes
-
     if isinstance(exc, drf.ValidationError):
         return validation_error(_flatten(exc.detail))
     if isinstance(exc, drf.NotAuthenticated):
@@ -116,8 +103,6 @@ def _from_drf(exc: drf.APIException) -> AppError:
 
 
 def to_app_error(exc: Exception) -> AppError | None:
-    from podi import error_codes as codes
-
     if isinstance(exc, AppError):
         return exc
     if isinstance(exc, drf.APIException):
@@ -130,8 +115,6 @@ def to_app_error(exc: Exception) -> AppError | None:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response:
-    from podi import error_codes as codes
-
     error = to_app_error(exc)
     if error is None:
         view = context.get("view")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -9,8 +11,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from podi.crypto import encrypt_secret
 from podi.errors import validation_error
-from podi.models import SCOPES, ServiceKey, hash_service_key
+from podi.models import SCOPES, Lease, ServiceKey, hash_service_key
 
 
 def _clean_scopes(scopes: list[str]) -> list[str]:
@@ -62,7 +65,6 @@ def service_key_revoke(*, key: ServiceKey) -> ServiceKey:
 
 def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
     """Take (or extend) the named lease for ``ttl`` seconds; False when someone else holds it."""
-    from podi.models import Lease
 
     now = timezone.now()
     expires = now + timedelta(seconds=ttl)
@@ -74,7 +76,6 @@ def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
 
 
 def lease_release(*, name: str, holder: str) -> None:
-    from podi.models import Lease
 
     Lease.objects.filter(name=name, holder=holder).update(holder="", expires_at=None)
 
@@ -85,10 +86,6 @@ def service_key_rotate_webhook_secret(*, key: ServiceKey) -> str:
     Callbacks of tasks the key submitted are signed with it from the next attempt on; until the
     first rotation they are signed with the global ``WEBHOOK_SECRET``.
     """
-    import base64
-    import secrets
-
-    from podi.crypto import encrypt_secret
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted=encrypt_secret(secret))

@@ -12,10 +12,16 @@ import secrets
 import sys
 import time
 
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+
+from podi.asgi import application
+from podi.reconcile import ReconcilerThread
+from podi.runtime import start_worker
 
 
 def ensure_first_admin(stdout) -> None:
@@ -58,12 +64,6 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=settings.WORKER_THREADS)
 
     def handle(self, *args, host, port, no_worker, no_reconciler, threads, **options):
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-
-        from podi.asgi import application
-        from podi.reconcile import ReconcilerThread
-        from podi.runtime import start_worker
 
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535")
