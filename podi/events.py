@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dramatiq
 from django.db import transaction
 
 
@@ -16,3 +17,13 @@ def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any)
         transaction.on_commit(lambda: actor.send_with_options(args=args, **options), using=using)
     else:
         transaction.on_commit(lambda: actor.send(*args), using=using)
+
+
+def actor_named(name: str) -> dramatiq.Actor:
+    """The actor declared under ``name``.
+
+    A service rings its own app's actor by name: ``actors.py`` imports the services it calls, so
+    the services cannot import ``actors.py`` back. Each app's ``AppConfig.ready()`` imports its
+    ``actors`` module, so the actor is declared before any service runs.
+    """
+    return dramatiq.get_broker().get_actor(name)

@@ -8,21 +8,29 @@ task's state first and at every heartbeat, so a duplicate message or a canceled 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from integrations.executors.base import ExecutorError
-from integrations.executors.runtime import InputFile, RunStopped
+from integrations.executors.registry import run_adapter_for
+from integrations.executors.runtime import InputFile, RunStopped, download_opener
+from integrations.models import Executor
 from integrations.templating import fill_template
 from integrations.validation import media_params
+from media_app.services import media_open, media_store_output, signed_download_url
+from podi.events import actor_named, enqueue_on_commit
+from podi.urlguard import url_refusal
 from tasks import error_codes as codes
 from tasks.models import Task, TaskStatus
 from tasks.services import (
+    RUN_ACTOR,
     task_callback_url,
     task_heartbeat,
     task_progress,
@@ -90,12 +98,6 @@ class TaskRunContext:
         self._last_progress = -1
 
     def _inputs(self) -> list[InputFile]:
-        from django.conf import settings
-
-        from integrations.executors.runtime import download_opener
-        from media_app.services import media_open, signed_download_url
-        from podi.urlguard import url_refusal
-
         files = []
         for name in media_params(self.params_schema):
             value = self.params.get(name)
@@ -177,16 +179,10 @@ class TaskRunContext:
 
 
 def _adapter_for(executor):
-    from integrations.executors.registry import run_adapter_for
-
     return run_adapter_for(executor)
 
 
 def _store_outputs(task: Task, outputs) -> list:
-    import io
-
-    from media_app.services import media_store_output
-
     stored = []
     for index, output in enumerate(outputs):
         name = output.filename or f"output-{index}"
@@ -293,8 +289,6 @@ def _interrupt_quietly(executor, external_id: str, state: dict[str, Any]) -> Non
 
 
 def executor_interrupt(*, executor_id: int, external_id: str, state: dict[str, Any]) -> None:
-    from integrations.models import Executor
-
     executor = Executor.objects.filter(pk=executor_id).first()
     if executor is None:
         return
@@ -347,9 +341,6 @@ def tasks_resume_silent(*, now=None) -> int:
     still running → follow; unknown → lost (retried or failed). A guarded update makes sure only
     one reconciler pass re-enqueues a given attempt.
     """
-    from podi.events import enqueue_on_commit
-    from tasks.actors import run_task
-
     now = now or timezone.now()
     resumed = 0
     stale = Task.objects.filter(
@@ -361,7 +352,7 @@ def tasks_resume_silent(*, now=None) -> int:
                 public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
             ).update(heartbeat_at=now)
             if claimed:
-                enqueue_on_commit(run_task, task_id, attempt)
+                enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
                 resumed += 1
     return resumed
 

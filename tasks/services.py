@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 from datetime import UTC, timedelta
 from typing import Any
@@ -18,10 +19,17 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
-from media_app.services import signed_download_url
+from integrations.models import Executor, WorkflowBinding
+from integrations.selectors import (
+    ability_get_active,
+    ability_media_params,
+    ability_validate_params,
+    bindings_for_ability,
+)
+from media_app.selectors import media_get_uploaded_for_user
+from media_app.services import media_store_output, signed_download_url
 from podi.errors import AppError, validation_error
-from podi.events import enqueue_on_commit
+from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
 from podi.realtime.events import Webhook, emit
 from podi.urlguard import validate_callback_url
@@ -34,6 +42,8 @@ from tasks.models import (
     TaskStatus,
     TaskTemplate,
 )
+from wallet.selectors import hold_get
+from wallet.services import hold_confirm, hold_freeze, hold_release
 
 logger = logging.getLogger("podi.tasks")
 
@@ -51,6 +61,12 @@ TOKEN_SALT = "podi.tasks.callback-token"  # noqa: S105 - a signing salt, not a s
 MAX_INPUTS = 16
 MAX_BASE64_BYTES = 20 * 1024 * 1024
 OUTPUT_URL_TTL = 3600  # seconds a callback's output URLs stay valid
+
+# The actors of this app (declared in tasks/actors.py, which calls into this module): services and
+# the reconciler ring them by name, through podi.events.actor_named.
+DISPATCH_ACTOR = "dispatch_pending"
+RUN_ACTOR = "run_task"
+INTERRUPT_ACTOR = "interrupt_on_executor"
 
 
 # --- Events and callbacks ---------------------------------------------------------------------
@@ -171,8 +187,6 @@ def task_callback_url(task: Task) -> str:
 
 
 def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str, Any]]:
-    from media_app.selectors import media_get_uploaded_for_user
-
     if not isinstance(inputs, list):
         raise validation_error({"inputs": ["Must be a list."]})
     if len(inputs) > MAX_INPUTS:
@@ -207,10 +221,6 @@ def _normalise_inputs(*, user, inputs: list[Any], task_id: str) -> list[dict[str
 
 
 def _store_base64_input(*, user, item: dict, field: str, task_id: str) -> dict[str, Any]:
-    import io
-
-    from media_app.services import media_store_output
-
     file_name = str(item.get("fileName") or "")
     if not file_name:
         raise validation_error({f"{field}.fileName": ["Required with base64."]})
@@ -235,8 +245,6 @@ def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> di
     """Media params take an uploaded ``objectKey`` (the user's own) or an http(s) URL (through
     the SSRF guard): given in ``params``, or else the next ``inputs`` item in order. ``inputs``
     gains what was given only in ``params``."""
-    from integrations.selectors import ability_media_params
-    from media_app.selectors import media_get_uploaded_for_user
 
     names = ability_media_params(ability)
     if not names:
@@ -306,7 +314,6 @@ def task_submit(
 
     ``test_binding`` (the console's "test run"): the task runs only on that binding and is free.
     """
-    from wallet.services import hold_freeze
 
     if test_binding is not None:
         ability = test_binding.ability
@@ -454,9 +461,7 @@ def template_create_batch(
 
 
 def _enqueue_dispatch() -> None:
-    from tasks.actors import dispatch_pending
-
-    enqueue_on_commit(dispatch_pending)
+    enqueue_on_commit(actor_named(DISPATCH_ACTOR))
 
 
 def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
@@ -470,7 +475,6 @@ def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
 
 def _claim_executor(task: Task):
     """Lock and return (binding, executor) with free capacity for ``task``, or None."""
-    from integrations.models import Executor, WorkflowBinding
 
     pinned = task.executor_state.get("testBinding")
     if pinned:
@@ -542,8 +546,6 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
 
 def _dispatch_one(pk: int, now) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
-    from tasks.actors import run_task
-
     with transaction.atomic():
         task = (
             Task.objects.select_for_update(of=("self",))
@@ -576,7 +578,7 @@ def _dispatch_one(pk: int, now) -> str:
         task.executor_state = state
         task.save()
         _emit_status(task)
-        enqueue_on_commit(run_task, task.public_id, task.attempts)
+        enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
     return "started"
 
 
@@ -679,8 +681,6 @@ def task_finish(
     ``outputs`` are stored media objects (``media_app.models.MediaObject``). A call for a stale
     attempt, or for a task already terminal, changes nothing and returns the task as it is.
     """
-    from wallet.selectors import hold_get
-    from wallet.services import hold_confirm, hold_release
 
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
@@ -763,9 +763,7 @@ def task_requeue_or_fail(
         task.run_deadline = None
         task.save()
         _emit_status(task)
-        from tasks.actors import dispatch_pending
-
-        enqueue_on_commit(dispatch_pending, delay=backoff * 1000 + 50)
+        enqueue_on_commit(actor_named(DISPATCH_ACTOR), delay=backoff * 1000 + 50)
     return task
 
 
@@ -790,10 +788,8 @@ def task_cancel(*, task: Task) -> Task:
             error_message="Canceled by the user.",
         )
         if was_running and executor_id:
-            from tasks.actors import interrupt_on_executor
-
             enqueue_on_commit(
-                interrupt_on_executor, executor_id, external_id, state.get("clientId", "")
+                actor_named(INTERRUPT_ACTOR), executor_id, external_id, state.get("clientId", "")
             )
     return locked
 
@@ -828,7 +824,6 @@ def task_complete_receipt(
     error: dict[str, Any] | None = None,
 ) -> Task:
     """A receipt from the executor or agent (authenticated by the task token)."""
-    from media_app.selectors import media_get_uploaded_for_user
 
     if task.is_terminal:
         if task.status == status:
