@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from jsonschema import Draft202012Validator
 
@@ -21,6 +22,7 @@ from integrations.models import (
     WorkflowBinding,
     WorkflowVersion,
 )
+from integrations.templating import fill_template
 from integrations.validation import media_params
 from podi.common import get_or_error
 from podi.errors import AppError, validation_error
@@ -301,9 +303,6 @@ def preset_get(*, preset_id: Any) -> Preset:
 def binding_preview(*, binding: WorkflowBinding, params: dict | None, preset: Any = None) -> dict:
     """What a task with these params would send through this binding, without sending it:
     ``{"version", "params", "filled"}``. Raises VALIDATION_ERROR like a submit would."""
-    from django.conf import settings
-
-    from integrations.templating import fill_template
 
     version = binding.resolved_version()
     if version is None:

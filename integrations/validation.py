@@ -21,11 +21,13 @@ from jsonschema.exceptions import SchemaError
 from integrations.error_codes import WORKFLOW_INVALID
 from integrations.models import ExecutorKind
 from integrations.templating import (
+    PLACEHOLDER,
     SYSTEM_PLACEHOLDERS,
     SYSTEM_PREFIX,
     placeholders_in,
     placeholders_in_keys,
 )
+from podi.crypto import mask_secret
 from podi.errors import AppError, validation_error
 
 COMFYUI_EXPORT_HINT = (
@@ -314,7 +316,6 @@ def _check_http(definition: Any) -> None:
 
 def media_placeholders(definition: dict) -> set[str]:
     """Placeholders that are the whole value of a ComfyUI loader's file input."""
-    from integrations.templating import PLACEHOLDER
 
     found: set[str] = set()
     for node in definition.values():
@@ -425,7 +426,6 @@ def _is_sensitive(header: str) -> bool:
 
 def config_for_display(config: dict) -> dict:
     """The config with sensitive header values masked (keep secrets in vendor API keys)."""
-    from podi.crypto import mask_secret
 
     headers = (config or {}).get("headers")
     if not isinstance(headers, dict):
@@ -436,7 +436,6 @@ def config_for_display(config: dict) -> dict:
 
 def config_keep_masked(old: dict, new: dict) -> dict:
     """A config sent back with masked header values keeps the stored ones."""
-    from podi.crypto import mask_secret
 
     old_headers = (old or {}).get("headers") or {}
     new_headers = (new or {}).get("headers")

@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol
 
+import certifi
+import httpx
+
+from integrations.executors.base import ExecutorError
+
 
 class RunStopped(Exception):  # noqa: N818 - a signal, not an error
     """The task was canceled or ran past its deadline while the adapter was following it."""
@@ -109,16 +114,12 @@ def pointer_values(document: Any, path: str) -> list[Any]:
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """One TLS context for every executor client: building one per client costs ~30 ms of CPU."""
-    import certifi
 
     return ssl.create_default_context(cafile=certifi.where())
 
 
 def download_opener(url: str, *, timeout: float, headers: dict | None = None):
     """A lazy opener that streams ``url`` (used for outputs that executors return as URLs)."""
-    import httpx
-
-    from integrations.executors.base import ExecutorError
 
     @contextlib.contextmanager
     def opener() -> Iterator[BinaryIO]:
