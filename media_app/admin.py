@@ -4,7 +4,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
 from media_app.models import MediaObject, MediaStatus, UploadKeyVersion
-from media_app.services import media_delete, upload_keys_revoke
+from media_app.services import media_delete, signed_download_url, upload_keys_revoke
 from podi.errors import AppError
 
 
@@ -114,7 +114,6 @@ class MediaObjectAdmin(admin.ModelAdmin):
     def preview(self, obj):
         if obj.status != MediaStatus.UPLOADED:
             return "—"
-        from media_app.services import signed_download_url
 
         try:
             url, _ = signed_download_url(object_key=obj.object_key, ttl=300)
