@@ -12,6 +12,7 @@ from django.utils import timezone
 from media_app.models import MediaObject, MediaStatus
 from media_app.selectors import media_get_uploaded_for_user
 from media_app.services import media_delete, media_open, media_store_output, signed_download_url
+from media_app.storage import get_backend
 from media_app.storage.base import CHUNK_SIZE
 from podi.errors import AppError
 from tests.media_app.conftest import png_bytes
@@ -176,8 +177,6 @@ def test_media_delete_removes_the_file_and_marks_the_row(owner, settings):
 
 @pytest.mark.django_db
 def test_local_backend_interface(settings):
-    from media_app.storage import get_backend
-
     backend = get_backend()
     assert backend.name == "local"
     with pytest.raises(AppError) as caught:

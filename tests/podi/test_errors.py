@@ -1,6 +1,11 @@
-import pytest
+from datetime import timedelta
 
-from podi.models import Lease
+import pytest
+from django.utils import timezone
+from rest_framework.throttling import SimpleRateThrottle
+
+from podi.idempotency import purge_expired_idempotency_records
+from podi.models import IdempotencyRecord, Lease
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.podi.urls")]
 
@@ -82,8 +87,6 @@ def test_request_id_is_generated_when_missing_or_insane(anon):
 
 
 def test_429_rate_limited_with_retry_after(owner_client, settings):
-    from rest_framework.throttling import SimpleRateThrottle
-
     rates = {**SimpleRateThrottle.THROTTLE_RATES, "principal": "2/min"}
     original = SimpleRateThrottle.THROTTLE_RATES
     SimpleRateThrottle.THROTTLE_RATES = rates
@@ -134,13 +137,6 @@ def test_an_error_releases_the_key(owner_client):
 
 
 def test_expired_records_are_not_replayed(owner_client, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from podi.idempotency import purge_expired_idempotency_records
-    from podi.models import IdempotencyRecord
-
     first = owner_client.post("/api/test/things", {"name": "a"}, HTTP_IDEMPOTENCY_KEY="old")
     IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
     second = owner_client.post("/api/test/things", {"name": "a"}, HTTP_IDEMPOTENCY_KEY="old")

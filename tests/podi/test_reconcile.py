@@ -1,7 +1,9 @@
 import threading
 
 import pytest
+from django.db import connection
 
+from podi import reconcile
 from podi.reconcile import reconcile_step, registered_steps, run_pass
 from podi.services import lease_acquire, lease_release
 
@@ -10,8 +12,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _restore_steps():
-    from podi import reconcile
-
     saved = list(reconcile._steps)
     yield
     reconcile._steps[:] = saved
@@ -54,8 +54,6 @@ def test_concurrent_passes_never_overlap():
         inside.pop()
 
     def run():
-        from django.db import connection
-
         gate.wait()
         try:
             outcomes.append(run_pass())

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,6 @@ def up_env(tmp_path, django_db_blocker):
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         # A database of its own, dropped afterwards.
-        import psycopg
 
         name = f"podi_up_{os.getpid()}_{int(time.time())}"
         admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
