@@ -72,7 +72,13 @@ from integrations.validation import (
     config_for_display,
     config_keep_masked,
 )
-from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
+from podi.admin_helpers import (
+    PrettyJSONField,
+    ServiceAdminMixin,
+    app_error_text,
+    as_form_error,
+    pretty,
+)
 from podi.errors import AppError
 
 NEAR_QUOTA_RATIO = 0.8
@@ -89,16 +95,6 @@ def json_block(value):
         '<pre style="max-height:32em;overflow:auto;white-space:pre-wrap;margin:0">{}</pre>',
         pretty(value),
     )
-
-
-def guarded(model_admin, request, service, **kwargs) -> bool:
-    """Run a service from an admin action; an AppError becomes an error message."""
-    try:
-        service(**kwargs)
-    except AppError as exc:
-        model_admin.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
-        return False
-    return True
 
 
 def health_badge(executor: Executor):
@@ -208,8 +204,13 @@ class BindingForExecutorInline(admin.TabularInline):
 
 
 @admin.register(Executor)
-class ExecutorAdmin(admin.ModelAdmin):
+class ExecutorAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = ExecutorForm
+    create_service = executor_create
+    update_service = executor_update
+    delete_service = executor_delete
+    # api_keys (many-to-many) is saved by the form after the row.
+    service_fields = ["name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"]
     list_display = [
         "name",
         "kind",
@@ -279,34 +280,6 @@ class ExecutorAdmin(admin.ModelAdmin):
     @admin.display(description="health details")
     def health_details_pretty(self, obj):
         return json_block(obj.health_details) if obj.health_details else "—"
-
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = executor_create(
-                name=data["name"],
-                kind=data["kind"],
-                base_url=data["base_url"],
-                enabled=data["enabled"],
-                max_concurrency=data["max_concurrency"],
-                weight=data["weight"],
-                config=data["config"],
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {
-            name: data[name] for name in form.changed_data if name in data and name != "api_keys"
-        }
-        if changes:
-            executor_update(executor=Executor.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, executor_delete, executor=obj)
-
-    def delete_queryset(self, request, queryset):
-        for executor in queryset:
-            guarded(self, request, executor_delete, executor=executor)
 
     def _check(self, request, executors) -> None:
         for executor in executors:
@@ -418,8 +391,13 @@ class ExpiryFilter(admin.SimpleListFilter):
 
 
 @admin.register(VendorApiKey)
-class VendorApiKeyAdmin(admin.ModelAdmin):
+class VendorApiKeyAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = VendorApiKeyForm
+    create_service = api_key_create
+    update_service = api_key_update
+    delete_service = api_key_delete
+    service_arg = "key"
+    service_fields = ["provider", "name", "status", "priority", "daily_quota", "expires_at"]
     list_display = [
         "name",
         "provider",
@@ -479,25 +457,11 @@ class VendorApiKeyAdmin(admin.ModelAdmin):
     def executor_names(self, obj):
         return ", ".join(e.name for e in obj.executors.all()) or "—"
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        fields = ["provider", "name", "status", "priority", "daily_quota", "expires_at"]
-        if not change:
-            created = api_key_create(secret=data["secret"], **{f: data[f] for f in fields})
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {f: data[f] for f in fields if f in form.changed_data}
-        if data.get("secret"):
-            changes["secret"] = data["secret"]
-        api_key_update(key=VendorApiKey.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, api_key_delete, key=obj)
-
-    def delete_queryset(self, request, queryset):
-        for key in queryset:
-            guarded(self, request, api_key_delete, key=key)
+    def service_values(self, request, form):
+        values = super().service_values(request, form)
+        if form.cleaned_data.get("secret"):  # blank on change: keep the stored secret
+            values["secret"] = form.cleaned_data["secret"]
+        return values
 
     @admin.action(description="Enable selected keys")
     def enable(self, request, queryset):
@@ -628,7 +592,11 @@ class WorkflowHasActiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = workflow_create
+    update_service = workflow_update
+    delete_service = workflow_delete
+    service_fields = ["name", "kind", "description"]
     form = WorkflowForm
     list_display = ["name", "kind", "active", "version_count", "binding_count", "updated_at"]
     list_filter = ["kind", WorkflowHasActiveFilter]
@@ -674,36 +642,17 @@ class WorkflowAdmin(admin.ModelAdmin):
         return obj.n_bindings
 
     def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = workflow_create(
-                name=data["name"], kind=data["kind"], description=data["description"]
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-        else:
-            changes = {
-                f: data[f] for f in ("name", "description", "kind") if f in form.changed_data
-            }
-            if changes:
-                workflow_update(workflow=Workflow.objects.get(pk=obj.pk), **changes)
+        super().save_model(request, obj, form, change)
         if form.version_values:
             version = workflow_version_create(
                 workflow=Workflow.objects.get(pk=obj.pk),
-                changelog=data.get("new_changelog") or "",
-                activate=bool(data.get("activate")),
+                changelog=form.cleaned_data.get("new_changelog") or "",
+                activate=bool(form.cleaned_data.get("activate")),
                 created_by=request.user,
                 **form.version_values,
             )
             self.message_user(request, f"Created version {version.version}.", messages.SUCCESS)
-        obj.refresh_from_db()
-
-    def delete_model(self, request, obj):
-        guarded(self, request, workflow_delete, workflow=obj)
-
-    def delete_queryset(self, request, queryset):
-        for workflow in queryset:
-            guarded(self, request, workflow_delete, workflow=workflow)
+            obj.refresh_from_db()
 
 
 def version_diff(old: WorkflowVersion | None, new: WorkflowVersion):
@@ -968,7 +917,11 @@ class AbilityForm(forms.ModelForm):
 
 
 @admin.register(Ability)
-class AbilityAdmin(admin.ModelAdmin):
+class AbilityAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = ability_create
+    update_service = ability_update
+    delete_service = ability_delete
+    service_fields = AbilityForm.Meta.fields
     form = AbilityForm
     list_display = [
         "code",
@@ -1027,24 +980,6 @@ class AbilityAdmin(admin.ModelAdmin):
     @admin.display(description="params schema (read-only, from the bound active version)")
     def params_schema_pretty(self, obj):
         return json_block(ability_params_schema(obj)) if obj.pk else "—"
-
-    def save_model(self, request, obj, form, change):
-        data = {k: v for k, v in form.cleaned_data.items() if k in AbilityForm.Meta.fields}
-        if not change:
-            created = ability_create(**data)
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {k: v for k, v in data.items() if k in form.changed_data}
-        if changes:
-            ability_update(ability=Ability.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, ability_delete, ability=obj)
-
-    def delete_queryset(self, request, queryset):
-        for ability in queryset:
-            guarded(self, request, ability_delete, ability=ability)
 
     def save_formset(self, request, form, formset, change):
         ability = Ability.objects.get(pk=form.instance.pk)
@@ -1134,7 +1069,12 @@ class PinnedFilter(admin.SimpleListFilter):
 
 
 @admin.register(WorkflowBinding)
-class WorkflowBindingAdmin(admin.ModelAdmin):
+class WorkflowBindingAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = binding_create
+    update_service = binding_update
+    delete_service = binding_delete
+    service_arg = "binding"
+    service_fields = BindingForm.Meta.fields
     form = BindingForm
     list_display = [
         "__str__",
@@ -1167,24 +1107,6 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
     @admin.display(description="health", ordering="executor__health_status")
     def executor_health(self, obj):
         return health_badge(obj.executor)
-
-    def save_model(self, request, obj, form, change):
-        values = _binding_values(form)
-        if not change:
-            created = binding_create(**values)
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {k: v for k, v in values.items() if k in form.changed_data}
-        if changes:
-            binding_update(binding=WorkflowBinding.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, binding_delete, binding=obj)
-
-    def delete_queryset(self, request, queryset):
-        for binding in queryset:
-            guarded(self, request, binding_delete, binding=binding)
 
     @admin.action(description="Test run: validate and fill the definition now")
     def test_run(self, request, queryset):
@@ -1269,7 +1191,11 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
 
 
 @admin.register(Preset)
-class PresetAdmin(admin.ModelAdmin):
+class PresetAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = preset_create
+    update_service = preset_update
+    delete_service = preset_delete
+    service_fields = ["ability", "name", "params"]
     form = PresetForm
     list_display = ["name", "ability", "is_base", "params_short", "updated_at"]
     list_filter = ["is_base", "ability"]
@@ -1297,29 +1223,9 @@ class PresetAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = preset_create(
-                ability=data["ability"], name=data["name"], params=data["params"]
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {k: data[k] for k in ("name", "params") if k in form.changed_data}
-        if changes:
-            preset_update(preset=Preset.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        preset_delete(preset=obj)
-
     def delete_queryset(self, request, queryset):
-        skipped = 0
-        for preset in queryset:
-            if preset.is_base:
-                skipped += 1
-                continue
-            preset_delete(preset=preset)
+        skipped = queryset.filter(is_base=True).count()
+        super().delete_queryset(request, queryset.filter(is_base=False))
         if skipped:
             self.message_user(
                 request, f"Kept {skipped} base preset(s): they cannot be deleted.", messages.WARNING

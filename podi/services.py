@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from podi.common import model_delete, model_update
 from podi.crypto import encrypt_secret
 from podi.errors import validation_error
 from podi.models import SCOPES, Lease, ServiceKey, hash_service_key
@@ -57,10 +58,29 @@ def service_key_create(
     return key, raw
 
 
+def service_key_update(*, key: ServiceKey, **changes) -> ServiceKey:
+    """Rename a key, change its scopes, user or expiry (never its secret: create a new key)."""
+    if "name" in changes:
+        changes["name"] = str(changes["name"] or "").strip()
+        if not changes["name"]:
+            raise validation_error({"name": ["Required."]})
+    if "scopes" in changes:
+        changes["scopes"] = _clean_scopes(changes["scopes"])
+    key, _ = model_update(
+        instance=key, fields=["name", "scopes", "user", "expires_at"], data=changes
+    )
+    return key
+
+
 def service_key_revoke(*, key: ServiceKey) -> ServiceKey:
     ServiceKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db()
     return key
+
+
+def service_key_delete(*, key: ServiceKey) -> None:
+    """Delete a key row (409 while tasks or deliveries still refer to it); revoking keeps it."""
+    model_delete(instance=key, what="service key")
 
 
 def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:

@@ -15,8 +15,8 @@ from django.utils.html import format_html, format_html_join
 
 from integrations.admin import WorkflowBindingAdmin as CatalogWorkflowBindingAdmin
 from integrations.models import WorkflowBinding
+from podi.admin_helpers import ServiceAdminMixin
 from podi.errors import AppError
-from podi.ids import new_id
 from podi.realtime.selectors import task_events
 from tasks.models import (
     AbilityInvocationLog,
@@ -27,7 +27,15 @@ from tasks.models import (
     TaskTemplate,
 )
 from tasks.selectors import ability_invocation_stats
-from tasks.services import task_cancel, task_retry, task_submit
+from tasks.services import (
+    TEMPLATE_FIELDS,
+    task_cancel,
+    task_retry,
+    task_submit,
+    template_create,
+    template_delete,
+    template_update,
+)
 
 EVENTS_SHOWN = 200  # on the task change page; the full log is under Live events › Events
 
@@ -188,7 +196,12 @@ class TaskBatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskTemplate)
-class TaskTemplateAdmin(admin.ModelAdmin):
+class TaskTemplateAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = template_create
+    update_service = template_update
+    delete_service = template_delete
+    service_arg = "template"
+    service_fields = TEMPLATE_FIELDS
     list_display = ["name", "public_id", "ability", "item_count", "enabled"]
     list_filter = ["enabled", "ability"]
     search_fields = ["name", "public_id"]
@@ -197,11 +210,6 @@ class TaskTemplateAdmin(admin.ModelAdmin):
     @admin.display(description="items")
     def item_count(self, template: TaskTemplate) -> int:
         return len(template.items or [])
-
-    def save_model(self, request, obj, form, change):
-        if not obj.public_id:
-            obj.public_id = new_id("tpl")
-        super().save_model(request, obj, form, change)
 
 
 @admin.register(AbilityInvocationLog)

@@ -28,6 +28,7 @@ from integrations.selectors import (
 )
 from media_app.selectors import media_get_uploaded_for_user
 from media_app.services import media_store_output, signed_download_url
+from podi.common import model_delete, model_update, required_text
 from podi.errors import AppError, validation_error
 from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
@@ -439,6 +440,41 @@ def batch_submit(
         batch.points = sum(task.points for task in tasks)
         batch.save(update_fields=["points"])
     return batch, tasks
+
+
+TEMPLATE_FIELDS = ["name", "description", "ability", "params", "items", "enabled"]
+
+
+def template_create(
+    *,
+    ability,
+    name: str,
+    items: list,
+    description: str = "",
+    params: dict | None = None,
+    enabled: bool = True,
+) -> TaskTemplate:
+    """A task template (a named ability with default params and a list of items)."""
+    template = TaskTemplate(
+        public_id=new_id("tpl"),
+        ability=ability,
+        name=required_text(name, field="name", max_length=200),
+        description=description,
+        params=params or {},
+        items=items,
+        enabled=enabled,
+    )
+    template.save()
+    return template
+
+
+def template_update(*, template: TaskTemplate, **changes: Any) -> TaskTemplate:
+    template, _ = model_update(instance=template, fields=TEMPLATE_FIELDS, data=changes)
+    return template
+
+
+def template_delete(*, template: TaskTemplate) -> None:
+    model_delete(instance=template, what="task template")
 
 
 def template_create_batch(
