@@ -41,7 +41,7 @@ def media_get_for_owner(*, user, object_key: str, any_owner: bool = False) -> Me
 def media_get_downloadable(*, user, object_key: str, any_owner: bool) -> MediaObject:
     """An uploaded object the caller may download.
 
-    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED`` (DESIGN);
+    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED``;
     only the owner learns that their own object is not uploaded (404).
     """
     media = MediaObject.objects.filter(object_key=str(object_key)).first()
