@@ -1,4 +1,5 @@
-# PODI — `make run` starts the whole platform, `make test` lints and runs the test suite.
+# PODI — `make run` starts the whole platform, `make test` lints (ruff, import-linter contracts,
+# deptry) and runs the test suite.
 # Both create .venv from pyproject.toml (pinned by constraints.txt) when it is missing or stale.
 
 PYTHON ?= python3
@@ -35,6 +36,8 @@ browser:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -4,11 +4,11 @@ import os
 import secrets
 
 import pytest
+from django.conf import settings
 
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(tmp_path_factory):
-    from django.conf import settings
 
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):

@@ -38,11 +38,13 @@ from integrations.selectors import (
     ability_schema_version,
     binding_preview,
     binding_warnings,
+    bindings_not_runnable,
     params_validate,
     workflow_version_warnings,
 )
 from integrations.services import (
     ability_create,
+    ability_delete,
     ability_update,
     api_key_create,
     api_key_delete,
@@ -59,6 +61,7 @@ from integrations.services import (
     preset_delete,
     preset_update,
     workflow_create,
+    workflow_delete,
     workflow_update,
     workflow_version_activate,
     workflow_version_create,
@@ -73,7 +76,13 @@ from integrations.validation import (
     config_keep_masked,
     config_unsealed,
 )
-from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
+from podi.admin_helpers import (
+    PrettyJSONField,
+    ServiceAdminMixin,
+    app_error_text,
+    as_form_error,
+    pretty,
+)
 from podi.errors import AppError
 
 NEAR_QUOTA_RATIO = 0.8
@@ -90,16 +99,6 @@ def json_block(value):
         '<pre style="max-height:32em;overflow:auto;white-space:pre-wrap;margin:0">{}</pre>',
         pretty(value),
     )
-
-
-def guarded(model_admin, request, service, **kwargs) -> bool:
-    """Run a service from an admin action; an AppError becomes an error message."""
-    try:
-        service(**kwargs)
-    except AppError as exc:
-        model_admin.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
-        return False
-    return True
 
 
 def warn(model_admin, request, warnings: list[str]) -> None:
@@ -215,8 +214,13 @@ class BindingForExecutorInline(admin.TabularInline):
 
 
 @admin.register(Executor)
-class ExecutorAdmin(admin.ModelAdmin):
+class ExecutorAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = ExecutorForm
+    create_service = executor_create
+    update_service = executor_update
+    delete_service = executor_delete
+    # api_keys (many-to-many) is saved by the form after the row.
+    service_fields = ["name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"]
     list_display = [
         "name",
         "kind",
@@ -286,34 +290,6 @@ class ExecutorAdmin(admin.ModelAdmin):
     @admin.display(description="health details")
     def health_details_pretty(self, obj):
         return json_block(obj.health_details) if obj.health_details else "—"
-
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = executor_create(
-                name=data["name"],
-                kind=data["kind"],
-                base_url=data["base_url"],
-                enabled=data["enabled"],
-                max_concurrency=data["max_concurrency"],
-                weight=data["weight"],
-                config=data["config"],
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {
-            name: data[name] for name in form.changed_data if name in data and name != "api_keys"
-        }
-        if changes:
-            executor_update(executor=Executor.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, executor_delete, executor=obj)
-
-    def delete_queryset(self, request, queryset):
-        for executor in queryset:
-            guarded(self, request, executor_delete, executor=executor)
 
     def _check(self, request, executors) -> None:
         for executor in executors:
@@ -425,8 +401,13 @@ class ExpiryFilter(admin.SimpleListFilter):
 
 
 @admin.register(VendorApiKey)
-class VendorApiKeyAdmin(admin.ModelAdmin):
+class VendorApiKeyAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = VendorApiKeyForm
+    create_service = api_key_create
+    update_service = api_key_update
+    delete_service = api_key_delete
+    service_arg = "key"
+    service_fields = ["provider", "name", "status", "priority", "daily_quota", "expires_at"]
     list_display = [
         "name",
         "provider",
@@ -486,25 +467,11 @@ class VendorApiKeyAdmin(admin.ModelAdmin):
     def executor_names(self, obj):
         return ", ".join(e.name for e in obj.executors.all()) or "—"
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        fields = ["provider", "name", "status", "priority", "daily_quota", "expires_at"]
-        if not change:
-            created = api_key_create(secret=data["secret"], **{f: data[f] for f in fields})
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {f: data[f] for f in fields if f in form.changed_data}
-        if data.get("secret"):
-            changes["secret"] = data["secret"]
-        api_key_update(key=VendorApiKey.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        guarded(self, request, api_key_delete, key=obj)
-
-    def delete_queryset(self, request, queryset):
-        for key in queryset:
-            guarded(self, request, api_key_delete, key=key)
+    def service_values(self, request, form):
+        values = super().service_values(request, form)
+        if form.cleaned_data.get("secret"):  # blank on change: keep the stored secret
+            values["secret"] = form.cleaned_data["secret"]
+        return values
 
     @admin.action(description="Enable selected keys")
     def enable(self, request, queryset):
@@ -635,7 +602,11 @@ class WorkflowHasActiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = workflow_create
+    update_service = workflow_update
+    delete_service = workflow_delete
+    service_fields = ["name", "kind", "description"]
     form = WorkflowForm
     list_display = ["name", "kind", "active", "version_count", "binding_count", "updated_at"]
     list_filter = ["kind", WorkflowHasActiveFilter]
@@ -681,41 +652,18 @@ class WorkflowAdmin(admin.ModelAdmin):
         return obj.n_bindings
 
     def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = workflow_create(
-                name=data["name"], kind=data["kind"], description=data["description"]
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-        else:
-            changes = {
-                f: data[f] for f in ("name", "description", "kind") if f in form.changed_data
-            }
-            if changes:
-                workflow_update(workflow=Workflow.objects.get(pk=obj.pk), **changes)
+        super().save_model(request, obj, form, change)
         if form.version_values:
             version = workflow_version_create(
                 workflow=Workflow.objects.get(pk=obj.pk),
-                changelog=data.get("new_changelog") or "",
-                activate=bool(data.get("activate")),
+                changelog=form.cleaned_data.get("new_changelog") or "",
+                activate=bool(form.cleaned_data.get("activate")),
                 created_by=request.user,
                 **form.version_values,
             )
             self.message_user(request, f"Created version {version.version}.", messages.SUCCESS)
             warn(self, request, workflow_version_warnings(version))
-        obj.refresh_from_db()
-
-    def delete_model(self, request, obj):
-        from integrations.services import workflow_delete
-
-        guarded(self, request, workflow_delete, workflow=obj)
-
-    def delete_queryset(self, request, queryset):
-        from integrations.services import workflow_delete
-
-        for workflow in queryset:
-            guarded(self, request, workflow_delete, workflow=workflow)
+            obj.refresh_from_db()
 
 
 def version_diff(old: WorkflowVersion | None, new: WorkflowVersion):
@@ -981,7 +929,11 @@ class AbilityForm(forms.ModelForm):
 
 
 @admin.register(Ability)
-class AbilityAdmin(admin.ModelAdmin):
+class AbilityAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = ability_create
+    update_service = ability_update
+    delete_service = ability_delete
+    service_fields = AbilityForm.Meta.fields
     form = AbilityForm
     list_display = [
         "code",
@@ -1040,28 +992,6 @@ class AbilityAdmin(admin.ModelAdmin):
     @admin.display(description="params schema (read-only, from the bound active version)")
     def params_schema_pretty(self, obj):
         return json_block(ability_params_schema(obj)) if obj.pk else "—"
-
-    def save_model(self, request, obj, form, change):
-        data = {k: v for k, v in form.cleaned_data.items() if k in AbilityForm.Meta.fields}
-        if not change:
-            created = ability_create(**data)
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {k: v for k, v in data.items() if k in form.changed_data}
-        if changes:
-            ability_update(ability=Ability.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        from integrations.services import ability_delete
-
-        guarded(self, request, ability_delete, ability=obj)
-
-    def delete_queryset(self, request, queryset):
-        from integrations.services import ability_delete
-
-        for ability in queryset:
-            guarded(self, request, ability_delete, ability=ability)
 
     def save_formset(self, request, form, formset, change):
         ability = Ability.objects.get(pk=form.instance.pk)
@@ -1161,7 +1091,6 @@ class RunnableFilter(admin.SimpleListFilter):
         return [("yes", "Can run"), ("no", "Cannot run"), ("nodes", "Missing node classes")]
 
     def queryset(self, request, queryset):
-        from integrations.selectors import bindings_not_runnable
 
         if self.value() == "no":
             return queryset.filter(pk__in=bindings_not_runnable().values("pk"))
@@ -1173,7 +1102,12 @@ class RunnableFilter(admin.SimpleListFilter):
 
 
 @admin.register(WorkflowBinding)
-class WorkflowBindingAdmin(admin.ModelAdmin):
+class WorkflowBindingAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = binding_create
+    update_service = binding_update
+    delete_service = binding_delete
+    service_arg = "binding"
+    service_fields = BindingForm.Meta.fields
     form = BindingForm
     list_display = [
         "__str__",
@@ -1231,24 +1165,8 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
         return format_html('<span style="color:#1a7f37">{}</span>', "✓ all installed")
 
     def save_model(self, request, obj, form, change):
-        values = _binding_values(form)
-        if not change:
-            created = binding_create(**values)
-            obj.pk = created.pk
-            obj._state.adding = False
-            warn(self, request, binding_warnings(created))
-            return
-        changes = {k: v for k, v in values.items() if k in form.changed_data}
-        if changes:
-            saved = binding_update(binding=WorkflowBinding.objects.get(pk=obj.pk), **changes)
-            warn(self, request, binding_warnings(saved))
-
-    def delete_model(self, request, obj):
-        guarded(self, request, binding_delete, binding=obj)
-
-    def delete_queryset(self, request, queryset):
-        for binding in queryset:
-            guarded(self, request, binding_delete, binding=binding)
+        super().save_model(request, obj, form, change)
+        warn(self, request, binding_warnings(obj))
 
     @admin.action(description="Test run: validate and fill the definition now")
     def test_run(self, request, queryset):
@@ -1301,8 +1219,8 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
                     params=form.cleaned_data.get("params") or {},
                     preset=form.cleaned_data.get("preset"),
                 )
-                if "_submit" in request.POST:
-                    return self._submit_test_task(request, binding, form)
+                if "_submit" in request.POST and self.can_submit_test_task:
+                    return self.submit_test_task(request, binding, form)
             except AppError as exc:
                 errors = app_error_text(exc)
         context = {
@@ -1313,6 +1231,7 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
             "form": form,
             "errors": errors,
             "result": result,
+            "can_submit": self.can_submit_test_task,
             "filled_json": pretty(result["filled"]) if result else "",
             "params_json": pretty(result["params"]) if result else "",
         }
@@ -1320,34 +1239,23 @@ class WorkflowBindingAdmin(admin.ModelAdmin):
             request, "admin/integrations/workflowbinding/test_run.html", context
         )
 
-    def _submit_test_task(self, request, binding: WorkflowBinding, form):
-        """Submit a real, free task pinned to this binding and open it in the task console."""
-        from django.db import transaction
+    # "Submit a test task" runs a real task, which is the tasks app's business: tasks/admin.py
+    # (a layer up) re-registers this admin with ``can_submit_test_task`` and the submit.
+    can_submit_test_task = False
 
-        from tasks.services import task_submit
-
-        preset = form.cleaned_data.get("preset")
-        with transaction.atomic():
-            task = task_submit(
-                user=request.user,
-                action=binding.ability.code,
-                params=form.cleaned_data.get("params") or {},
-                preset=preset.name if preset else None,
-                client_ref=f"test-run:binding:{binding.pk}",
-                test_binding=binding,
-            )
-        self.message_user(
-            request,
-            f"Submitted test task {task.public_id} on {binding.executor} (free of charge).",
-        )
-        return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))
+    def submit_test_task(self, request, binding: WorkflowBinding, form):
+        raise NotImplementedError
 
 
 # ============================================================================== presets
 
 
 @admin.register(Preset)
-class PresetAdmin(admin.ModelAdmin):
+class PresetAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = preset_create
+    update_service = preset_update
+    delete_service = preset_delete
+    service_fields = ["ability", "name", "params"]
     form = PresetForm
     list_display = ["name", "ability", "is_base", "params_short", "updated_at"]
     list_filter = ["is_base", "ability"]
@@ -1375,29 +1283,9 @@ class PresetAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = preset_create(
-                ability=data["ability"], name=data["name"], params=data["params"]
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {k: data[k] for k in ("name", "params") if k in form.changed_data}
-        if changes:
-            preset_update(preset=Preset.objects.get(pk=obj.pk), **changes)
-
-    def delete_model(self, request, obj):
-        preset_delete(preset=obj)
-
     def delete_queryset(self, request, queryset):
-        skipped = 0
-        for preset in queryset:
-            if preset.is_base:
-                skipped += 1
-                continue
-            preset_delete(preset=preset)
+        skipped = queryset.filter(is_base=True).count()
+        super().delete_queryset(request, queryset.filter(is_base=False))
         if skipped:
             self.message_user(
                 request, f"Kept {skipped} base preset(s): they cannot be deleted.", messages.WARNING

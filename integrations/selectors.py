@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from jsonschema import Draft202012Validator
 
 from integrations import error_codes as codes
@@ -15,6 +16,7 @@ from integrations.models import (
     Ability,
     Executor,
     ExecutorKind,
+    HealthStatus,
     NodeInventory,
     Preset,
     VendorApiKey,
@@ -22,6 +24,7 @@ from integrations.models import (
     WorkflowBinding,
     WorkflowVersion,
 )
+from integrations.templating import fill_template
 from integrations.validation import media_params
 from podi.common import get_or_error
 from podi.errors import AppError, validation_error
@@ -211,9 +214,6 @@ def bindings_for_ability(ability: Ability) -> QuerySet[WorkflowBinding]:
 def bindings_not_runnable() -> QuerySet[WorkflowBinding]:
     """Enabled bindings dispatch cannot use now: executor disabled or unhealthy, or node classes
     missing on it. (Disabled bindings are the operator's choice, not a fault.)"""
-    from django.db.models import Q
-
-    from integrations.models import HealthStatus
 
     return WorkflowBinding.objects.filter(enabled=True).filter(
         Q(executor__enabled=False)
@@ -378,9 +378,6 @@ def preset_get(*, preset_id: Any) -> Preset:
 def binding_preview(*, binding: WorkflowBinding, params: dict | None, preset: Any = None) -> dict:
     """What a task with these params would send through this binding, without sending it:
     ``{"version", "params", "filled"}``. Raises VALIDATION_ERROR like a submit would."""
-    from django.conf import settings
-
-    from integrations.templating import fill_template
 
     version = binding.resolved_version()
     if version is None:

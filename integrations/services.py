@@ -4,17 +4,17 @@ Django admin, ``import_workflow``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from integrations import error_codes as codes
-from integrations.agents.services.liveness import executor_agent_gate
 from integrations.executors import client_for
 from integrations.executors.base import ExecutorError, HealthResult
 from integrations.models import (
@@ -120,42 +120,6 @@ def api_key_delete(*, key: VendorApiKey) -> None:
     model_delete(instance=key, what="API key")
 
 
-def api_key_pick(*, executor: Executor) -> VendorApiKey | None:
-    """The executor's first active, unexpired, non-exhausted key (highest priority first)."""
-    now = timezone.now()
-    today = now.date()
-    keys = (
-        executor.api_keys.filter(status=VendorApiKey.Status.ACTIVE)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("-priority", "id")
-    )
-    for key in keys:
-        if not key.is_exhausted(today):
-            return key
-    return None
-
-
-def api_key_record_use(*, key: VendorApiKey) -> bool:
-    """Count one call on the key for today (UTC). Guarded updates, safe under concurrency:
-    False (nothing counted) when today's quota is used up."""
-    now = timezone.now()
-    today = now.date()
-    under_quota = Q(daily_quota__isnull=True) | Q(used_today__lt=F("daily_quota"))
-    fresh_day = Q(usage_date__isnull=True) | ~Q(usage_date=today)
-    # A new day: start again at 1 (one writer wins; the others fall through to the increment).
-    rows = (
-        VendorApiKey.objects.filter(fresh_day, pk=key.pk)
-        .filter(Q(daily_quota__isnull=True) | Q(daily_quota__gte=1))
-        .update(used_today=1, usage_date=today, last_used_at=now)
-    )
-    if not rows:
-        rows = VendorApiKey.objects.filter(under_quota, pk=key.pk, usage_date=today).update(
-            used_today=F("used_today") + 1, last_used_at=now
-        )
-    key.refresh_from_db(fields=["used_today", "usage_date", "last_used_at"])
-    return rows == 1
-
-
 # ------------------------------------------------------------------------------ executors
 
 
@@ -235,6 +199,16 @@ def executor_delete(*, executor: Executor) -> None:
     model_delete(instance=executor, what="executor")
 
 
+# Gates a health result passes through before it is stored. integrations.agents, one layer up,
+# registers one in its AppConfig.ready(): an executor whose agent is offline stays unhealthy.
+_health_gates: list[Callable[[Executor, HealthResult], HealthResult]] = []
+
+
+def register_health_gate(gate: Callable[[Executor, HealthResult], HealthResult]) -> None:
+    if gate not in _health_gates:
+        _health_gates.append(gate)
+
+
 def executor_health_check(*, executor: Executor) -> Executor:
     """Check the executor now (outside any transaction: it makes network calls) and store the
     result. Network failures become ``unhealthy`` with a readable error, never an exception."""
@@ -247,7 +221,8 @@ def executor_health_check(*, executor: Executor) -> Executor:
         result = HealthResult.unhealthy(str(exc))
     if result.node_classes is not None:
         executor_nodes_record(executor=executor, node_classes=result.node_classes)
-    result = executor_agent_gate(executor, result)  # an offline agent keeps it unhealthy
+    for gate in _health_gates:
+        result = gate(executor, result)
     previous = executor.health_status
     Executor.objects.filter(pk=executor.pk).update(
         health_status=result.status,

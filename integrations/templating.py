@@ -1,4 +1,4 @@
-"""Filling ``{{placeholders}}`` in workflow definitions (DESIGN §6, invariant 6).
+"""Filling ``{{placeholders}}`` in workflow definitions (docs/architecture.md §4, invariant 6).
 
 The definition is walked as a JSON *structure*; JSON text is never spliced, so nothing a user or
 operator types can break out of the value it lands in:

@@ -21,11 +21,13 @@ from jsonschema.exceptions import SchemaError
 from integrations.error_codes import WORKFLOW_INVALID
 from integrations.models import ExecutorKind
 from integrations.templating import (
+    PLACEHOLDER,
     SYSTEM_PLACEHOLDERS,
     SYSTEM_PREFIX,
     placeholders_in,
     placeholders_in_keys,
 )
+from podi.crypto import decrypt_secret, encrypt_secret, mask_secret
 from podi.errors import AppError, validation_error
 
 COMFYUI_EXPORT_HINT = (
@@ -314,7 +316,6 @@ def _check_http(definition: Any) -> None:
 
 def media_placeholders(definition: dict) -> set[str]:
     """Placeholders that are the whole value of a ComfyUI loader's file input."""
-    from integrations.templating import PLACEHOLDER
 
     found: set[str] = set()
     for node in definition.values():
@@ -424,9 +425,6 @@ HEADERS_SEALED = "headers_encrypted"
 
 def config_unsealed(config: dict | None) -> dict:
     """The config as the operator wrote it: plain ``headers``, no sealed field. Server-side only."""
-    import json
-
-    from podi.crypto import decrypt_secret
 
     plain = dict(config or {})
     sealed = plain.pop(HEADERS_SEALED, None)
@@ -437,9 +435,6 @@ def config_unsealed(config: dict | None) -> dict:
 
 def config_sealed(config: dict) -> dict:
     """A cleaned config ready to store: its ``headers`` encrypted."""
-    import json
-
-    from podi.crypto import encrypt_secret
 
     stored = {key: value for key, value in config.items() if key not in ("headers", HEADERS_SEALED)}
     headers = config.get("headers")
@@ -456,7 +451,6 @@ def executor_headers(config: dict | None) -> dict[str, str]:
 
 def config_for_display(config: dict) -> dict:
     """The config with every header value masked (stored encrypted, never shown)."""
-    from podi.crypto import mask_secret
 
     plain = config_unsealed(config)
     headers = plain.get("headers")
@@ -468,7 +462,6 @@ def config_for_display(config: dict) -> dict:
 def config_keep_masked(old: dict, new: dict) -> dict:
     """A config sent back with masked header values keeps the stored ones (``old`` is the
     stored config, sealed or not)."""
-    from podi.crypto import mask_secret
 
     old_headers = config_unsealed(old).get("headers") or {}
     new_headers = (new or {}).get("headers")

@@ -4,7 +4,8 @@ from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
 from media_app.models import MediaObject, MediaStatus, UploadKeyVersion
-from media_app.services import media_delete, upload_keys_revoke
+from media_app.services import media_delete, signed_download_url, upload_keys_revoke
+from podi.admin_helpers import ServiceAdminMixin
 from podi.errors import AppError
 
 
@@ -114,7 +115,6 @@ class MediaObjectAdmin(admin.ModelAdmin):
     def preview(self, obj):
         if obj.status != MediaStatus.UPLOADED:
             return "—"
-        from media_app.services import signed_download_url
 
         try:
             url, _ = signed_download_url(object_key=obj.object_key, ttl=300)
@@ -141,7 +141,7 @@ class MediaObjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(UploadKeyVersion)
-class UploadKeyVersionAdmin(admin.ModelAdmin):
+class UploadKeyVersionAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_display = ["user", "version", "revoked_at"]
     search_fields = ["user__username", "user__email"]
     list_select_related = ["user"]
@@ -153,11 +153,14 @@ class UploadKeyVersionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    def save_model(self, request, obj, form, change):
+    def has_delete_permission(self, request, obj=None):
+        # Deleting the row would start the versions again and revive revoked keys.
+        return False
+
+    def service_create(self, request, form):
         # Adding a row = revoking the user's outstanding keys, through the service.
-        obj.version = upload_keys_revoke(user=obj.user)
-        obj.pk = UploadKeyVersion.objects.get(user=obj.user).pk
-        obj.refresh_from_db()
+        upload_keys_revoke(user=form.cleaned_data["user"])
+        return UploadKeyVersion.objects.get(user=form.cleaned_data["user"])
 
     @admin.action(description="Revoke outstanding upload keys")
     def revoke(self, request, queryset):

@@ -1,4 +1,4 @@
-"""Error codes of the media app (DESIGN §5 Media)."""
+"""Error codes of the media app (docs/adr/0007-media-storage.md)."""
 
 from podi.errors import ErrorCode
 

@@ -57,7 +57,7 @@ def extension_for(mime_type: str, file_name: str = "") -> str:
 def upload_object_key(
     *, user_id: int, mime_type: str, file_name: str = "", now: datetime | None = None
 ) -> str:
-    """``rootPrefix/userId/YYYYMMDD/random.ext`` (DESIGN §5 Media)."""
+    """``rootPrefix/userId/YYYYMMDD/random.ext`` (docs/adr/0007-media-storage.md)."""
     day = (now or timezone.now()).strftime("%Y%m%d")
     random = secrets.token_hex(16)
     return f"{settings.MEDIA_UPLOAD_PREFIX}/{user_id}/{day}/{random}.{extension_for(mime_type, file_name)}"

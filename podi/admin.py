@@ -6,11 +6,15 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.utils import timezone
 from django.utils.html import format_html
 
+from podi.admin_helpers import ServiceAdminMixin
 from podi.models import SCOPES, IdempotencyRecord, ServiceKey
 from podi.services import (
     service_key_create,
+    service_key_delete,
     service_key_revoke,
     service_key_rotate_webhook_secret,
+    service_key_update,
+    user_identity_errors,
 )
 
 
@@ -48,8 +52,12 @@ class ActiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(ServiceKey)
-class ServiceKeyAdmin(admin.ModelAdmin):
+class ServiceKeyAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = ServiceKeyForm
+    update_service = service_key_update
+    delete_service = service_key_delete
+    service_arg = "key"
+    service_fields = ["name", "scopes", "user", "expires_at"]
     list_display = [
         "name",
         "prefix_display",
@@ -86,24 +94,15 @@ class ServiceKeyAdmin(admin.ModelAdmin):
             return ["name", "scopes", "user", "expires_at"]
         return ["name", "scopes", "user", "expires_at", *self.readonly_fields]
 
-    def save_model(self, request, obj, form, change):
-        if change:
-            return super().save_model(request, obj, form, change)
-        key, raw = service_key_create(
-            name=form.cleaned_data["name"],
-            scopes=form.cleaned_data["scopes"],
-            user=form.cleaned_data["user"],
-            created_by=request.user,
-            expires_at=form.cleaned_data["expires_at"],
-        )
-        obj.pk = key.pk
-        obj.refresh_from_db()
+    def service_create(self, request, form):
+        key, raw = service_key_create(created_by=request.user, **self.service_values(request, form))
         messages.warning(
             request,
             format_html(
                 "Service key created. Copy it now, it will not be shown again: <code>{}</code>", raw
             ),
         )
+        return key
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
@@ -146,7 +145,6 @@ class _IdentityRules:
     """Usernames without "@", one account per email (case-insensitive)."""
 
     def _identity_error(self, field: str, value: str) -> str:
-        from podi.services import user_identity_errors
 
         instance = getattr(self, "instance", None)
         errors = user_identity_errors(

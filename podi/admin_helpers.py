@@ -1,11 +1,16 @@
-"""Pieces the admin pages of several apps share: JSON shown and edited readably, and an
-``AppError`` turned into what an operator reads (a form error or a message)."""
+"""Pieces the admin pages of several apps share: JSON shown and edited readably, an
+``AppError`` turned into what an operator reads (a form error or a message), and
+``ServiceAdminMixin``, which routes admin saves and deletes through the services."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django import forms
+from django.contrib import messages
+from django.http import HttpResponseRedirect
 
 from podi.errors import AppError
 
@@ -50,3 +55,85 @@ class PrettyJSONField(forms.JSONField):
             raise forms.ValidationError(
                 f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
             ) from None
+
+
+class ServiceAdminMixin:
+    """Admin saves and deletes go through the app's services, never ``obj.save()``/``delete()``.
+
+    A ``ModelAdmin`` names its services and the form fields they take::
+
+        create_service = executor_create   # called as create_service(**values)
+        update_service = executor_update   # called as update_service(executor=row, **changes)
+        delete_service = executor_delete   # called as delete_service(executor=row)
+        service_fields = ["name", "kind", "base_url"]
+
+    ``values`` are the cleaned ``service_fields`` (override ``service_values`` to shape them);
+    ``changes`` are those of them the operator changed (no call when none did). ``service_arg``
+    is the keyword the services take the row by (default: the model name). Admins whose create or
+    update does more (a secret shown once, a new version) override ``service_create`` or
+    ``service_update``. An ``AppError`` from a save shows the message and the form again, with
+    nothing saved; from a delete, a message, and the other selected rows are still deleted.
+    """
+
+    create_service: Callable[..., Any] | None = None
+    update_service: Callable[..., Any] | None = None
+    delete_service: Callable[..., Any] | None = None
+    service_fields: Sequence[str] = ()
+    service_arg: str = ""
+
+    def _service(self, name: str) -> Callable[..., Any] | None:
+        # Read from the class: a plain function stays a function (not bound to the admin).
+        return getattr(type(self), name)
+
+    def _row_kwarg(self, obj) -> dict[str, Any]:
+        return {self.service_arg or self.model._meta.model_name: obj}
+
+    def service_values(self, request, form) -> dict[str, Any]:
+        data = form.cleaned_data
+        return {name: data[name] for name in self.service_fields if name in data}
+
+    def service_create(self, request, form):
+        """Create the row through ``create_service``; returns it."""
+        return self._service("create_service")(**self.service_values(request, form))
+
+    def service_update(self, request, obj, form) -> None:
+        """Apply the changed ``service_fields`` through ``update_service``."""
+        values = self.service_values(request, form)
+        changes = {name: value for name, value in values.items() if name in form.changed_data}
+        update = self._service("update_service")
+        if changes and update is not None:
+            fresh = self.model._default_manager.get(pk=obj.pk)
+            update(**self._row_kwarg(fresh), **changes)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            self.service_update(request, obj, form)
+        else:
+            created = self.service_create(request, form)
+            obj.pk = created.pk
+            obj._state.adding = False
+        obj.refresh_from_db()
+
+    def has_delete_permission(self, request, obj=None):
+        # No delete service, no delete: the admin never deletes a row behind the services' back.
+        if self._service("delete_service") is None:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request, obj):
+        try:
+            self._service("delete_service")(**self._row_kwarg(obj))
+        except AppError as exc:
+            self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except AppError as exc:
+            # Raised by a service inside Django's transaction, which is rolled back.
+            self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())

@@ -11,6 +11,7 @@ and every access token of the user issued in an earlier second, for one access-t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -24,7 +25,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from podi import error_codes as codes
-from podi.errors import AppError
+from podi.errors import AppError, validation_error
 from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -44,7 +45,6 @@ def access_tokens_revoke(*, user_id: int, jti: str | None = None, now: float | N
     Kept for one access-token lifetime (``JWT_ACCESS_TTL``): older tokens have expired anyway.
     Tokens issued later in the same second stay valid, so a fresh login right after works.
     """
-    import time
 
     ttl = settings.JWT_ACCESS_TTL + 5
     cutoff = int(now if now is not None else time.time())
@@ -162,8 +162,6 @@ def acting_user(request, user_id: int | str | None):
     try:
         user_id = int(user_id)
     except (TypeError, ValueError):
-        from podi.errors import validation_error
-
         raise validation_error({"userId": ["A valid integer is required."]}) from None
     if user_id == request.user.pk:
         return request.user

@@ -1,6 +1,21 @@
-"""Error codes shared by every app. Each app keeps its own in its ``error_codes.py``."""
+"""Error codes shared by every app. Each app keeps its own in its ``error_codes.py``.
 
-from podi.errors import ErrorCode
+``ErrorCode`` lives here, at the bottom, so that ``podi.errors`` (which raises and renders these
+codes) can import this module and not the other way round.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.code
+
 
 VALIDATION_ERROR = ErrorCode("VALIDATION_ERROR", 400, "The request is not valid.")
 INVALID_JSON = ErrorCode("INVALID_JSON", 400, "The request body is not valid JSON.")

@@ -6,29 +6,22 @@ Services raise ``AppError(SOME_CODE, …)``; views never build error responses b
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import InterfaceError, OperationalError
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from redis import exceptions as redis_errors
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from podi import error_codes as codes
+from podi.error_codes import VALIDATION_ERROR, ErrorCode
 from podi.logging import current_request_id
 
 logger = logging.getLogger("podi.errors")
-
-
-@dataclass(frozen=True)
-class ErrorCode:
-    code: str
-    status: int
-    message: str
-
-    def __str__(self) -> str:
-        return self.code
 
 
 class AppError(Exception):
@@ -52,8 +45,6 @@ class AppError(Exception):
 
 
 def validation_error(fields: dict[str, list[str] | str], message: str | None = None) -> AppError:
-    from podi.error_codes import VALIDATION_ERROR
-
     normalised = {k: v if isinstance(v, list) else [v] for k, v in fields.items()}
     first = next(iter(normalised.items()), None)
     text = message or (f"{first[0]}: {first[1][0]}" if first else VALIDATION_ERROR.message)
@@ -84,8 +75,6 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 
 
 def _from_drf(exc: drf.APIException) -> AppError:
-    from podi import error_codes as codes
-
     if isinstance(exc, drf.ValidationError):
         return validation_error(_flatten(exc.detail))
     if isinstance(exc, drf.NotAuthenticated):
@@ -123,9 +112,6 @@ def _bad_value(exc: Exception) -> AppError | None:
     A number beyond the column's range (``DataError`` on PostgreSQL, ``OverflowError`` on
     SQLite and in date arithmetic) or a NUL character in text (refused by psycopg).
     """
-    from django.db import DataError
-
-    from podi import error_codes as codes
 
     if isinstance(exc, DataError | OverflowError) or (
         isinstance(exc, ValueError) and "NUL (0x00)" in str(exc)
@@ -139,15 +125,9 @@ def _bad_value(exc: Exception) -> AppError | None:
 
 
 def to_app_error(exc: Exception) -> AppError | None:
-    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-
-    from podi import error_codes as codes
-
     if isinstance(exc, AppError):
         return exc
     if isinstance(exc, RequestDataTooBig):
-        from podi.parsers import too_large
-
         return too_large()
     if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
         return AppError(codes.VALIDATION_ERROR, str(exc))
@@ -169,8 +149,6 @@ def to_app_error(exc: Exception) -> AppError | None:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response:
-    from podi import error_codes as codes
-
     error = to_app_error(exc)
     if error is None:
         view = context.get("view")
@@ -189,4 +167,13 @@ def exception_handler(exc: Exception, context: dict) -> Response:
 def json_error(error: ErrorCode, message: str | None = None, details: dict | None = None):
     return JsonResponse(
         envelope(error.code, message or error.message, details), status=error.status
+    )
+
+
+def too_large() -> AppError:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return AppError(
+        codes.PAYLOAD_TOO_LARGE,
+        f"The request body is larger than {limit} bytes.",
+        details={"maxBytes": limit},
     )

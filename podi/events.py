@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import dramatiq
 import dramatiq.errors
 import redis.exceptions
 from django.db import transaction
@@ -39,3 +40,13 @@ def _send_quietly(actor, args: tuple, options: dict) -> None:
         logger.warning(
             "broker unreachable, %s not sent (the reconciler catches up): %s", actor, exc
         )
+
+
+def actor_named(name: str) -> dramatiq.Actor:
+    """The actor declared under ``name``.
+
+    A service rings its own app's actor by name: ``actors.py`` imports the services it calls, so
+    the services cannot import ``actors.py`` back. Each app's ``AppConfig.ready()`` imports its
+    ``actors`` module, so the actor is declared before any service runs.
+    """
+    return dramatiq.get_broker().get_actor(name)

@@ -7,6 +7,8 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from podi.error_codes import VALIDATION_ERROR
+from podi.errors import json_error
 from podi.logging import reset_request_id, set_request_id
 
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -70,8 +72,6 @@ class RejectNulMiddleware:
 
     @staticmethod
     def _refusal(request):
-        from podi.error_codes import VALIDATION_ERROR
-        from podi.errors import json_error
 
         for key, values in request.GET.lists():
             if "\x00" in key or any("\x00" in value for value in values):

@@ -17,19 +17,9 @@ from rest_framework.exceptions import ParseError
 from rest_framework.settings import api_settings
 from rest_framework.utils import json as strict_json
 
-from podi import error_codes as codes
-from podi.errors import AppError, validation_error
+from podi.errors import too_large, validation_error
 
 MAX_JSON_DEPTH = 64
-
-
-def too_large() -> AppError:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return AppError(
-        codes.PAYLOAD_TOO_LARGE,
-        f"The request body is larger than {limit} bytes.",
-        details={"maxBytes": limit},
-    )
 
 
 def check_json_value(value, *, field: str = "body") -> None:

@@ -13,6 +13,8 @@ import uuid
 
 import dramatiq
 from django.apps import apps
+from django.conf import settings
+from django.db import connection
 
 logger = logging.getLogger("podi.runtime")
 
@@ -78,16 +80,14 @@ class WorkerLiveness(dramatiq.Middleware):
         _worker_id = None
 
     def _run(self) -> None:
-        from django.conf import settings
 
         while not self._stopping.wait(settings.WORKER_LEASE_TTL / 3):
             self._renew()
 
     def _renew(self) -> None:
-        from django.conf import settings
-        from django.db import connection
-
-        from podi.services import lease_acquire
+        # This module is Dramatiq middleware, loaded while Django builds its app registry (before
+        # models can be imported): the service is imported at call time, as Django requires.
+        from podi.services import lease_acquire  # noqa: PLC0415
 
         try:
             lease_acquire(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as _AutoSchema
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
 
@@ -62,7 +62,6 @@ class BearerAuthenticationScheme(OpenApiAuthenticationExtension):
 
 def page_of(name: str, item_serializer) -> serializers.Serializer:
     """The documented shape of a paginated list: ``{items, total, page, pageSize, totalPages}``."""
-    from drf_spectacular.utils import inline_serializer
 
     return inline_serializer(
         name,

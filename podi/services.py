@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -9,8 +11,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from podi.common import model_delete, model_update
+from podi.crypto import encrypt_secret
 from podi.errors import validation_error
-from podi.models import SCOPES, ServiceKey, hash_service_key
+from podi.models import SCOPES, Lease, ServiceKey, hash_service_key
 
 
 def user_identity_errors(*, username: str | None, email: str | None, user_id=None) -> dict:
@@ -71,15 +75,33 @@ def service_key_create(
     return key, raw
 
 
+def service_key_update(*, key: ServiceKey, **changes) -> ServiceKey:
+    """Rename a key, change its scopes, user or expiry (never its secret: create a new key)."""
+    if "name" in changes:
+        changes["name"] = str(changes["name"] or "").strip()
+        if not changes["name"]:
+            raise validation_error({"name": ["Required."]})
+    if "scopes" in changes:
+        changes["scopes"] = _clean_scopes(changes["scopes"])
+    key, _ = model_update(
+        instance=key, fields=["name", "scopes", "user", "expires_at"], data=changes
+    )
+    return key
+
+
 def service_key_revoke(*, key: ServiceKey) -> ServiceKey:
     ServiceKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db()
     return key
 
 
+def service_key_delete(*, key: ServiceKey) -> None:
+    """Delete a key row (409 while tasks or deliveries still refer to it); revoking keeps it."""
+    model_delete(instance=key, what="service key")
+
+
 def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
     """Take (or extend) the named lease for ``ttl`` seconds; False when someone else holds it."""
-    from podi.models import Lease
 
     now = timezone.now()
     expires = now + timedelta(seconds=ttl)
@@ -92,7 +114,6 @@ def lease_acquire(*, name: str, holder: str, ttl: float) -> bool:
 
 def lease_renew(*, name: str, holder: str, ttl: float) -> bool:
     """Push the expiry of a lease ``holder`` still holds; False when it expired or was taken."""
-    from podi.models import Lease
 
     now = timezone.now()
     renewed = Lease.objects.filter(name=name, holder=holder, expires_at__gte=now).update(
@@ -102,7 +123,6 @@ def lease_renew(*, name: str, holder: str, ttl: float) -> bool:
 
 
 def lease_release(*, name: str, holder: str) -> None:
-    from podi.models import Lease
 
     Lease.objects.filter(name=name, holder=holder).update(holder="", expires_at=None)
 
@@ -113,10 +133,6 @@ def service_key_rotate_webhook_secret(*, key: ServiceKey) -> str:
     Callbacks of tasks the key submitted are signed with it from the next attempt on; until the
     first rotation they are signed with the global ``WEBHOOK_SECRET``.
     """
-    import base64
-    import secrets
-
-    from podi.crypto import encrypt_secret
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted=encrypt_secret(secret))
@@ -130,7 +146,6 @@ def admin_user_ensure(*, username: str, password: str | None) -> tuple[object, s
     Returns ``(user, generated_password)``: the password is generated (and returned, to be shown
     once) only when ``password`` is empty. Safe to run on several machines at once.
     """
-    import secrets
 
     User = get_user_model()
     if User.objects.filter(is_staff=True).exists():

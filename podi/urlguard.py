@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import httpx
 from django.conf import settings
 
 from podi.errors import validation_error
@@ -148,7 +149,6 @@ def guarded_stream(
     without the check, but a redirect away from it is checked like any other URL.
     Raises ``UrlRefused`` for a refused hop; ``httpx.HTTPError`` as httpx does.
     """
-    import httpx
 
     trusted = _origin(trusted_origin) if trusted_origin else None
     current = url

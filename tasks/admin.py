@@ -7,10 +7,15 @@ from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.db import transaction
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from integrations.admin import WorkflowBindingAdmin as CatalogWorkflowBindingAdmin
+from integrations.models import WorkflowBinding
+from podi.admin_helpers import ServiceAdminMixin
 from podi.errors import AppError
 from podi.realtime.selectors import task_events
 from tasks.models import (
@@ -22,7 +27,15 @@ from tasks.models import (
     TaskTemplate,
 )
 from tasks.selectors import ability_invocation_stats
-from tasks.services import task_cancel, task_retry
+from tasks.services import (
+    TEMPLATE_FIELDS,
+    task_cancel,
+    task_retry,
+    task_submit,
+    template_create,
+    template_delete,
+    template_update,
+)
 
 EVENTS_SHOWN = 200  # on the task change page; the full log is under Live events › Events
 
@@ -193,7 +206,12 @@ class TaskBatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskTemplate)
-class TaskTemplateAdmin(admin.ModelAdmin):
+class TaskTemplateAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = template_create
+    update_service = template_update
+    delete_service = template_delete
+    service_arg = "template"
+    service_fields = TEMPLATE_FIELDS
     list_display = ["name", "public_id", "ability", "item_count", "enabled"]
     list_filter = ["enabled", "ability"]
     search_fields = ["name", "public_id"]
@@ -202,13 +220,6 @@ class TaskTemplateAdmin(admin.ModelAdmin):
     @admin.display(description="items")
     def item_count(self, template: TaskTemplate) -> int:
         return len(template.items or [])
-
-    def save_model(self, request, obj, form, change):
-        if not obj.public_id:
-            from podi.ids import new_id
-
-            obj.public_id = new_id("tpl")
-        super().save_model(request, obj, form, change)
 
 
 @admin.register(AbilityInvocationLog)
@@ -232,3 +243,30 @@ class AbilityInvocationLogAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/tasks/ability_stats.html", context)
+
+
+# The binding console of integrations, plus "Submit a test task": a real task, so it lives here.
+admin.site.unregister(WorkflowBinding)
+
+
+@admin.register(WorkflowBinding)
+class WorkflowBindingAdmin(CatalogWorkflowBindingAdmin):
+    can_submit_test_task = True
+
+    def submit_test_task(self, request, binding: WorkflowBinding, form):
+        """Submit a real, free task pinned to this binding and open it in the task console."""
+        preset = form.cleaned_data.get("preset")
+        with transaction.atomic():
+            task = task_submit(
+                user=request.user,
+                action=binding.ability.code,
+                params=form.cleaned_data.get("params") or {},
+                preset=preset.name if preset else None,
+                client_ref=f"test-run:binding:{binding.pk}",
+                test_binding=binding,
+            )
+        self.message_user(
+            request,
+            f"Submitted test task {task.public_id} on {binding.executor} (free of charge).",
+        )
+        return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[task.pk]))

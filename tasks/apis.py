@@ -17,6 +17,9 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from integrations.error_codes import ABILITY_NOT_FOUND
+from integrations.models import Ability
+from media_app.services import signed_download_url
 from podi.auth import acting_user, is_staff_principal, service_key_of
 from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
@@ -100,8 +103,6 @@ class TaskSerializer(serializers.Serializer):
 
     @extend_schema_field(OutputItemSerializer(many=True))
     def get_outputs(self, task: Task) -> list[dict]:
-        from media_app.services import signed_download_url
-
         assets = [a for a in task.assets.all() if a.kind == TaskAsset.Kind.OUTPUT]
         items = []
         for asset in assets:
@@ -357,8 +358,6 @@ class TaskEventsApi(APIView):
             try:
                 after = int(after)
             except ValueError:
-                from podi.errors import validation_error
-
                 raise validation_error({"after": ["Must be an integer."]}) from None
         events = task_events(user_id=task.user_id, task_id=task.public_id, after=after)
         return Response({"items": EventSerializer(events, many=True).data})
@@ -575,12 +574,8 @@ class AbilityInvokeApi(APIView):
     )
     @idempotent
     def post(self, request, ability_id: int):
-        from integrations.models import Ability
-
         ability = Ability.objects.filter(pk=ability_id, status="active").first()
         if ability is None:
-            from integrations.error_codes import ABILITY_NOT_FOUND
-
             raise AppError(ABILITY_NOT_FOUND)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -10,6 +10,7 @@ class TasksConfig(AppConfig):
         # Lend live events what they must not import (docs/adr/0006-live-events.md): who may
         # follow a task, and how a callback's output URLs are signed when it is sent.
         from podi.realtime.events import register_followable, register_webhook_body_hook
+        from tasks import actors  # noqa: F401  (declares the actors services ring by name)
         from tasks.selectors import tasks_followable, tasks_live_holds
         from tasks.services import callback_body_for_sending
         from wallet.services import register_live_hold_check

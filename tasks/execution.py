@@ -8,24 +8,38 @@ task's state first and at every heartbeat, so a duplicate message or a canceled 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from integrations.executors.base import ExecutorError
-from integrations.executors.runtime import InputFile, RunStopped
+from integrations.executors.registry import run_adapter_for
+from integrations.executors.runtime import InputFile, RunStopped, download_opener
+from integrations.models import Executor
 from integrations.templating import fill_template
 from integrations.validation import media_params
 from media_app.selectors import media_staged
-from media_app.services import media_discard_staged
+from media_app.services import (
+    media_discard_staged,
+    media_open,
+    media_store_output,
+    signed_download_url,
+)
+from podi.events import actor_named, enqueue_on_commit
+from podi.models import Lease
+from podi.runtime import WORKER_LEASE_PREFIX, current_worker_id, worker_lease_name
+from podi.urlguard import url_refusal
 from tasks import error_codes as codes
 from tasks.models import TERMINAL_STATUSES, Task, TaskStatus
 from tasks.services import (
+    RUN_ACTOR,
     task_callback_url,
     task_heartbeat,
     task_progress,
@@ -96,12 +110,6 @@ class TaskRunContext:
         self._last_progress = -1
 
     def _inputs(self) -> list[InputFile]:
-        from django.conf import settings
-
-        from integrations.executors.runtime import download_opener
-        from media_app.services import media_open, signed_download_url
-        from podi.urlguard import url_refusal
-
         files = []
         for name in media_params(self.params_schema):
             value = self.params.get(name)
@@ -183,16 +191,10 @@ class TaskRunContext:
 
 
 def _adapter_for(executor):
-    from integrations.executors.registry import run_adapter_for
-
     return run_adapter_for(executor)
 
 
 def _store_outputs(task: Task, outputs) -> list:
-    import io
-
-    from media_app.services import media_store_output
-
     stored = []
     for index, output in enumerate(outputs):
         name = output.filename or f"output-{index}"
@@ -235,7 +237,6 @@ def task_run(*, task_id: str, attempt: int) -> str:
     In a worker process the attempt is first claimed for this worker (``task_run_claim``), so a
     dead worker's attempt is resumed by exactly one live worker and a late duplicate is skipped.
     """
-    from podi.runtime import current_worker_id
 
     worker = current_worker_id()
     with _running_lock:
@@ -327,8 +328,6 @@ def _interrupt_quietly(executor, external_id: str, state: dict[str, Any]) -> Non
 
 
 def executor_interrupt(*, executor_id: int, external_id: str, state: dict[str, Any]) -> None:
-    from integrations.models import Executor
-
     executor = Executor.objects.filter(pk=executor_id).first()
     if executor is None:
         return
@@ -381,9 +380,6 @@ def tasks_resume_silent(*, now=None) -> int:
     still running → follow; unknown → lost (retried or failed). A guarded update makes sure only
     one reconciler pass re-enqueues a given attempt.
     """
-    from podi.events import enqueue_on_commit
-    from tasks.actors import run_task
-
     now = now or timezone.now()
     resumed = 0
     stale = Task.objects.filter(
@@ -395,7 +391,7 @@ def tasks_resume_silent(*, now=None) -> int:
                 public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
             ).update(heartbeat_at=now)
             if claimed:
-                enqueue_on_commit(run_task, task_id, attempt)
+                enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
                 resumed += 1
     return resumed
 
@@ -404,12 +400,6 @@ def tasks_resume_orphaned(*, now=None) -> int:
     """Running attempts whose worker process died (its liveness lease lapsed): resume them on
     another worker now, without waiting for ``HEARTBEAT_STALE``. Guarded like
     ``tasks_resume_silent``; the resumed run claims the attempt for its own worker."""
-    from django.conf import settings
-
-    from podi.events import enqueue_on_commit
-    from podi.models import Lease
-    from podi.runtime import worker_lease_name
-    from tasks.actors import run_task
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.WORKER_LEASE_TTL)
@@ -436,7 +426,7 @@ def tasks_resume_orphaned(*, now=None) -> int:
                 public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
             ).update(heartbeat_at=now)
             if claimed:
-                enqueue_on_commit(run_task, task_id, attempt)
+                enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
                 resumed += 1
     if resumed:
         logger.warning("resumed %s attempts of dead workers", resumed)
@@ -445,8 +435,6 @@ def tasks_resume_orphaned(*, now=None) -> int:
 
 def worker_leases_prune(*, now=None) -> int:
     """Forget the liveness leases of workers gone for a day."""
-    from podi.models import Lease
-    from podi.runtime import WORKER_LEASE_PREFIX
 
     now = now or timezone.now()
     deleted, _ = Lease.objects.filter(

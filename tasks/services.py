@@ -20,19 +20,29 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from integrations.selectors import ability_get_active, ability_validate_params, bindings_for_ability
+from integrations.models import Executor, WorkflowBinding
+from integrations.selectors import (
+    ability_get_active,
+    ability_media_params,
+    ability_validate_params,
+    bindings_for_ability,
+)
 from media_app.paths import output_object_key
+from media_app.selectors import media_get_uploaded_for_user
 from media_app.services import (
     media_discard_staged,
     media_publish,
     media_store_output,
     signed_download_url,
 )
+from podi.common import model_delete, model_update, required_text
 from podi.errors import AppError, validation_error
-from podi.events import enqueue_on_commit
+from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
 from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
+from podi.models import Lease
 from podi.realtime.events import Webhook, emit
+from podi.runtime import worker_lease_name
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
 from tasks.models import (
@@ -61,6 +71,12 @@ TOKEN_SALT = "podi.tasks.callback-token"  # noqa: S105 - a signing salt, not a s
 MAX_INPUTS = 16
 MAX_BASE64_BYTES = 20 * 1024 * 1024
 OUTPUT_URL_TTL = 3600  # seconds a callback's output URLs stay valid
+
+# The actors of this app (declared in tasks/actors.py, which calls into this module): services and
+# the reconciler ring them by name, through podi.events.actor_named.
+DISPATCH_ACTOR = "dispatch_pending"
+RUN_ACTOR = "run_task"
+INTERRUPT_ACTOR = "interrupt_on_executor"
 
 
 # --- Events and callbacks ---------------------------------------------------------------------
@@ -199,8 +215,6 @@ def _normalise_inputs(
     *, user, inputs: list[Any], task_id: str
 ) -> tuple[list[dict[str, Any]], list[_Base64Input]]:
     """Check the inputs; base64 ones are decoded but not written (``_stage_base64_inputs``)."""
-    from media_app.selectors import media_get_uploaded_for_user
-
     if not isinstance(inputs, list):
         raise validation_error({"inputs": ["Must be a list."]})
     if len(inputs) > MAX_INPUTS:
@@ -298,8 +312,6 @@ def _bind_media_params(*, user, ability, params: dict, inputs: list[dict]) -> di
     """Media params take an uploaded ``objectKey`` (the user's own) or an http(s) URL (through
     the SSRF guard): given in ``params``, or else the next ``inputs`` item in order. ``inputs``
     gains what was given only in ``params``."""
-    from integrations.selectors import ability_media_params
-    from media_app.selectors import media_get_uploaded_for_user
 
     names = ability_media_params(ability)
     if not names:
@@ -372,6 +384,7 @@ def task_submit(
     the task, and published in the transaction that freezes; if it fails they are removed
     (docs/adr/0011-money-holes.md). The returned task's ``staged_inputs`` names them.
     """
+
     if test_binding is not None:
         ability = test_binding.ability
         bindings = [test_binding]
@@ -518,6 +531,41 @@ def batch_submit(
     return batch, tasks
 
 
+TEMPLATE_FIELDS = ["name", "description", "ability", "params", "items", "enabled"]
+
+
+def template_create(
+    *,
+    ability,
+    name: str,
+    items: list,
+    description: str = "",
+    params: dict | None = None,
+    enabled: bool = True,
+) -> TaskTemplate:
+    """A task template (a named ability with default params and a list of items)."""
+    template = TaskTemplate(
+        public_id=new_id("tpl"),
+        ability=ability,
+        name=required_text(name, field="name", max_length=200),
+        description=description,
+        params=params or {},
+        items=items,
+        enabled=enabled,
+    )
+    template.save()
+    return template
+
+
+def template_update(*, template: TaskTemplate, **changes: Any) -> TaskTemplate:
+    template, _ = model_update(instance=template, fields=TEMPLATE_FIELDS, data=changes)
+    return template
+
+
+def template_delete(*, template: TaskTemplate) -> None:
+    model_delete(instance=template, what="task template")
+
+
 def template_create_batch(
     *, user, template: TaskTemplate, overrides: dict[str, Any] | None = None
 ) -> tuple[TaskBatch, list[Task]]:
@@ -538,9 +586,7 @@ def template_create_batch(
 
 
 def _enqueue_dispatch() -> None:
-    from tasks.actors import dispatch_pending
-
-    enqueue_on_commit(dispatch_pending)
+    enqueue_on_commit(actor_named(DISPATCH_ACTOR))
 
 
 def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
@@ -554,7 +600,6 @@ def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
 
 def _claim_executor(task: Task):
     """Lock and return (binding, executor) with free capacity for ``task``, or None."""
-    from integrations.models import Executor, WorkflowBinding
 
     pinned = task.executor_state.get("testBinding")
     if pinned:
@@ -626,8 +671,6 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
 
 def _dispatch_one(pk: int, now) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
-    from tasks.actors import run_task
-
     with transaction.atomic():
         task = (
             Task.objects.select_for_update(of=("self",))
@@ -675,7 +718,7 @@ def _dispatch_one(pk: int, now) -> str:
                 ability=task.action,
             )
         _emit_status(task)
-        enqueue_on_commit(run_task, task.public_id, task.attempts)
+        enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
     return "started"
 
 
@@ -769,8 +812,6 @@ def task_heartbeat(*, task_id: str, attempt: int) -> str | None:
 def task_run_claim(*, task_id: str, attempt: int, worker: str) -> bool:
     """Record ``worker`` as the process running this attempt. False when the attempt is no longer
     current, or another worker that is still alive holds it (a duplicate or late message)."""
-    from podi.models import Lease
-    from podi.runtime import worker_lease_name
 
     with transaction.atomic():
         task = (
@@ -833,6 +874,7 @@ def task_finish(
     leaves them staged for the sweep. A call for a stale attempt, or for a task already
     terminal, changes nothing and returns the task as it is.
     """
+
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
     with transaction.atomic():
@@ -936,9 +978,7 @@ def task_requeue_or_fail(
             )
         task.save()
         _emit_status(task)
-        from tasks.actors import dispatch_pending
-
-        enqueue_on_commit(dispatch_pending, delay=backoff * 1000 + 50)
+        enqueue_on_commit(actor_named(DISPATCH_ACTOR), delay=backoff * 1000 + 50)
     return task
 
 
@@ -963,10 +1003,8 @@ def task_cancel(*, task: Task) -> Task:
             error_message="Canceled by the user.",
         )
         if was_running and executor_id:
-            from tasks.actors import interrupt_on_executor
-
             enqueue_on_commit(
-                interrupt_on_executor, executor_id, external_id, state.get("clientId", "")
+                actor_named(INTERRUPT_ACTOR), executor_id, external_id, state.get("clientId", "")
             )
     return locked
 
@@ -1013,7 +1051,6 @@ def task_complete_receipt(
     given up on (the task is queued again), is 409 ``TASK_ATTEMPT_STALE`` and changes nothing
     (docs/adr/0011-money-holes.md).
     """
-    from media_app.selectors import media_get_uploaded_for_user
 
     if task.attempts != attempt or task.status == TaskStatus.QUEUED:
         raise _stale_attempt(task, attempt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -19,8 +20,6 @@ def _isolated_media(settings, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _no_throttle_state():
-    from django.core.cache import cache
-
     cache.clear()
     yield
 

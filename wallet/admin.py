@@ -17,8 +17,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from podi.admin_helpers import ServiceAdminMixin
 from podi.errors import AppError
 from wallet.models import Account, Hold, HoldStatus, LedgerEntry
+from wallet.selectors import account_for_user
 from wallet.services import MAX_POINTS, hold_release, holds_expire, wallet_adjust, wallet_grant
 
 INLINE_ENTRIES = 50
@@ -109,7 +111,7 @@ class AccountForm(forms.ModelForm):
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(ServiceAdminMixin, admin.ModelAdmin):
     form = AccountForm
     list_display = ["user", "balance", "frozen", "total", "holds_link", "updated_at"]
     list_select_related = ["user"]
@@ -124,6 +126,9 @@ class AccountAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def service_create(self, request, form):
+        return account_for_user(form.cleaned_data["user"])  # an empty account
 
     def has_points_permission(self, request):
         return request.user.has_perm("wallet.change_account")

@@ -1,4 +1,4 @@
-"""Wallet API, ``/api/wallet/v1`` (DESIGN §5 Wallet).
+"""Wallet API, ``/api/wallet/v1`` (docs/adr/0003-wallet.md).
 
 Who may do what:
 - a user reads and writes only their own account (``userId`` omitted or their own id);

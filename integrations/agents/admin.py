@@ -42,7 +42,13 @@ from integrations.agents.services.manifests import manifest_create, manifest_del
 from integrations.agents.services.tokens import agent_token_mint, agent_tokens_revoke
 from integrations.models import ExecutorKind, HealthStatus
 from integrations.validation import check_http_url
-from podi.admin_helpers import PrettyJSONField, app_error_text, as_form_error, pretty
+from podi.admin_helpers import (
+    PrettyJSONField,
+    ServiceAdminMixin,
+    app_error_text,
+    as_form_error,
+    pretty,
+)
 from podi.errors import AppError
 
 STATUS_COLOURS = {
@@ -210,7 +216,11 @@ class PushTaskForm(forms.Form):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    create_service = agent_create
+    update_service = agent_update
+    delete_service = agent_delete
+    service_fields = ["name", "executor", "base_url", "enabled", "description"]
     form = AgentForm
     list_display = [
         "name",
@@ -342,28 +352,9 @@ class AgentAdmin(admin.ModelAdmin):
             else "",
         )
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        fields = ["name", "executor", "base_url", "enabled", "description"]
-        if not change:
-            created = agent_create(**{f: data[f] for f in fields})
-            obj.pk = created.pk
-            obj._state.adding = False
-            return
-        changes = {f: data[f] for f in fields if f in form.changed_data}
-        if changes:
-            agent_update(agent=Agent.objects.get(pk=obj.pk), **changes)
-
     def save_formset(self, request, form, formset, change):
         # The inlines are read-only; nothing to save (what the change message reads stays empty).
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-
-    def delete_model(self, request, obj):
-        agent_delete(agent=obj)
-
-    def delete_queryset(self, request, queryset):
-        for agent in queryset:
-            agent_delete(agent=agent)
 
     # ---------------------------------------------------------------- actions
 
@@ -577,7 +568,8 @@ class ManifestVersionInline(admin.TabularInline):
 
 
 @admin.register(Manifest)
-class ManifestAdmin(admin.ModelAdmin):
+class ManifestAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    delete_service = manifest_delete
     form = ManifestForm
     list_display = ["name", "latest", "version_count", "summary", "agents_synced", "updated_at"]
     search_fields = ["name", "description"]
@@ -629,46 +621,34 @@ class ManifestAdmin(admin.ModelAdmin):
     def agents_synced(self, obj):
         return obj.n_agents_on_latest
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if not change:
-            created = manifest_create(
-                name=data["name"],
-                description=data["description"],
-                content=form.new_content,
-                changelog=data.get("changelog") or "",
-                created_by=_user(request),
+    def service_create(self, request, form):
+        return manifest_create(
+            name=form.cleaned_data["name"],
+            description=form.cleaned_data["description"],
+            content=form.new_content,
+            changelog=form.cleaned_data.get("changelog") or "",
+            created_by=_user(request),
+        )
+
+    def service_update(self, request, obj, form):
+        changes = {
+            f: form.cleaned_data[f] for f in ("name", "description") if f in form.changed_data
+        }
+        manifest = manifest_update(
+            manifest=Manifest.objects.get(pk=obj.pk),
+            content=form.new_content,
+            changelog=form.cleaned_data.get("changelog") or "",
+            created_by=_user(request),
+            **changes,
+        )
+        if form.new_content is not None:
+            self.message_user(
+                request, f"Created version {manifest.latest_version.version}.", messages.SUCCESS
             )
-            obj.pk = created.pk
-            obj._state.adding = False
-        else:
-            changes = {f: data[f] for f in ("name", "description") if f in form.changed_data}
-            manifest = manifest_update(
-                manifest=Manifest.objects.get(pk=obj.pk),
-                content=form.new_content,
-                changelog=data.get("changelog") or "",
-                created_by=_user(request),
-                **changes,
-            )
-            if form.new_content is not None:
-                self.message_user(
-                    request, f"Created version {manifest.latest_version.version}.", messages.SUCCESS
-                )
-        obj.refresh_from_db()
 
     def save_formset(self, request, form, formset, change):
         # Version history is read-only; nothing to save.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-
-    def delete_model(self, request, obj):
-        try:
-            manifest_delete(manifest=obj)
-        except AppError as exc:
-            self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
-
-    def delete_queryset(self, request, queryset):
-        for manifest in queryset:
-            self.delete_model(request, manifest)
 
 
 def manifest_version_diff(old: ManifestVersion | None, new: ManifestVersion):

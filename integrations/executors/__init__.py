@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from integrations.executors.comfyui.client import ComfyUIClient
+from integrations.executors.coze.client import CozeClient
+from integrations.executors.http.client import HttpClient
+
 if TYPE_CHECKING:
     from integrations.executors.base import ExecutorClient
     from integrations.models import Executor
 
 
 def client_class_for(kind: str) -> type:
-    from integrations.executors.comfyui.client import ComfyUIClient
-    from integrations.executors.coze.client import CozeClient
-    from integrations.executors.http.client import HttpClient
-
     return {"comfyui": ComfyUIClient, "coze": CozeClient, "http": HttpClient}[kind]
 
 

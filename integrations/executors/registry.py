@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from integrations.executors.base import ExecutorError
+from integrations.executors.comfyui.run import ComfyUIRunner
+from integrations.executors.coze.run import CozeRunner
+from integrations.executors.http.run import HttpRunner
+
 
 def run_adapter_for(executor):
-    from integrations.executors.comfyui.run import ComfyUIRunner
-    from integrations.executors.coze.run import CozeRunner
-    from integrations.executors.http.run import HttpRunner
-
     adapters = {"comfyui": ComfyUIRunner, "coze": CozeRunner, "http": HttpRunner}
     try:
         adapter = adapters[executor.kind]
     except KeyError:
-        from integrations.executors.base import ExecutorError
-
         raise ExecutorError(
             f"No adapter for executor kind {executor.kind!r}", permanent=True
         ) from None

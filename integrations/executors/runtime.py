@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol
 
+import certifi
+import httpx
+
+from integrations.executors.base import ExecutorError
+from podi.urlguard import UrlRefused, guarded_stream
+
 
 class RunStopped(Exception):  # noqa: N818 - a signal, not an error
     """The task was canceled or ran past its deadline while the adapter was following it."""
@@ -109,7 +115,6 @@ def pointer_values(document: Any, path: str) -> list[Any]:
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """One TLS context for every executor client: building one per client costs ~30 ms of CPU."""
-    import certifi
 
     return ssl.create_default_context(cafile=certifi.where())
 
@@ -123,10 +128,6 @@ def download_opener(
     pinned, and every redirect is checked again. ``trusted_origin`` is the executor's own base
     URL, which the operator configured and which may be on a private network.
     """
-    import httpx
-
-    from integrations.executors.base import ExecutorError
-    from podi.urlguard import UrlRefused, guarded_stream
 
     @contextlib.contextmanager
     def opener() -> Iterator[BinaryIO]:

@@ -11,26 +11,23 @@ import functools
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 from media_app.storage.base import MediaBackend
 
 _PREFIXES = ("STORAGE", "MEDIA_", "OSS_", "S3_", "PUBLIC_BASE_URL", "UPLOAD_TOKEN")
+# Loaded by dotted path, like Django's own storage backends: only the chosen cloud SDK is imported.
+BACKENDS = {
+    "local": "media_app.storage.local.LocalBackend",
+    "oss": "media_app.storage.oss.OssBackend",
+    "s3": "media_app.storage.s3.S3Backend",
+}
 
 
 @functools.cache
 def get_backend() -> MediaBackend:
-    kind = settings.STORAGE_BACKEND
-    if kind == "oss":
-        from media_app.storage.oss import OssBackend
-
-        return OssBackend()
-    if kind == "s3":
-        from media_app.storage.s3 import S3Backend
-
-        return S3Backend()
-    from media_app.storage.local import LocalBackend
-
-    return LocalBackend()
+    backend = import_string(BACKENDS.get(settings.STORAGE_BACKEND, BACKENDS["local"]))
+    return backend()
 
 
 @receiver(setting_changed)

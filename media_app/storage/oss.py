@@ -15,12 +15,17 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import oss2
+from alibabacloud_sts20150401 import models as sts_models
+from alibabacloud_sts20150401.client import Client
+from alibabacloud_tea_openapi.utils_models import Config
+from darabonba.runtime import RuntimeOptions
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.base import File
 from django.core.files.storage import Storage
 from django.utils import timezone
 from django.utils.deconstruct import deconstructible
+from Tea.exceptions import TeaException
 
 from media_app.error_codes import MEDIA_STS_UNAVAILABLE
 from media_app.paths import upload_user_prefix
@@ -163,9 +168,6 @@ def _sts_endpoint() -> tuple[str, str]:
 
 
 def sts_client():
-    from alibabacloud_sts20150401.client import Client
-    from alibabacloud_tea_openapi.utils_models import Config
-
     protocol, host = _sts_endpoint()
     timeout_ms = settings.OSS_TIMEOUT * 1000
     return Client(
@@ -183,7 +185,6 @@ def sts_client():
 
 def assume_role_request(*, user_id: int, duration: int):
     """The SDK's AssumeRoleRequest for one user: role, session name, session policy, duration."""
-    from alibabacloud_sts20150401 import models as sts_models
 
     return sts_models.AssumeRoleRequest(
         role_arn=settings.OSS_ROLE_ARN,
@@ -201,8 +202,6 @@ def assume_role(*, user_id: int) -> StsCredentials:
     Any failure (unreachable endpoint, refusal, malformed answer) is 503 ``MEDIA_STS_UNAVAILABLE``;
     there is no fallback to the long-term key.
     """
-    from darabonba.runtime import RuntimeOptions
-    from Tea.exceptions import TeaException
 
     duration = settings.OSS_STS_DURATION
     cache_key = f"media:oss-sts:{settings.OSS_BUCKET}:{settings.MEDIA_UPLOAD_PREFIX}:{user_id}"

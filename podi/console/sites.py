@@ -6,6 +6,9 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import path
 
+from podi.console.selectors import ops_overview
+from podi.console.views import dashboard_context, dashboard_fragment
+
 # (app label, model name or "*"): housekeeping tables an operator never needs to browse.
 NOISE = {
     ("django_dramatiq", "*"),  # "Django Dramatiq › Tasks": broker bookkeeping, not PODI tasks
@@ -40,7 +43,6 @@ class ConsoleSite(admin.AdminSite):
         return kept
 
     def index(self, request, extra_context=None):
-        from podi.console.views import dashboard_context
 
         return super().index(request, {**dashboard_context(), **(extra_context or {})})
 
@@ -52,8 +54,6 @@ class ConsoleSite(admin.AdminSite):
 
     def ops_json(self, request):
         """The dashboard's numbers (staff only: ``admin_view``), polled by the index page."""
-        from podi.console.selectors import ops_overview
-        from podi.console.views import dashboard_fragment
 
         body = ops_overview()
         if request.GET.get("fragment"):

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET
 
 from integrations.agents.models import Agent
 from integrations.models import Executor, WorkflowBinding
+from podi.console.metrics import render_metrics
 from podi.console.selectors import ops_overview
 from tasks.models import Task
 from wallet.models import LedgerEntry
@@ -122,7 +123,6 @@ def metrics_allowed(request) -> bool:
 
 @require_GET
 def metrics(request):
-    from podi.console.metrics import render_metrics
 
     if not metrics_allowed(request):
         response = HttpResponse("forbidden\n", status=403, content_type="text/plain")

@@ -7,7 +7,9 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -17,7 +19,7 @@ from integrations.agents.services.agent_tasks import agent_task_create
 from integrations.agents.services.agents import agent_update
 from integrations.agents.services.alerts import alert_raise
 from integrations.agents.services.liveness import agent_heartbeat, agents_mark_offline
-from integrations.agents.services.manifests import manifest_update
+from integrations.agents.services.manifests import manifest_create, manifest_update
 from integrations.services import executor_create
 
 from .conftest import SHA_B, manifest_content
@@ -298,9 +300,6 @@ def test_alert_page_and_acknowledge(console, scene, staff):
 
 
 def _queries(console, path: str) -> int:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     with CaptureQueriesContext(connection) as captured:
         assert console.get(path).status_code == 200
     return len(captured)
@@ -318,7 +317,6 @@ def _more_rows(n: int, manifest) -> None:
         )
         agent_task_report(task=task, progress=10)
         alert_raise(agent=agent, type="disk_low")
-        from integrations.agents.services.manifests import manifest_create
 
         manifest_create(name=f"stack-{i}", content=manifest_content())
 
@@ -336,9 +334,6 @@ def test_changelist_queries_do_not_grow_with_rows(console, scene, manifest, name
     "path", ["/api/admin/agents", "/api/admin/manifests", "/api/admin/agents/{agent}/tasks"]
 )
 def test_api_list_queries_do_not_grow_with_rows(staff_client, scene, agent, manifest, path):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     path = path.format(agent=agent.pk)
     with CaptureQueriesContext(connection) as few:
         assert staff_client.get(path).status_code == 200

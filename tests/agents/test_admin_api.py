@@ -6,6 +6,7 @@ import pytest
 
 from integrations.agents.models import Agent, AgentTask, Alert, Manifest, ManifestVersion
 from integrations.agents.services.agent_tasks import agent_task_create
+from integrations.agents.services.alerts import alert_raise
 from integrations.agents.services.liveness import agent_heartbeat
 from integrations.agents.services.tokens import agent_token_mint
 from integrations.models import Executor
@@ -263,7 +264,6 @@ def test_invalid_manifests_name_their_fields(staff_client):
 def test_alerts_list(staff_client, agent):
     agent_heartbeat(agent=agent)
     agent_token_mint(agent=agent)
-    from integrations.agents.services.alerts import alert_raise
 
     alert_raise(agent=agent, type="disk_low", message="low")
     alert_raise(agent=agent, type="gpu_error", severity="critical")

@@ -12,7 +12,7 @@ from integrations.agents.actors import agent_tasks_expiry
 from integrations.agents.models import Agent, AgentTask
 from integrations.agents.services.agent_task_reports import agent_task_report, agent_tasks_expire
 from integrations.agents.services.agent_tasks import agent_task_create, agent_tasks_claim_pushes
-from integrations.agents.services.manifests import manifest_update
+from integrations.agents.services.manifests import manifest_create, manifest_update
 from integrations.agents.services.tokens import agent_task_token
 from podi.reconcile import registered_steps
 from tests.conftest import Client
@@ -58,8 +58,6 @@ def test_manifest_is_the_version_pinned_by_the_task(task, client, manifest):
 
 
 def test_manifest_of_another_task_is_forbidden(agent, task, client):
-    from integrations.agents.services.manifests import manifest_create
-
     other = manifest_create(name="other", content=manifest_content())
     response = client.get(f"/api/agent/v1/manifests/{other.pk}")
     assert (response.status_code, response.json()["code"]) == (403, "AGENT_TASK_FORBIDDEN")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from integrations.agents.actors import agent_tasks_push_due
@@ -231,10 +233,6 @@ def test_reconciler_push_through_a_real_worker(pointed, agent_server, worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_pushes_reach_the_agent_once(pointed, agent_server):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from django.db import connection
-
     agent_server.mode, agent_server.delay = "slow", 0.3
     task = agent_task_create(agent=pointed, actions=["restart"], push=False)
 

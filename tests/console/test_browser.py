@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.conftest import PASSWORD, access_token
 from tests.tasks.conftest import INVERT_GRAPH, INVERT_SCHEMA
@@ -33,7 +34,6 @@ def browser():
             f"{CHROMIUM} is missing: run `apt-get install -y chromium` (or `make test` as root), "
             "or point PODI_CHROMIUM at a Chromium binary"
         )
-    from playwright.sync_api import sync_playwright
 
     # Playwright's sync API parks an event loop in this thread; the ORM calls the test makes
     # between browser steps are plain synchronous calls, so allow them.

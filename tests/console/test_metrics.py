@@ -3,6 +3,11 @@ tasks run (real worker, real ComfyUI test server, real HTTP)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 from django.test import Client
@@ -101,10 +106,6 @@ def test_metrics_move_when_tasks_run(worker, comfy, funded, api, live_server, se
 
 
 def _in_process(tmp_path, code: str, **env_extra) -> str:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "BROKER_URL"}}
     env.update(DJANGO_SETTINGS_MODULE="podi.settings", PODI_DATA_DIR=str(tmp_path), **env_extra)

@@ -9,6 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from integrations.executors.keys import api_key_record_use
 from integrations.models import (
     Ability,
     Executor,
@@ -20,7 +21,6 @@ from integrations.models import (
 )
 from integrations.services import (
     api_key_create,
-    api_key_record_use,
     preset_create,
     workflow_version_create,
 )

@@ -16,7 +16,9 @@ from integrations.models import (
     WorkflowVersion,
 )
 from integrations.services import (
+    ability_create,
     api_key_create,
+    binding_create,
     executor_create,
     preset_create,
     workflow_create,
@@ -497,8 +499,6 @@ def test_public_catalog(owner_client, anon, service_key, client_for, ability, bi
 def test_catalog_list_query_count_is_flat(
     owner_client, comfy_workflow, comfy_executor, django_assert_max_num_queries
 ):
-    from integrations.services import ability_create, binding_create
-
     for n in range(6):
         ability = ability_create(code=f"a{n}", display_name=f"A{n}")
         binding_create(ability=ability, workflow=comfy_workflow, executor=comfy_executor)

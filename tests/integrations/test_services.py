@@ -9,6 +9,7 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from integrations.executors.keys import api_key_pick, api_key_record_use
 from integrations.models import Preset, VendorApiKey, WorkflowBinding
 from integrations.selectors import (
     abilities_without_enabled_binding,
@@ -25,8 +26,6 @@ from integrations.services import (
     ability_update,
     api_key_create,
     api_key_delete,
-    api_key_pick,
-    api_key_record_use,
     api_key_update,
     binding_create,
     binding_update,
@@ -42,7 +41,7 @@ from integrations.services import (
 )
 from podi.errors import AppError
 
-from .conftest import graph, schema
+from .conftest import IMG2IMG_GRAPH, IMG2IMG_SCHEMA, graph, schema
 
 pytestmark = pytest.mark.django_db
 
@@ -342,7 +341,6 @@ def test_presets_are_checked_against_the_schema(ability, binding):
 
 def test_media_params_in_schema_order(db):
     workflow = workflow_create(name="img", kind="comfyui")
-    from .conftest import IMG2IMG_GRAPH, IMG2IMG_SCHEMA
 
     workflow_version_create(
         workflow=workflow, definition=IMG2IMG_GRAPH, params_schema=IMG2IMG_SCHEMA

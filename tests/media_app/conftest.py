@@ -7,8 +7,10 @@ import socket
 import uuid
 
 import boto3
+import moto.moto_server.werkzeug_app as moto_app
 import pytest
 from django.core.cache import cache
+from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from media_app.storage import oss_signing
@@ -53,8 +55,6 @@ def upload_key(client_for):
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's S3 server on 127.0.0.1 (it stores uploads but checks no signature or policy)."""
-    import moto.moto_server.werkzeug_app as moto_app
-    from moto.server import ThreadedMotoServer
 
     # oss2 signs with credential scope ".../oss/aliyun_v4_request"; let moto route it to S3.
     moto_app.SIGNING_ALIASES.setdefault("oss", "s3")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from media_app.models import MediaObject, MediaStatus
 from media_app.services import signed_download_url
@@ -208,7 +209,6 @@ def test_signed_download_rules(owner_client, grant, client_for, service_key):
     response = owner_client.post("/api/media/v1/signed-download", {"objectKey": grant["objectKey"]})
     expires = response.json()["expiresAt"]
     assert expires.endswith("Z")
-    from django.utils.dateparse import parse_datetime
 
     delta = (parse_datetime(expires) - before).total_seconds()
     assert 599 <= delta <= 601

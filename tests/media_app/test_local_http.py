@@ -4,12 +4,14 @@ upload key → sts → PUT → complete → signed download → the same bytes; 
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from django.test import override_settings
 
@@ -23,8 +25,6 @@ DATA = png_bytes(31, 17, "blue")
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -48,8 +48,6 @@ def server(tmp_path_factory):
     admin_url = None
     database = None
     if os.environ.get("DATABASE_URL"):
-        import psycopg
-
         database = f"podi_media_e2e_{os.getpid()}_{int(time.time())}"
         admin_url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
         with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -82,8 +80,6 @@ def server(tmp_path_factory):
             process.kill()
             process.communicate()
         if database:
-            import psycopg
-
             with psycopg.connect(admin_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 

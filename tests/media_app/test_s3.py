@@ -14,13 +14,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from media_app.models import MediaObject, MediaStatus
 from media_app.services import media_open, media_store_output, signed_download_url
 from media_app.storage import get_backend
 from media_app.storage.s3 import PodiS3Storage
-from tests.media_app.conftest import png_bytes
+from podi.errors import AppError
+from tests.media_app.conftest import closed_port, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -166,8 +168,6 @@ def test_backend_interface_on_s3(owner, s3_storage):
 
 
 def test_file_api_on_s3(staff_client, s3_storage, s3_client):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
     response = staff_client.post(
         "/api/media/v1/files",
         {"path": "t/a.wav", "file": SimpleUploadedFile("a.wav", b"RIFF", "audio/wav")},
@@ -182,10 +182,7 @@ def test_file_api_on_s3(staff_client, s3_storage, s3_client):
 
 
 def test_unreachable_s3_is_a_clean_502(owner, settings, s3_storage):
-    from tests.media_app.conftest import closed_port
-
     settings.S3_ENDPOINT_URL = f"http://127.0.0.1:{closed_port()}"
-    from podi.errors import AppError
 
     with pytest.raises(AppError) as caught:
         media_store_output(user_id=owner.pk, task_id="t", filename="x", stream=io.BytesIO(b"1"))

@@ -19,6 +19,7 @@ from media_app.services import (
     media_store_output,
     signed_download_url,
 )
+from media_app.storage import get_backend
 from media_app.storage.base import CHUNK_SIZE
 from podi.errors import AppError
 from tests.media_app.conftest import png_bytes
@@ -183,8 +184,6 @@ def test_media_delete_removes_the_file_and_marks_the_row(owner, settings):
 
 @pytest.mark.django_db
 def test_local_backend_interface(settings):
-    from media_app.storage import get_backend
-
     backend = get_backend()
     assert backend.name == "local"
     with pytest.raises(AppError) as caught:

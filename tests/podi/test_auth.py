@@ -3,11 +3,14 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from rest_framework.test import APIRequestFactory
 from rest_framework_simplejwt.tokens import AccessToken
 
-from podi.auth import BearerAuthentication, acting_user
+from podi.auth import BearerAuthentication, access_token_revoked, access_tokens_revoke, acting_user
 from podi.errors import AppError
+from podi.models import ServiceKey, hash_service_key
+from podi.services import service_key_revoke
 from tests.conftest import PASSWORD, access_token
 
 pytestmark = pytest.mark.django_db
@@ -154,8 +157,6 @@ def test_service_key_is_stored_hashed_and_authenticates(service_key, client_for)
 
 
 def test_revoked_and_unknown_service_keys_are_refused(service_key, client_for):
-    from podi.services import service_key_revoke
-
     key, raw = service_key(scopes=["admin"])
     service_key_revoke(key=key)
     assert client_for(raw).get("/api/auth/v1/me").json()["code"] == "AUTH_INVALID"
@@ -209,10 +210,6 @@ def test_staff_and_service_keys_act_on_behalf(staff, owner, service_key):
 
 
 def test_create_service_key_command(db, capsys):
-    from django.core.management import call_command
-
-    from podi.models import ServiceKey, hash_service_key
-
     call_command("create_service_key", "--name", "crm", "--scopes", "tasks:write,wallet:read")
     raw = capsys.readouterr().out.strip()
     key = ServiceKey.objects.get(name="crm")
@@ -311,7 +308,6 @@ def test_logout_without_waiting_still_revokes_the_presented_token(anon, owner, c
 
 
 def test_access_token_revoked_is_what_long_lived_connections_check(anon, owner):
-    from podi.auth import access_token_revoked, access_tokens_revoke
 
     payload = AccessToken(access_token(owner)).payload
     assert access_token_revoked(payload) is False

@@ -3,6 +3,7 @@
 import pytest
 from django.db import connection
 
+from integrations.models import VendorApiKey
 from tasks.models import Task
 
 pytestmark = pytest.mark.django_db
@@ -101,7 +102,6 @@ def test_integers_beyond_the_columns_are_400(owner_client, staff_client):
 
 def test_admin_numbers_beyond_an_integer_column_are_named_in_a_400(staff_client):
     """Found by the schema fuzz: a vendor key priority of -290668241380 was a 500."""
-    from integrations.models import VendorApiKey
 
     response = staff_client.post(
         "/api/admin/api-keys",

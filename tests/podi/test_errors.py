@@ -1,6 +1,13 @@
-import pytest
+import socket
+from datetime import timedelta
 
-from podi.models import Lease
+import pytest
+from django.utils import timezone
+from rest_framework.throttling import SimpleRateThrottle
+
+from podi.idempotency import purge_expired_idempotency_records
+from podi.models import IdempotencyRecord, Lease
+from tests.conftest import Client, access_token
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.podi.urls")]
 
@@ -82,8 +89,6 @@ def test_request_id_is_generated_when_missing_or_insane(anon):
 
 
 def test_429_rate_limited_with_retry_after(owner_client, settings):
-    from rest_framework.throttling import SimpleRateThrottle
-
     rates = {**SimpleRateThrottle.THROTTLE_RATES, "principal": "2/min"}
     original = SimpleRateThrottle.THROTTLE_RATES
     SimpleRateThrottle.THROTTLE_RATES = rates
@@ -134,13 +139,6 @@ def test_an_error_releases_the_key(owner_client):
 
 
 def test_expired_records_are_not_replayed(owner_client, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from podi.idempotency import purge_expired_idempotency_records
-    from podi.models import IdempotencyRecord
-
     first = owner_client.post("/api/test/things", {"name": "a"}, HTTP_IDEMPOTENCY_KEY="old")
     IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
     second = owner_client.post("/api/test/things", {"name": "a"}, HTTP_IDEMPOTENCY_KEY="old")
@@ -151,9 +149,6 @@ def test_expired_records_are_not_replayed(owner_client, settings):
 
 def test_an_unreachable_redis_answers_503_with_a_code(settings, owner, transactional_db):
     """Rate limits live in the cache: with Redis down the API answers 503, not 500."""
-    import socket
-
-    from tests.conftest import Client, access_token
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

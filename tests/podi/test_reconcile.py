@@ -1,8 +1,13 @@
 import threading
+from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
-from podi.reconcile import reconcile_step, registered_steps, run_pass
+from podi import reconcile
+from podi.models import Lease
+from podi.reconcile import LEASE_NAME, reconcile_step, registered_steps, run_pass
 from podi.services import lease_acquire, lease_release
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -10,8 +15,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _restore_steps():
-    from podi import reconcile
-
     saved = list(reconcile._steps)
     yield
     reconcile._steps[:] = saved
@@ -54,8 +57,6 @@ def test_concurrent_passes_never_overlap():
         inside.pop()
 
     def run():
-        from django.db import connection
-
         gate.wait()
         try:
             outcomes.append(run_pass())
@@ -74,13 +75,11 @@ def test_concurrent_passes_never_overlap():
 
 def test_a_long_pass_keeps_its_lease_so_another_holder_cannot_start():
     """The lease lives 0.6 s; a 1.5 s step must still own it all along (renewed, not expired)."""
-    from podi.reconcile import LEASE_NAME
 
     other_took_it = []
     stop = threading.Event()
 
     def other_machine():
-        from django.db import connection
 
         try:
             while not stop.wait(0.05):
@@ -108,12 +107,6 @@ def test_a_long_pass_keeps_its_lease_so_another_holder_cannot_start():
 
 
 def test_a_pass_that_loses_its_lease_runs_no_further_step():
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from podi.models import Lease
-    from podi.reconcile import LEASE_NAME
 
     ran = []
 

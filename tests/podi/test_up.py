@@ -1,15 +1,20 @@
 """``manage.py up`` as a real subprocess: serves health, docs and admin; stops cleanly on SIGTERM."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from io import StringIO
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +35,6 @@ def up_env(tmp_path, django_db_blocker):
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         # A database of its own, dropped afterwards.
-        import psycopg
 
         name = f"podi_up_{os.getpid()}_{int(time.time())}"
         admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
@@ -117,10 +121,6 @@ def test_up_serves_and_stops_on_sigterm(up_env):
 
 
 def test_ensure_admin_creates_the_first_admin_once(db, settings):
-    from io import StringIO
-
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
     settings.PODI_ADMIN_USERNAME = "root-op"
     settings.PODI_ADMIN_PASSWORD = "a long operator passphrase"
@@ -143,11 +143,6 @@ def test_ensure_admin_creates_the_first_admin_once(db, settings):
 
 
 def test_ensure_admin_generates_a_password_when_none_is_set(db, settings):
-    import re
-    from io import StringIO
-
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
     settings.PODI_ADMIN_USERNAME = "admin"
     settings.PODI_ADMIN_PASSWORD = None

@@ -27,14 +27,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import dramatiq
 import httpx
 import pytest
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server as DaphneServer
 from django.conf import settings
 from django.db import connection, connections, transaction
+from dramatiq.brokers.stub import StubBroker
+from rest_framework_simplejwt.tokens import AccessToken
 from websockets.asyncio.client import connect
 
+from integrations.models import Ability
+from podi.asgi import application
 from podi.ids import new_id
-from podi.realtime.events import emit
+from podi.realtime.events import Webhook, emit
+from podi.realtime.webhooks import webhook_delivery_create
+from podi.runtime import start_worker
+from tasks.models import Task
+from tasks.services import callback_body
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL_TYPES = {"hello", "pong", "heartbeat", "subscribed", "resumed", "error"}
@@ -85,10 +96,6 @@ def _threaded_daphne() -> Server:
     global _threaded
     if _threaded is not None:
         return _threaded
-    from daphne.endpoints import build_endpoint_description_strings
-    from daphne.server import Server as DaphneServer
-
-    from podi.asgi import application
 
     port = free_port()
     ready = threading.Event()
@@ -215,9 +222,6 @@ def emit_events(user_id: int, count: int, *, type: str = "task.progress", task_i
 
 
 def make_task(user, *, service_key=None, callback_url: str = "", **fields):
-    from integrations.models import Ability
-    from tasks.models import Task
-
     ability, _ = Ability.objects.get_or_create(code="upscale", defaults={"display_name": "Upscale"})
     return Task.objects.create(
         public_id=new_id("tsk"),
@@ -233,9 +237,6 @@ def make_task(user, *, service_key=None, callback_url: str = "", **fields):
 def record_callback(task, event_name: str = "task.succeeded"):
     """The task's callback for ``event_name`` recorded as a delivery (not sent), as
     ``emit(…, webhook=…)`` records it in the task's transaction."""
-    from podi.realtime.events import Webhook
-    from podi.realtime.webhooks import webhook_delivery_create
-    from tasks.services import callback_body
 
     webhook = Webhook(
         url=task.callback_url,
@@ -371,9 +372,6 @@ def receiver():
 @pytest.fixture
 def worker():
     """A Dramatiq worker on the configured broker (stub embedded, Redis in production)."""
-    import dramatiq
-
-    from podi.runtime import start_worker
 
     broker = dramatiq.get_broker()
     broker.flush_all()
@@ -387,8 +385,6 @@ def worker():
 @pytest.fixture
 def broker_messages():
     """Messages waiting on the broker (no worker running): ``broker_messages()`` → actor names."""
-    import dramatiq
-    from dramatiq.brokers.stub import StubBroker
 
     broker = dramatiq.get_broker()
     broker.flush_all()
@@ -415,14 +411,11 @@ def broker_messages():
 
 
 def _stub_messages(queue):
-    import dramatiq
-
     return [dramatiq.Message.decode(item) for item in list(queue.queue)]
 
 
 def jwt(user) -> str:
     """A user access token, made without touching the database (usable inside async code)."""
-    from rest_framework_simplejwt.tokens import AccessToken
 
     return str(AccessToken.for_user(user))
 

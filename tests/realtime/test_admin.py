@@ -14,7 +14,6 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from podi.crypto import decrypt_secret
 from podi.realtime.events import emit
 from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
 from podi.realtime.webhooks import webhook_attempt
@@ -149,19 +148,3 @@ def test_event_log_is_read_only(console, owner):
     assert console.post(f"{EVENTS}{row.pk}/change/", {"type": "x"}).status_code == 403
     assert console.get(f"{EVENTS}add/").status_code == 403
     assert Event.objects.get().type == "system.notice"
-
-
-@pytest.mark.django_db
-def test_service_key_rotate_webhook_secret_action_shows_the_secret_once(console, service_key):
-    key, _ = service_key(scopes=["tasks:write"])
-    response = console.post(
-        "/admin/podi/servicekey/",
-        {"action": "rotate_webhook_secret", "_selected_action": [key.pk]},
-        follow=True,
-    )
-    assert response.status_code == 200
-    [shown] = re.findall(r"<code>(whsec_[A-Za-z0-9+/=]+)</code>", response.text)
-    key.refresh_from_db()
-    assert decrypt_secret(key.webhook_secret_encrypted) == shown
-    page = console.get(f"/admin/podi/servicekey/{key.pk}/change/")
-    assert shown not in page.text

@@ -15,9 +15,11 @@ import pytest
 from standardwebhooks import Webhook
 
 from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
+from tasks.services import task_submit
 from tests.realtime.conftest import db, jwt, open_stream, receive
 from tests.servers import ComfyUITestServer
 from tests.tasks.conftest import make_ability, make_executor
+from wallet.services import wallet_grant
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -25,9 +27,6 @@ SECRET = "whsec_" + base64.b64encode(b"podi-end-to-end-secret-0123456789").decod
 
 
 def test_a_task_is_followed_live_and_called_back(ws_server, owner, receiver, worker, settings):
-    from tasks.services import task_submit
-    from wallet.services import wallet_grant
-
     settings.WEBHOOK_SECRET = SECRET
     settings.WEBHOOK_ALLOW_PRIVATE = True  # the receiver listens on 127.0.0.1
     wallet_grant(user=owner, points=100, reason="test", reference="e2e")

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import transaction
@@ -16,6 +16,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from podi.ids import new_id
+from podi.realtime.consumers import MAX_REPLAY
+from podi.realtime.models import Event, EventCursor
+from podi.realtime.services import event_record
 from podi.services import service_key_revoke
 from tests.realtime.conftest import (
     CONTROL_TYPES,
@@ -57,9 +60,6 @@ async def hello(ws) -> dict:
 
 def record_without_publishing(user_id: int, n: int) -> dict:
     """Persist an event the way emit() does, but lose its publication (a crashed publisher)."""
-    from datetime import UTC, datetime
-
-    from podi.realtime.services import event_record
 
     with transaction.atomic():
         return event_record(
@@ -413,9 +413,6 @@ def test_resume_after_a_disconnect_replays_then_goes_live_without_gap_or_duplica
 
 
 def test_a_resume_too_far_back_is_refused_and_the_stream_stays_live(ws_server, owner):
-    from podi.realtime.consumers import MAX_REPLAY
-    from podi.realtime.models import Event, EventCursor
-
     Event.objects.bulk_create(
         Event(public_id=new_id("evt"), user=owner, seq=n, type="task.progress", payload={})
         for n in range(1, MAX_REPLAY + 3)

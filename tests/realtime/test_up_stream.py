@@ -12,7 +12,9 @@ import sys
 import time
 
 import httpx
+import psycopg
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.realtime.conftest import ROOT, free_port
 
@@ -32,7 +34,6 @@ def up_env(tmp_path):
     if not database_url:
         yield env
         return
-    import psycopg
 
     name = f"podi_up_stream_{os.getpid()}_{int(time.time())}"
     admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
@@ -46,8 +47,6 @@ def up_env(tmp_path):
 
 
 def test_up_serves_the_stream_and_pushed_events_reach_it(up_env):
-    from websockets.asyncio.client import connect
-
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "manage.py", "up", "--port", str(port)],

@@ -16,6 +16,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from podi.errors import AppError
+from podi.models import ServiceKey
 from podi.realtime.models import WebhookAttempt, WebhookDelivery
 from podi.realtime.webhooks import (
     check_signing_secret,
@@ -395,8 +396,6 @@ def test_a_malformed_secret_fails_with_a_clear_message():
 def test_an_undecryptable_key_secret_is_a_recorded_failure_not_a_crash(
     owner, receiver, service_key
 ):
-    from podi.models import ServiceKey
-
     key, _ = service_key(scopes=["tasks:write"])
     ServiceKey.objects.filter(pk=key.pk).update(webhook_secret_encrypted="not-a-fernet-token")
     delivery = create_delivery(finished_task(owner, receiver.url, service_key=key))

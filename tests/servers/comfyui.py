@@ -74,8 +74,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import heapq
 import inspect
+import ipaddress
 import json
 import math
 import mimetypes
@@ -87,6 +89,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import Callable, Iterable
@@ -511,8 +514,6 @@ def _load_image_validate(server: ComfyUITestServer, image: Any) -> Any:
 
 
 def _load_image_changed(server: ComfyUITestServer, image: Any = None, **_: Any) -> Any:
-    import hashlib
-
     try:
         with open(_annotated_path(server, str(image)), "rb") as fh:
             return hashlib.sha256(fh.read()).hexdigest()
@@ -1061,9 +1062,6 @@ class ComfyUITestServer(LoopbackServer):
     async def _origin_middleware(self, request: web.Request, handler: Any):
         host, origin = request.headers.get("Host"), request.headers.get("Origin")
         if host and origin:
-            import ipaddress
-            import urllib.parse
-
             hp = urllib.parse.urlsplit("//" + host.lower())
             op = urllib.parse.urlparse(origin)
             host_domain, origin_domain = host.lower(), op.netloc.lower()

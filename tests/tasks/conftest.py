@@ -14,6 +14,7 @@ from integrations.services import workflow_version_create
 from podi.runtime import import_actor_modules
 from tests.conftest import access_token
 from tests.servers import ComfyUITestServer, CozeTestServer
+from wallet.services import wallet_grant
 
 INVERT_GRAPH = {
     "1": {
@@ -123,8 +124,6 @@ def make_ability(
 
 @pytest.fixture
 def funded(owner):
-    from wallet.services import wallet_grant
-
     wallet_grant(user=owner, points=1000, reason="test", reference="seed-owner")
     return owner
 

@@ -10,9 +10,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from integrations.models import WorkflowBinding
 from tasks.models import Task, TaskBatch, TaskStatus, TaskTemplate
+from tasks.selectors import ability_invocation_stats
 from tasks.services import batch_submit, task_submit
-from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
+from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 from wallet.models import Hold
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,8 +123,6 @@ def test_batch_template_and_stats_pages(console, tasks):
 
 
 def test_ability_invocation_stats_exact(funded, comfy):
-    from tasks.selectors import ability_invocation_stats
-
     make_ability(
         "sleep",
         [make_executor("gpu-1", comfy.url)],
@@ -157,8 +157,6 @@ def test_ability_invocation_stats_exact(funded, comfy):
 def test_binding_test_run_submits_a_free_task_on_that_binding(
     console, staff, worker, comfy, comfy2
 ):
-    from integrations.models import WorkflowBinding
-
     first, second = make_executor("gpu-a", comfy.url), make_executor("gpu-b", comfy2.url)
     make_ability("invert", [first, second], priorities=[10, 0], points=50)
     pinned = WorkflowBinding.objects.get(executor=second)
@@ -170,7 +168,6 @@ def test_binding_test_run_submits_a_free_task_on_that_binding(
     task = Task.objects.get(client_ref=f"test-run:binding:{pinned.pk}")
     assert response["Location"] == f"/admin/tasks/task/{task.pk}/change/"
     assert (task.user, task.points, task.hold_id) == (staff, 0, "")
-    from tests.tasks.conftest import wait_for
 
     wait_for(lambda: Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED)
     task.refresh_from_db()

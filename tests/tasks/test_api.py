@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from integrations.models import Ability
 from media_app.models import MediaObject
+from media_app.services import media_store_output
 from podi.ids import new_id
 from podi.realtime.models import Event
 from tasks.models import Task, TaskBatch, TaskStatus, TaskTemplate
 from tasks.services import task_token, tasks_dispatch_pending
+from tests.servers.comfyui import solid_png
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_status
 from wallet.models import Hold, LedgerEntry
 from wallet.selectors import account_for_user
+from wallet.services import wallet_grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,8 +66,6 @@ def ability(comfy):
 
 
 def test_refused_submits_leave_nothing(ability, owner, outsider, api):
-    from wallet.services import wallet_grant
-
     wallet_grant(user=owner, points=5, reason="too little", reference="r1")
     before = LedgerEntry.objects.filter(account__user=owner).count()
     client = api(owner)
@@ -100,8 +104,6 @@ def test_refused_submits_leave_nothing(ability, owner, outsider, api):
 
 
 def test_no_executor_is_503(owner, api, funded):
-    from integrations.models import Ability
-
     Ability.objects.create(code="orphan", display_name="Orphan", points=1)
     response = api(funded).post("/api/tasks/v1/submit", json={"action": "orphan"})
     assert response.status_code == 503
@@ -193,8 +195,6 @@ def test_retry_makes_a_new_task_and_only_for_failed_or_canceled(ability, funded,
 
 
 def test_batch_is_all_or_nothing(ability, owner, api):
-    from wallet.services import wallet_grant
-
     wallet_grant(user=owner, points=25, reason="t", reference="b")
     client = api(owner)
     too_many = client.post("/api/tasks/v1/batches", json={"action": "sleep", "items": [{}, {}, {}]})
@@ -297,10 +297,6 @@ def test_media_param_is_filled_from_inputs(comfy, worker, funded, api):
         points=2,
         requires_image=True,
     )
-    import io
-
-    from media_app.services import media_store_output
-    from tests.servers.comfyui import solid_png
 
     data = solid_png(4, 3, (255, 0, 0))
     media = media_store_output(
@@ -345,8 +341,6 @@ def test_invoke_waits_for_the_result(comfy, worker, funded, api):
 
 
 def test_media_param_from_an_input_url(comfy, worker, funded, api, settings):
-    from tests.servers.comfyui import solid_png
-
     settings.WEBHOOK_ALLOW_PRIVATE = True  # the image is served on loopback in this test
     comfy.add_input_file("green.png", solid_png(2, 5, (0, 255, 0)))
     image_url = f"{comfy.url}/view?filename=green.png&type=input"

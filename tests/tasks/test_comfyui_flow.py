@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from podi.realtime.models import Event
+from tasks.execution import tasks_fail_queue_timeouts
 from tasks.models import Task, TaskStatus
 from tests.servers.comfyui import png_decode
 from tests.tasks.conftest import (
@@ -255,8 +256,6 @@ def test_priority_order(worker, comfy, funded, api):
 
 
 def test_queue_timeout_fails_without_charging(worker, comfy, funded, api):
-    from tasks.execution import tasks_fail_queue_timeouts
-
     executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
     make_ability(
         "sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=3, queue_timeout=1

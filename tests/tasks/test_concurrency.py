@@ -10,13 +10,12 @@ from tasks.models import Task, TaskStatus
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
 from tests.wallet.invariants import assert_wallet_invariants
 from wallet.models import Hold
+from wallet.services import wallet_grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_concurrent_submits_and_cancels_keep_the_invariants(owner, api):
-    from wallet.services import wallet_grant
-
     # Capacity 0: nothing is dispatched, so only submit and cancel race on the hot account.
     executor = make_executor("gpu-1", "http://127.0.0.1:9", max_concurrency=1, enabled=True)
     executor.health_status = "unhealthy"

@@ -8,15 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import dramatiq
 import pytest
+from django.utils import timezone
 
 from podi.models import Lease
 from podi.realtime.models import Event
+from podi.services import lease_acquire
 from tasks.execution import HEARTBEAT_STALE, tasks_resume_orphaned, tasks_resume_silent
 from tasks.models import Task, TaskStatus
-from tasks.services import task_run_claim, tasks_dispatch_pending
+from tasks.services import task_run_claim, task_submit, tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 from tests.tasks.test_recovery import ROOT, database_url
 from wallet.models import LedgerEntry
@@ -89,15 +92,9 @@ def test_dead_workers_attempt_is_resumed_once_its_lease_lapses(
 
 
 def test_a_claim_takes_over_only_from_a_dead_worker(funded, comfy, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from podi.services import lease_acquire
 
     executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
     make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=6)
-    from tasks.services import task_submit
 
     task = task_submit(user=funded, action="sleep", params={"seconds": 1})
     assert tasks_dispatch_pending() == 1

@@ -1,4 +1,4 @@
-"""DESIGN §7 invariants 1–2, checked exactly against the database. Reusable by any test:
+"""Invariants 1–2 of docs/architecture.md §4, checked exactly against the database. Reusable by any test:
 
 from tests.wallet.invariants import assert_wallet_invariants
 assert_wallet_invariants(account)          # or assert_wallet_invariants(user)

@@ -1,4 +1,4 @@
-"""Many threads on one hot account; afterwards DESIGN §7 invariants 1–2 hold exactly.
+"""Many threads on one hot account; afterwards invariants 1–2 (docs/architecture.md §4) hold.
 
 Runs on both databases: PostgreSQL (row locks; the full-size stress) and SQLite (IMMEDIATE
 transactions; a smaller run of the same code, since SQLite serialises every writer).

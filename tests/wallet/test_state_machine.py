@@ -9,7 +9,14 @@ import pytest
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from podi.errors import AppError
 from tests.conftest import make_user
@@ -188,6 +195,4 @@ WalletMachine.TestCase.settings = settings(
 
 
 def test_wallet_state_machine():
-    from hypothesis.stateful import run_state_machine_as_test
-
     run_state_machine_as_test(WalletMachine, settings=WalletMachine.TestCase.settings)

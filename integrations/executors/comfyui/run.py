@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from django.conf import settings
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
@@ -99,8 +100,6 @@ class ComfyUIRunner:
 
     @classmethod
     def from_executor(cls, executor) -> ComfyUIRunner:
-        from django.conf import settings
-
         config = executor.config or {}
         return cls(
             base_url=executor.base_url,

@@ -21,6 +21,7 @@ from integrations.executors.coze.errors import (
     NOT_FOUND_CODE,
     CozeError,
 )
+from integrations.executors.keys import api_key_pick
 
 if TYPE_CHECKING:
     from integrations.models import Executor, VendorApiKey
@@ -50,8 +51,6 @@ class CozeClient(BaseHttpClient):
     def from_executor(
         cls, executor: Executor, *, api_key: VendorApiKey | None = None
     ) -> CozeClient:
-        from integrations.services import api_key_pick
-
         config = executor.config or {}
         key = api_key or api_key_pick(executor=executor)
         kwargs = cls._common_kwargs(executor)

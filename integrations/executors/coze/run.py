@@ -16,8 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from django.conf import settings
 
 from integrations.executors.base import ExecutorError
+from integrations.executors.keys import api_key_pick, api_key_record_use
 from integrations.executors.runtime import (
     OutputFile,
     RunContext,
@@ -26,6 +28,7 @@ from integrations.executors.runtime import (
     ssl_context,
 )
 from integrations.validation import executor_headers
+from podi.urlguard import url_refusal
 
 logger = logging.getLogger("podi.executors.coze")
 
@@ -69,8 +72,6 @@ def _urls_in(value: Any) -> list[str]:
 
 class CozeRunner:
     def __init__(self, executor):
-        from django.conf import settings
-
         config = executor.config or {}
         self.executor = executor
         self.base_url = (
@@ -88,8 +89,6 @@ class CozeRunner:
         return cls(executor)
 
     def _token(self):
-        from integrations.services import api_key_pick, api_key_record_use
-
         key = api_key_pick(executor=self.executor)
         if key is None:
             raise _error(
@@ -177,8 +176,6 @@ class CozeRunner:
         for index, url in enumerate(_urls_in(data)):
             name = urlsplit(url).path.rsplit("/", 1)[-1] or f"output-{index}"
             if urlsplit(url).hostname != allowed_host:
-                from podi.urlguard import url_refusal
-
                 if url_refusal(url):
                     continue
             outputs.append(

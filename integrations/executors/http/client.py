@@ -16,6 +16,7 @@ from integrations.executors.base import (
     HealthRequirements,
     HealthResult,
 )
+from integrations.executors.keys import api_key_pick
 
 if TYPE_CHECKING:
     from integrations.models import Executor, VendorApiKey
@@ -43,8 +44,6 @@ class HttpClient(BaseHttpClient):
     def from_executor(
         cls, executor: Executor, *, api_key: VendorApiKey | None = None
     ) -> HttpClient:
-        from integrations.services import api_key_pick
-
         config = executor.config or {}
         key = api_key or api_key_pick(executor=executor)
         return cls(

@@ -34,8 +34,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from django.conf import settings
 
 from integrations.executors.base import ExecutorError
+from integrations.executors.keys import api_key_pick, api_key_record_use
 from integrations.executors.runtime import (
     OutputFile,
     RunContext,
@@ -61,8 +63,6 @@ def _error(message: str, *, permanent: bool, code: str = "") -> ExecutorError:
 
 class HttpRunner:
     def __init__(self, executor):
-        from django.conf import settings
-
         config = executor.config or {}
         self.executor = executor
         self.config = config
@@ -78,8 +78,6 @@ class HttpRunner:
         return cls(executor)
 
     def _auth_headers(self) -> dict[str, str]:
-        from integrations.services import api_key_pick, api_key_record_use
-
         key = api_key_pick(executor=self.executor)
         if key is None:
             return {}

@@ -15,11 +15,17 @@ import sys
 import threading
 import time
 
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from podi.asgi import application
 from podi.management.commands.ensure_admin import ensure_first_admin
+from podi.reconcile import ReconcilerThread, registered_steps
+from podi.runtime import import_actor_modules, start_worker
+from podi.settings import base_url_for
 
 ROLES = ("all", "web", "worker", "reconciler")
 
@@ -27,8 +33,6 @@ ROLES = ("all", "web", "worker", "reconciler")
 def follow_listen_address(host: str, port: int) -> None:
     """Signed URLs and executor callbacks point where this server listens, unless
     PUBLIC_BASE_URL (or OSS_CALLBACK_URL) was set explicitly."""
-    from podi.settings import base_url_for
-
     if settings.PUBLIC_BASE_URL_IS_SET:
         return
     settings.PUBLIC_BASE_URL = base_url_for(host, port)
@@ -61,8 +65,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, role, host, port, migrate, threads, **opts):
-        from podi.reconcile import ReconcilerThread, registered_steps
-        from podi.runtime import import_actor_modules, start_worker
 
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535")
@@ -117,10 +119,6 @@ class Command(BaseCommand):
             pass
 
     def _serve(self, host: str, port: int, *, proxy_headers: bool) -> None:
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-
-        from podi.asgi import application
 
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
