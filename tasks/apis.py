@@ -16,7 +16,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from podi.auth import acting_user, service_key_of
+from podi.access import READ, WRITE
+from podi.auth import acting_user, principal_of, service_key_of
 from podi.errors import AppError
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
@@ -25,9 +26,9 @@ from podi.schema import error_responses, page_of
 from tasks import error_codes as codes
 from tasks.models import Task, TaskAsset, TaskStatus, TaskTemplate
 from tasks.selectors import (
-    batch_get_for_request,
+    batch_get_for_principal,
     batch_summary,
-    task_get_for_request,
+    task_get_for_principal,
     tasks_for_user,
     template_get,
 )
@@ -267,7 +268,7 @@ class TaskDetailApi(APIView):
         operation_id="tasks_retrieve",
     )
     def get(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=READ)
         return Response(serialize_task(task))
 
 
@@ -280,7 +281,7 @@ class TaskCancelApi(APIView):
         summary="Cancel a queued or running task (its hold is released)",
     )
     def post(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=WRITE)
         task = task_cancel(task=task)
         return Response(serialize_task(task))
 
@@ -303,7 +304,7 @@ class TaskRetryApi(APIView):
     )
     @idempotent
     def post(self, request, task_id: str):
-        original = task_get_for_request(request, task_id)
+        original = task_get_for_principal(principal_of(request), task_id, action=WRITE)
         with transaction.atomic(durable=True):
             task = task_retry(task=original)
         return Response(
@@ -340,7 +341,7 @@ class TaskEventsApi(APIView):
         summary="The task's persisted events, in order",
     )
     def get(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=READ)
         after = request.query_params.get("after")
         if after is not None:
             try:
@@ -473,7 +474,7 @@ class BatchDetailApi(APIView):
         summary="A batch: counts by status, overall status and progress",
     )
     def get(self, request, batch_id: str):
-        batch = batch_get_for_request(request, batch_id)
+        batch = batch_get_for_principal(principal_of(request), batch_id, action=READ)
         return Response(batch_summary(batch))
 
 
