@@ -10,7 +10,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
+from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
@@ -19,7 +19,8 @@ from media_app import selectors, services, tokens
 from media_app.error_codes import MEDIA_PATH_INVALID, MEDIA_TOO_LARGE
 from media_app.models import MediaObject
 from media_app.paths import file_path_of, normalise_file_path
-from podi.auth import ScopePermission, acting_user, is_staff_principal, service_key_of
+from podi.access import READ, WRITE, Principal
+from podi.auth import ScopePermission, acting_user, principal_of
 from podi.error_codes import METHOD_NOT_ALLOWED
 from podi.errors import AppError, json_error, validation_error
 from podi.pagination import paginate
@@ -29,8 +30,9 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 def _may_act_for_anyone(request) -> bool:
-    """Staff, and service keys (whose media scope ScopePermission already checked)."""
-    return is_staff_principal(request) or service_key_of(request) is not None
+    """Staff, and service-account keys with the media scope of the request's level."""
+    level = READ if request.method in SAFE_METHODS else WRITE
+    return principal_of(request).acts_for_anyone(selectors.AREA, level)
 
 
 class MediaObjectSerializer(serializers.Serializer):
@@ -225,11 +227,12 @@ class CompleteApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         if request.user and request.user.is_authenticated:
-            user, any_owner = request.user, _may_act_for_anyone(request)
+            principal = principal_of(request)
         else:
-            user, any_owner = services.upload_key_user(data.validated_data.get("uploadKey")), False
-        media = selectors.media_get_for_owner(
-            user=user, object_key=data.validated_data["objectKey"], any_owner=any_owner
+            user = services.upload_key_user(data.validated_data.get("uploadKey"))
+            principal = Principal.for_user(user)
+        media = selectors.media_get_for_principal(
+            principal, data.validated_data["objectKey"], action=WRITE
         )
         media = services.media_complete(media=media)
         return Response(MediaObjectSerializer(media).data)
@@ -298,9 +301,7 @@ class SignedDownloadApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         media = selectors.media_get_downloadable(
-            user=request.user,
-            object_key=data.validated_data["objectKey"],
-            any_owner=_may_act_for_anyone(request),
+            principal_of(request), data.validated_data["objectKey"]
         )
         url, expires_at = services.signed_download_url(
             object_key=media.object_key, ttl=data.validated_data["ttl"]
@@ -312,7 +313,7 @@ class SignedDownloadApi(APIView):
 
 
 class IsStaffOrServiceKey(BasePermission):
-    message = "The file API is for staff and service keys with the media scope."
+    message = "The file API is for staff and service-account keys with the media scope."
 
     def has_permission(self, request, view) -> bool:
         return _may_act_for_anyone(request)

@@ -1,4 +1,4 @@
-"""Reads that decide who may see which media object."""
+"""Reads that decide who may see which media object (docs/architecture.md §5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from django.db.models import QuerySet
 from media_app.error_codes import MEDIA_DOWNLOAD_DENIED, MEDIA_OBJECT_NOT_FOUND
 from media_app.models import MediaObject, MediaPurpose, MediaStatus
 from media_app.paths import file_object_key
+from podi.access import READ, Principal
 from podi.errors import AppError
+
+AREA = "media"
 
 
 def media_get_uploaded_for_user(*, user, object_key: str) -> MediaObject:
@@ -27,32 +30,48 @@ def media_get_uploaded_for_user(*, user, object_key: str) -> MediaObject:
     return media
 
 
-def media_get_for_owner(*, user, object_key: str, any_owner: bool = False) -> MediaObject:
-    """An object (any status but deleted) of ``user`` — or of anyone when ``any_owner``."""
-    queryset = MediaObject.objects.filter(object_key=str(object_key)).exclude(
-        status__in=[MediaStatus.DELETED, MediaStatus.STAGED]
+def media_visible_to(principal: Principal, *, action: str = READ) -> QuerySet[MediaObject]:
+    """The media objects ``principal`` may see (``read``) or change (``write``): its user's, or
+    everyone's for staff and service-account keys with ``media:<action>``
+    (docs/architecture.md §5)."""
+    if not principal.has_scope(AREA, action):
+        return MediaObject.objects.none()
+    if principal.acts_for_anyone(AREA, action):
+        return MediaObject.objects.all()
+    return MediaObject.objects.filter(owner_id=principal.user_id)
+
+
+def media_get_for_principal(
+    principal: Principal, object_key: str, *, action: str = READ
+) -> MediaObject:
+    """An object (any status but deleted) ``principal`` may see or change; 404
+    ``MEDIA_OBJECT_NOT_FOUND`` otherwise."""
+    media = (
+        media_visible_to(principal, action=action)
+        .filter(object_key=str(object_key))
+        .exclude(status__in=[MediaStatus.DELETED, MediaStatus.STAGED])
+        .first()
     )
-    if not any_owner:
-        queryset = queryset.filter(owner_id=user.pk)
-    media = queryset.first()
     if media is None:
         raise AppError(MEDIA_OBJECT_NOT_FOUND)
     return media
 
 
-def media_get_downloadable(*, user, object_key: str, any_owner: bool) -> MediaObject:
-    """An uploaded object the caller may download.
+def media_get_downloadable(principal: Principal, object_key: str) -> MediaObject:
+    """An uploaded object ``principal`` may download (the access rule, action ``read``).
 
-    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED``; only
-    the owner learns that their own object is not uploaded (404). A staged object (a task's
-    output before the charge) is an unknown key to everyone (docs/adr/0011-money-holes.md).
+    Someone else's object and an unknown key are the same 403 ``MEDIA_DOWNLOAD_DENIED`` (the
+    route's contract); only those who may see the object learn that it is not uploaded (404). A
+    staged object (a task's output before the charge) is an unknown key to everyone
+    (docs/adr/0011-money-holes.md).
     """
     media = (
-        MediaObject.objects.filter(object_key=str(object_key))
+        media_visible_to(principal, action=READ)
+        .filter(object_key=str(object_key))
         .exclude(status=MediaStatus.STAGED)
         .first()
     )
-    if media is None or not (any_owner or media.owner_id == user.pk):
+    if media is None:
         raise AppError(MEDIA_DOWNLOAD_DENIED)
     if media.status != MediaStatus.UPLOADED:
         raise AppError(MEDIA_OBJECT_NOT_FOUND)

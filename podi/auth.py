@@ -25,6 +25,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from podi import error_codes as codes
+from podi.access import READ, WRITE, Principal
 from podi.errors import AppError, validation_error
 from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
 
@@ -136,13 +137,22 @@ def service_key_of(request) -> ServiceKey | None:
     return auth if isinstance(auth, ServiceKey) else None
 
 
+def principal_of(request) -> Principal:
+    """The request's principal (built once, then kept on the request); docs/architecture.md §5."""
+    principal = getattr(request, "_podi_principal", None)
+    if principal is None:
+        key = service_key_of(request)
+        principal = Principal.for_key(key) if key else Principal.for_user(request.user)
+        request._podi_principal = principal
+    return principal
+
+
 def is_staff_principal(request) -> bool:
-    """Staff users, and service keys with the ``admin`` scope."""
-    key = service_key_of(request)
-    if key is not None:
-        return key.has_scope("admin")
+    """Staff users, and service-account keys with the ``admin`` scope (not user-bound keys)."""
     user = getattr(request, "user", None)
-    return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    return principal_of(request).is_operator
 
 
 def principal_label(request) -> str:
@@ -150,12 +160,22 @@ def principal_label(request) -> str:
     return f"key:{key.pk}" if key else f"user:{request.user.pk}"
 
 
-def acting_user(request, user_id: int | str | None):
-    """The user this request acts for.
+def _area_and_level(request, area: str | None) -> tuple[str, str]:
+    """The area (given, else the view's ``scope_area``, else ``admin``) and level (read for safe
+    methods) of this request."""
+    if area is None:
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        area = getattr(view, "scope_area", None) or "admin"
+    return area, READ if request.method in SAFE_METHODS else WRITE
 
-    Self when ``user_id`` is empty or the caller's own id. Another user only for staff and for
-    service keys (whose scope for the area was already checked by ``ScopePermission``).
-    A plain user can never act for another user.
+
+def acting_user(request, user_id: int | str | None, *, area: str | None = None):
+    """The user this request acts for (``userId`` in the body or query).
+
+    Self when ``user_id`` is empty or the caller's own id. Another user only when the access rule
+    lets the principal act for anyone in ``area`` (default: the view's ``scope_area``) (staff; a service-account key with the
+    area's scope, which ``ScopePermission`` has checked); else 403 ``FORBIDDEN``. A user, and a
+    key created for a user, act only for that user.
     """
     if user_id in (None, ""):
         return request.user
@@ -165,7 +185,7 @@ def acting_user(request, user_id: int | str | None):
         raise validation_error({"userId": ["A valid integer is required."]}) from None
     if user_id == request.user.pk:
         return request.user
-    if not (is_staff_principal(request) or service_key_of(request) is not None):
+    if not principal_of(request).acts_for_anyone(*_area_and_level(request, area)):
         raise AppError(codes.FORBIDDEN, "You may act only for yourself.")
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None:
@@ -184,7 +204,7 @@ class ScopePermission(BasePermission):
         area = getattr(view, "scope_area", None)
         if key is None or area is None:
             return True
-        level = "read" if request.method in SAFE_METHODS else "write"
+        level = READ if request.method in SAFE_METHODS else WRITE
         return key.has_scope(f"{area}:{level}")
 
 

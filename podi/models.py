@@ -39,6 +39,12 @@ class ServiceKey(models.Model):
         related_name="service_keys",
         help_text="The account the key acts as when no userId is given.",
     )
+    user_bound = models.BooleanField(
+        default=False,
+        help_text="Created for a real user (--user): the key acts only for that user. Off: the "
+        "key has its own service account (svc-<name>) and acts for any user in the areas of its "
+        "scopes (README, 'Who may see what').",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -75,10 +81,26 @@ class ServiceKey(models.Model):
         return self.expires_at is None or self.expires_at > timezone.now()
 
     def has_scope(self, scope: str) -> bool:
-        if "admin" in self.scopes or scope in self.scopes:
-            return True
-        area, _, level = scope.partition(":")
-        return level == "read" and f"{area}:write" in self.scopes
+        return scopes_grant(self.scopes, scope)
+
+    @property
+    def acts_for_anyone(self) -> bool:
+        """A service-account key (no ``user_bound``): may act for any user where its scopes reach."""
+        return not self.user_bound
+
+
+def scopes_grant(scopes, scope: str) -> bool:
+    """Whether ``scopes`` grant ``scope``: ``admin`` implies all, ``<area>:write`` its ``:read``."""
+    if "admin" in scopes or scope in scopes:
+        return True
+    area, _, level = scope.partition(":")
+    return level == "read" and f"{area}:write" in scopes
+
+
+def is_service_account(user) -> bool:
+    """The ``svc-<name>`` account ``service_key_create`` makes for a key without ``--user``."""
+    password = user.password or ""
+    return user.username.startswith("svc-") and (not password or password.startswith("!"))
 
 
 class IdempotencyRecord(models.Model):

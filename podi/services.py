@@ -14,7 +14,7 @@ from django.utils import timezone
 from podi.common import model_delete, model_update
 from podi.crypto import encrypt_secret
 from podi.errors import validation_error
-from podi.models import SCOPES, Lease, ServiceKey, hash_service_key
+from podi.models import SCOPES, Lease, ServiceKey, hash_service_key, is_service_account
 
 
 def user_identity_errors(*, username: str | None, email: str | None, user_id=None) -> dict:
@@ -49,7 +49,9 @@ def service_key_create(
 ) -> tuple[ServiceKey, str]:
     """Create a key and return ``(row, raw_key)``; the raw key is never stored or shown again.
 
-    Without ``user`` the key acts as a dedicated service account ``svc-<name>``.
+    Without ``user`` the key acts as a dedicated service account ``svc-<name>`` and may act for
+    any user in the areas of its scopes. With a real ``user`` it is *user-bound*: it acts only
+    for that user (``ServiceKey.user_bound``; README, "Who may see what").
     """
     name = name.strip()
     if not name:
@@ -63,12 +65,18 @@ def service_key_create(
             if created:
                 user.set_unusable_password()
                 user.save(update_fields=["password"])
+            elif not is_service_account(user):
+                # A person registered this name: never let a service key act as (and for) them.
+                raise validation_error(
+                    {"name": [f"{user.username!r} is a person's account; choose another name."]}
+                )
         key = ServiceKey.objects.create(
             name=name,
             prefix=raw[:12],
             key_hash=hash_service_key(raw),
             scopes=scopes,
             user=user,
+            user_bound=not is_service_account(user),
             created_by=created_by,
             expires_at=expires_at,
         )

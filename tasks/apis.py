@@ -20,7 +20,8 @@ from rest_framework.views import APIView
 from integrations.error_codes import ABILITY_NOT_FOUND
 from integrations.models import Ability
 from media_app.services import signed_download_url
-from podi.auth import acting_user, is_staff_principal, service_key_of
+from podi.access import READ, WRITE
+from podi.auth import acting_user, is_staff_principal, principal_of, service_key_of
 from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import paginate
@@ -29,9 +30,9 @@ from podi.schema import error_responses, page_of
 from tasks import error_codes as codes
 from tasks.models import Task, TaskAsset, TaskStatus, TaskTemplate
 from tasks.selectors import (
-    batch_get_for_request,
+    batch_get_for_principal,
     batch_summary,
-    task_get_for_request,
+    task_get_for_principal,
     tasks_for_user,
     template_get,
 )
@@ -279,7 +280,7 @@ class TaskDetailApi(APIView):
         operation_id="tasks_retrieve",
     )
     def get(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=READ)
         return Response(serialize_task(task))
 
 
@@ -292,7 +293,7 @@ class TaskCancelApi(APIView):
         summary="Cancel a queued or running task (its hold is released)",
     )
     def post(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=WRITE)
         task = task_cancel(task=task)
         return Response(serialize_task(task))
 
@@ -315,7 +316,7 @@ class TaskRetryApi(APIView):
     )
     @idempotent
     def post(self, request, task_id: str):
-        original = task_get_for_request(request, task_id)
+        original = task_get_for_principal(principal_of(request), task_id, action=WRITE)
         with transaction.atomic(durable=True):
             task = task_retry(task=original)
         return Response(
@@ -352,7 +353,7 @@ class TaskEventsApi(APIView):
         summary="The task's persisted events, in order",
     )
     def get(self, request, task_id: str):
-        task = task_get_for_request(request, task_id)
+        task = task_get_for_principal(principal_of(request), task_id, action=READ)
         after = request.query_params.get("after")
         if after is not None:
             try:
@@ -486,7 +487,7 @@ class BatchDetailApi(APIView):
         summary="A batch: counts by status, overall status and progress",
     )
     def get(self, request, batch_id: str):
-        batch = batch_get_for_request(request, batch_id)
+        batch = batch_get_for_principal(principal_of(request), batch_id, action=READ)
         return Response(batch_summary(batch))
 
 

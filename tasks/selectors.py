@@ -1,29 +1,44 @@
-"""Reads of the tasks app, with the access rule built in: a user sees only their own tasks."""
+"""Reads of the tasks app, with the access rule built in (docs/architecture.md §5): a user sees
+their own tasks and batches; staff and service-account keys with ``tasks:read`` everyone's."""
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 
-from podi.auth import is_staff_principal, service_key_of
+from podi.access import READ, Principal
 from podi.errors import AppError
-from podi.realtime.events import Principal
 from tasks import error_codes as codes
 from tasks.models import TERMINAL_STATUSES, Task, TaskBatch, TaskStatus, TaskTemplate
 
-
-def _sees_everyone(request) -> bool:
-    return is_staff_principal(request) or service_key_of(request) is not None
+AREA = "tasks"
 
 
-def task_get_for_request(request, task_id: str) -> Task:
-    """The task, if the caller may see it; 404 ``TASK_NOT_FOUND`` otherwise."""
-    queryset = Task.objects.select_related("executor", "batch", "ability")
-    if not _sees_everyone(request):
-        queryset = queryset.filter(user=request.user)
-    task = queryset.filter(public_id=task_id).first()
+def tasks_visible_to(principal: Principal, *, action: str = READ) -> QuerySet[Task]:
+    """The tasks ``principal`` may see (``action="read"``) or change (``"write"``): its user's,
+    or every user's for staff and service-account keys with ``tasks:<action>``
+    (docs/architecture.md §5)."""
+    if not principal.has_scope(AREA, action):
+        return Task.objects.none()
+    if principal.acts_for_anyone(AREA, action):
+        return Task.objects.all()
+    return Task.objects.filter(user_id=principal.user_id)
+
+
+def task_get_for_principal(principal: Principal, task_id: str, *, action: str = READ) -> Task:
+    """The task, if ``principal`` may see (or change) it; 404 ``TASK_NOT_FOUND`` otherwise."""
+    queryset = tasks_visible_to(principal, action=action).select_related(
+        "executor", "batch", "ability"
+    )
+    task = queryset.filter(public_id=task_id).first() if isinstance(task_id, str) else None
     if task is None:
         raise AppError(codes.TASK_NOT_FOUND)
     return task
+
+
+def task_owner_ids(task_ids: list[str]) -> dict[str, int]:
+    """{task public id: owner user id} for the tasks that exist (``podi.access.owners_of``)."""
+    rows = Task.objects.filter(public_id__in=task_ids).values_list("public_id", "user_id")
+    return dict(rows)
 
 
 def tasks_for_user(
@@ -51,17 +66,15 @@ def tasks_for_user(
 
 def tasks_followable(principal: Principal, task_ids: list[str]) -> tuple[set[str], set[str]]:
     """The ``"task"`` access check of the live stream (registered in ``TasksConfig.ready``):
-    (ids of the principal's own tasks, ids of others' tasks it may follow: staff any, a service
-    key those it submitted)."""
-    queryset = Task.objects.filter(public_id__in=task_ids)
-    if not principal.is_staff:
-        allowed = Q(user_id=principal.user_id)
-        if principal.key_id is not None:
-            allowed |= Q(service_key_id=principal.key_id)
-        queryset = queryset.filter(allowed)
+    (ids of the principal's own tasks, ids of others' tasks it may see — the rule of
+    ``tasks_visible_to``)."""
     own, foreign = set(), set()
-    for public_id, user_id in queryset.values_list("public_id", "user_id"):
-        (own if user_id == principal.user_id else foreign).add(public_id)
+    anyone = principal.acts_for_anyone(AREA, READ)
+    for public_id, user_id in task_owner_ids(task_ids).items():
+        if user_id == principal.user_id:
+            own.add(public_id)
+        elif anyone:
+            foreign.add(public_id)
     return own, foreign
 
 
@@ -75,11 +88,19 @@ def tasks_live_holds(hold_ids: list[str]) -> set[str]:
     )
 
 
-def batch_get_for_request(request, batch_id: str) -> TaskBatch:
-    queryset = TaskBatch.objects.all()
-    if not _sees_everyone(request):
-        queryset = queryset.filter(user=request.user)
-    batch = queryset.filter(public_id=batch_id).first()
+def batches_visible_to(principal: Principal, *, action: str = READ) -> QuerySet[TaskBatch]:
+    """The batches ``principal`` may see: the same rule as ``tasks_visible_to``."""
+    if not principal.has_scope(AREA, action):
+        return TaskBatch.objects.none()
+    if principal.acts_for_anyone(AREA, action):
+        return TaskBatch.objects.all()
+    return TaskBatch.objects.filter(user_id=principal.user_id)
+
+
+def batch_get_for_principal(principal: Principal, batch_id: str, *, action: str = READ):
+    """The batch, if ``principal`` may see it; 404 ``BATCH_NOT_FOUND`` otherwise."""
+    queryset = batches_visible_to(principal, action=action)
+    batch = queryset.filter(public_id=batch_id).first() if isinstance(batch_id, str) else None
     if batch is None:
         raise AppError(codes.BATCH_NOT_FOUND)
     return batch

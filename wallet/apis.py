@@ -1,9 +1,12 @@
 """Wallet API, ``/api/wallet/v1`` (docs/adr/0003-wallet.md).
 
 Who may do what:
-- a user reads and writes only their own account (``userId`` omitted or their own id);
-- staff, and service keys with ``wallet:read``/``wallet:write``, act for any ``userId``;
-- ``grant`` is for staff and ``wallet:write`` keys only;
+- a user, and a service key created for a user, read and write only that user's account
+  (``userId`` omitted or their own id);
+- staff, and service-account keys with ``wallet:read``/``wallet:write``, act for any ``userId``;
+- ``grant`` is for staff and service-account ``wallet:write`` keys only;
+- a hold may name only its user's own task (``taskId`` of another user's task: 404
+  ``WALLET_TASK_NOT_FOUND``);
 - ``confirm``/``release`` of a hold the caller may not see is 404 ``WALLET_HOLD_NOT_FOUND``. A
   user may settle only the holds they froze themselves through this API: a task's hold is
   settled by the task (or staff / a ``wallet:write`` key), never by its owner.
@@ -22,13 +25,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from podi import error_codes as podi_codes
-from podi.auth import acting_user, is_staff_principal, service_key_of
+from podi.access import WRITE
+from podi.auth import acting_user, principal_of, service_key_of
 from podi.errors import AppError, validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.pagination import MAX_PAGE_SIZE, paginate
 from podi.schema import error_responses, page_of
 from wallet.models import EntryType
-from wallet.selectors import account_for_user, account_statistics, hold_get, ledger_entries
+from wallet.selectors import (
+    AREA,
+    account_for_user,
+    account_statistics,
+    hold_get_for_principal,
+    ledger_entries,
+)
 from wallet.services import (
     MAX_POINTS,
     hold_confirm,
@@ -41,21 +51,8 @@ MAX_TTL_SECONDS = 30 * 24 * 3600
 
 
 def _privileged(request) -> bool:
-    """Staff, or a service key (whose ``wallet:*`` scope ScopePermission already checked)."""
-    return is_staff_principal(request) or service_key_of(request) is not None
-
-
-def _settleable_hold(request, hold_id: str):
-    """Fetch-and-authorize a hold for confirm/release."""
-    if _privileged(request):
-        return hold_get(hold_id=hold_id)
-    hold = hold_get(hold_id=hold_id, user=request.user)
-    if not hold.owner_settles:
-        raise AppError(
-            podi_codes.FORBIDDEN,
-            "This hold was frozen by a service (e.g. a task); that service settles it.",
-        )
-    return hold
+    """Acts for anyone in the wallet: staff, or a service-account key with ``wallet:write``."""
+    return principal_of(request).acts_for_anyone(AREA, WRITE)
 
 
 def _bound(raw: str | None, field: str, *, end: bool) -> datetime | None:
@@ -246,7 +243,7 @@ class HoldConfirmApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        hold = _settleable_hold(request, data.validated_data["holdId"])
+        hold = hold_get_for_principal(principal_of(request), data.validated_data["holdId"])
         with transaction.atomic(durable=True):
             hold = hold_confirm(hold=hold, points=data.validated_data.get("points"))
         return Response(self.OutputSerializer(hold).data)
@@ -273,7 +270,7 @@ class HoldReleaseApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        hold = _settleable_hold(request, data.validated_data["holdId"])
+        hold = hold_get_for_principal(principal_of(request), data.validated_data["holdId"])
         with transaction.atomic(durable=True):
             hold = hold_release(hold=hold)
         return Response(self.OutputSerializer(hold).data)

@@ -13,3 +13,6 @@ WALLET_HOLD_NOT_FOUND = ErrorCode("WALLET_HOLD_NOT_FOUND", 404, "No such hold.")
 WALLET_GRANT_CONFLICT = ErrorCode(
     "WALLET_GRANT_CONFLICT", 409, "This reference was already used for a grant of other points."
 )
+WALLET_TASK_NOT_FOUND = ErrorCode(
+    "WALLET_TASK_NOT_FOUND", 404, "No such task of this user: a hold may name only its own task."
+)

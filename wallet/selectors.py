@@ -8,9 +8,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 
+from podi import error_codes as podi_codes
+from podi.access import WRITE, Principal
 from podi.errors import AppError
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, LedgerEntry
+
+AREA = "wallet"
+SETTLE = "settle"
 
 
 def account_for_user(user) -> Account:
@@ -38,11 +43,32 @@ def account_require_balance(*, user, points: int) -> None:
         )
 
 
+def hold_get_for_principal(principal: Principal, hold_id: str, *, action: str = SETTLE) -> Hold:
+    """The hold, if ``principal`` may settle it (docs/architecture.md §5).
+
+    Staff and service-account keys with ``wallet:write``: any hold. Anyone else (a user, a key
+    created for a user): only their own holds, else 404 ``WALLET_HOLD_NOT_FOUND``; and of those
+    only the ones they froze themselves through the API (``owner_settles``), else 403
+    ``FORBIDDEN``: a task's hold is settled by the task.
+    """
+    if principal.acts_for_anyone(AREA, WRITE):
+        return hold_get(hold_id=hold_id)
+    if not principal.has_scope(AREA, WRITE):
+        raise AppError(codes.WALLET_HOLD_NOT_FOUND)
+    hold = hold_get(hold_id=hold_id, user=principal.user_id)
+    if action == SETTLE and not hold.owner_settles:
+        raise AppError(
+            podi_codes.FORBIDDEN,
+            "This hold was frozen by a service (e.g. a task); that service settles it.",
+        )
+    return hold
+
+
 def hold_get(*, hold_id: str, user=None) -> Hold:
     """The hold ``hold_id``; with ``user``, only when it is that user's (else 404 as well)."""
     queryset = Hold.objects.select_related("account")
     if user is not None:
-        queryset = queryset.filter(account__user=user)
+        queryset = queryset.filter(account__user_id=getattr(user, "pk", user))
     hold = queryset.filter(public_id=hold_id).first() if isinstance(hold_id, str) else None
     if hold is None:
         raise AppError(codes.WALLET_HOLD_NOT_FOUND)

@@ -29,6 +29,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField
 from django.utils import timezone
 
+from podi.access import owners_of
 from podi.errors import AppError, validation_error
 from podi.realtime.events import emit
 from wallet import error_codes as codes
@@ -320,11 +321,17 @@ def hold_freeze(
     ``created=False``; other points → 409 ``WALLET_HOLD_CONFLICT``. Not enough balance → 402
     ``WALLET_INSUFFICIENT``, and nothing is written. The hold's ``account`` carries the account's
     current balance and frozen.
+
+    ``task_id`` is the caller's reference; when it names a PODI task (the owner lookup ``tasks``
+    registers) that task must be ``user``'s, else 404 ``WALLET_TASK_NOT_FOUND``: the hold's
+    events are linked to the task, and nobody may add to another user's task history.
     """
     points = _points(points)
     task_id = task_id or ""
     if len(task_id) > 64:
         raise validation_error({"taskId": ["At most 64 characters."]})
+    if task_id and owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
+        raise AppError(codes.WALLET_TASK_NOT_FOUND, details={"taskId": task_id})
     if ttl_seconds is None:
         ttl_seconds = settings.WALLET_HOLD_TTL
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:

@@ -10,7 +10,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from podi.auth import acting_user, is_staff_principal, service_key_of
+from podi.auth import acting_user, is_staff_principal, principal_of
 from podi.errors import validation_error
 from podi.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from podi.realtime.services import notify_event_push
@@ -21,10 +21,12 @@ EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
 
 
 class StaffOrNotifyKey(BasePermission):
-    """Staff users and admin keys; service keys with ``notify:write`` (checked by ScopePermission)."""
+    """Staff users and admin keys; service keys with ``notify:write`` (checked by ScopePermission).
+
+    A key created for a user pushes only to that user's stream (``acting_user``)."""
 
     def has_permission(self, request, view) -> bool:
-        return is_staff_principal(request) or service_key_of(request) is not None
+        return is_staff_principal(request) or principal_of(request).is_key
 
 
 class NotifyEventApi(APIView):

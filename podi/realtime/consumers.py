@@ -12,11 +12,13 @@ Protocol (JSON text frames):
   goes on live with no gap and no duplicate; ``{"type":"resumed","after","lastSeq","count"}``
   marks the end of the replay.
 * ``{"action":"subscribe","taskIds":[…]}`` adds tasks of other users the caller may follow
-  (staff: any; a service key: the tasks it submitted); the caller's own tasks are always
+  (the tasks app's access rule: staff and service-account keys with ``tasks:read`` any; a user or
+  user-bound key none, docs/architecture.md §5); the caller's own tasks are always
   included (who may follow which task is the ``"task"`` access check the tasks app registers
   with ``podi.realtime.events.register_followable``). Refused ids get one
   ``{"type":"error","code":"TASK_NOT_FOUND"}`` and nothing else.
-  ``{"action":"subscribe","all":true}`` (staff only) adds every user's events; those carry
+  ``{"action":"subscribe","all":true}`` (staff, or a service-account key with ``admin``) adds
+  every user's events; those carry
   ``userId``.
 * ``{"action":"ping"}`` → ``{"type":"pong"}``; the server sends ``{"type":"heartbeat"}`` every
   ``NOTIFY_HEARTBEAT_INTERVAL`` seconds (25). A JWT connection closes with 4401 when the token
@@ -139,9 +141,9 @@ def authenticate(raw: str) -> tuple[Principal, int] | None:
     except AppError:
         return None
     if isinstance(auth, ServiceKey):
-        principal = Principal(user.pk, auth.has_scope("admin"), auth.pk, None)
+        principal = Principal.for_key(auth)
     else:
-        principal = Principal(user.pk, bool(user.is_staff), None, float(auth["exp"]))
+        principal = Principal.for_user(user, expires_at=float(auth["exp"]))
     return principal, selectors.latest_seq(user_id=user.pk)
 
 
@@ -463,7 +465,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
     async def _on_subscribe(self, content: dict) -> None:
         principal = self.principal
         if content.get("all") is True:
-            if not principal.is_staff:
+            if not principal.is_operator:
                 await self._error(codes.FORBIDDEN, "Only staff may subscribe to all events.")
                 return
             await self._hub.follow_everything(self)

@@ -7,7 +7,7 @@
   WebSocket fan-out). With no recorder the event is published unpersisted.
 * Apps above this one lend it what it must not import, from their ``AppConfig.ready()``:
   ``register_followable(kind, resolver)`` answers "which of these objects may this principal
-  follow?" (``tasks`` registers ``"task"``) and ``register_webhook_body_hook(hook)`` finishes a
+  follow?" (``tasks`` registers ``"task"``, its access rule) and ``register_webhook_body_hook(hook)`` finishes a
   webhook body at send time (``tasks`` signs output URLs, which expire).
 
 This module imports nothing of the app, so every other module of it may import this one.
@@ -24,22 +24,14 @@ from typing import Any
 
 from django.db import transaction
 
+# Re-exported: the followable hooks take one (the principal is podi core's, docs/architecture.md §5).
+from podi.access import Principal as Principal
 from podi.ids import new_id
 
 logger = logging.getLogger("podi.realtime")
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who holds a socket (or for whom an event is checked): a user, maybe through a key."""
-
-    user_id: int
-    is_staff: bool
-    key_id: int | None = None
-    expires_at: float | None = None  # epoch seconds (JWT exp); None for service keys
 
 
 @dataclass(frozen=True)

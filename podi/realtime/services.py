@@ -9,7 +9,8 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from podi.realtime.events import Event, Principal, Webhook, emit, followable
+from podi.access import owners_of
+from podi.realtime.events import Event, Webhook, emit
 from podi.realtime.models import Event as EventRow
 from podi.realtime.models import EventCursor
 from podi.realtime.webhooks import webhook_delivery_create, webhook_send_on_commit
@@ -62,10 +63,7 @@ def notify_event_push(*, user, type: str, payload: dict[str, Any]) -> Event:
     ``payload.taskId`` links the event to that task only when the task is ``user``'s own.
     """
     task_id = payload.get("taskId")
-    if isinstance(task_id, str):
-        own, _ = followable("task", Principal(user_id=user.pk, is_staff=False), [task_id])
-        task_id = task_id if task_id in own else None
-    else:
+    if not (isinstance(task_id, str) and owners_of("task", [task_id]).get(task_id) == user.pk):
         task_id = None
     with transaction.atomic():
         return emit(user_id=user.pk, type=type, payload=payload, task_id=task_id)

@@ -202,10 +202,13 @@ def test_staff_and_service_keys_act_on_behalf(staff, owner, service_key):
     assert acting_user(_request_as(access_token(staff)), owner.pk) == owner
     _, raw = service_key(scopes=["wallet:write"])
     request = _request_as(raw)
-    assert acting_user(request, owner.pk) == owner
+    assert acting_user(request, owner.pk, area="wallet") == owner
     assert acting_user(request, None).username == "svc-partner"
     with pytest.raises(AppError) as caught:
-        acting_user(request, 999999)
+        acting_user(request, owner.pk, area="tasks")
+    assert caught.value.code == "FORBIDDEN"
+    with pytest.raises(AppError) as caught:
+        acting_user(request, 999999, area="wallet")
     assert caught.value.code == "USER_NOT_FOUND"
 
 

@@ -15,7 +15,9 @@ class Command(BaseCommand):
             "--scopes", default="", help=f"Comma-separated, from: {', '.join(SCOPES)}"
         )
         parser.add_argument(
-            "--user", help="Username the key acts as (default: a new service account svc-<name>)."
+            "--user",
+            help="The user the key acts for, and only for (default: a new service account "
+            "svc-<name> that acts for any user in the areas of its scopes).",
         )
 
     def handle(self, *args, name, scopes, user, **options):
