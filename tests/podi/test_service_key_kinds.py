@@ -12,7 +12,7 @@ from podi.models import ServiceKey
 from podi.services import service_key_create
 from tests.conftest import Client, make_user
 
-classify = importlib.import_module("podi.migrations.0003_servicekey_user_bound").classify
+classify = importlib.import_module("podi.migrations.0004_servicekey_user_bound").classify
 
 
 def test_a_key_for_a_user_is_user_bound_and_one_without_is_not(owner):
