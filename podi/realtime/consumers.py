@@ -56,7 +56,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from podi.auth import principal_from_token
+from podi.auth import access_token_revoked, principal_from_token
 from podi.errors import AppError, ErrorCode
 from podi.models import ServiceKey
 from podi.realtime import error_codes as codes
@@ -134,17 +134,25 @@ def db_helper(func):
 
 
 @db_helper
-def authenticate(raw: str) -> tuple[Principal, int] | None:
-    """The principal of a raw token and its user's newest event seq, or None."""
+def authenticate(raw: str) -> tuple[Principal, int, dict | None] | None:
+    """The principal of a raw token, its user's newest event seq and (for a user's JWT) the
+    token's claims, which the hub's check tests for revocation; or None."""
     try:
         user, auth = principal_from_token(raw)
     except AppError:
         return None
     if isinstance(auth, ServiceKey):
-        principal = Principal.for_key(auth)
-    else:
-        principal = Principal.for_user(user, expires_at=float(auth["exp"]))
-    return principal, selectors.latest_seq(user_id=user.pk)
+        return Principal.for_key(auth), selectors.latest_seq(user_id=user.pk), None
+    claims = {name: auth.get(name) for name in ("jti", "iat", "user_id")}
+    principal = Principal.for_user(user, expires_at=float(auth["exp"]))
+    return principal, selectors.latest_seq(user_id=user.pk), claims
+
+
+@db_helper
+def revoked_tokens(claims: list[dict]) -> list[bool]:
+    """For the hub's periodic check: which of these access tokens were revoked by a logout
+    (podi.auth keeps the deny list; docs/adr/0010-security-hardening.md)."""
+    return [access_token_revoked(item) for item in claims]
 
 
 @db_helper
@@ -319,10 +327,15 @@ class Hub:
             user_ids = {c.principal.user_id for c in consumers}
             key_ids = {c.principal.key_id for c in consumers if c.principal.key_id is not None}
             active, keys, latest = await sockets_state(user_ids, key_ids)
+            with_claims = [c for c in consumers if c.claims is not None]
+            revoked = await revoked_tokens([c.claims for c in with_claims])
+            logged_out = {id(c) for c, gone in zip(with_claims, revoked, strict=True) if gone}
             for consumer in consumers:
                 principal = consumer.principal
-                if principal.user_id not in active or (
-                    principal.key_id is not None and principal.key_id not in keys
+                if (
+                    principal.user_id not in active
+                    or (principal.key_id is not None and principal.key_id not in keys)
+                    or id(consumer) in logged_out
                 ):
                     await consumer.close(code=CLOSE_UNAUTHORIZED)
                 elif latest.get(principal.user_id, 0) > consumer.last_seq:
@@ -360,6 +373,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
     principal: Principal | None = None
     task_ids: frozenset[str] = frozenset()
     last_seq: int = 0
+    claims: dict | None = None
 
     # Connection ---------------------------------------------------------------------------
 
@@ -372,7 +386,7 @@ class NotifyConsumer(AsyncWebsocketConsumer):
         if opened is None or (opened[0].expires_at and opened[0].expires_at <= time.time()):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        principal, self.last_seq = opened
+        principal, self.last_seq, self.claims = opened
         self.principal = principal
         # Every event with _sent_from < seq <= last_seq has been sent on this socket.
         self._sent_from = self.last_seq

@@ -15,6 +15,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from podi.auth import access_tokens_revoke
 from podi.ids import new_id
 from podi.realtime.consumers import MAX_REPLAY
 from podi.realtime.models import Event, EventCursor
@@ -161,6 +162,26 @@ def test_a_revoked_key_or_deactivated_user_is_closed_at_the_next_check(
         await expect_close(keyed, 4401)
         await db(lambda: type(owner).objects.filter(pk=owner.pk).update(is_active=False))
         await expect_close(user, 4401)
+
+    run(main())
+
+
+def test_a_logged_out_access_token_is_closed_at_the_next_check(heartbeat_server, owner):
+    """Logout revokes the access token it was sent with (jti deny list): a socket opened with
+    that token is closed with 4401 at the hub's next check; another token of the same user, not
+    revoked, keeps its socket."""
+    revoked, kept = jwt(owner), jwt(owner)
+
+    async def main():
+        gone = await open_stream(heartbeat_server, revoked)
+        stays = await open_stream(heartbeat_server, kept)
+        await hello(gone)
+        await hello(stays)
+        jti = AccessToken(revoked)["jti"]
+        await db(lambda: access_tokens_revoke(user_id=owner.pk, jti=jti, now=0))
+        await expect_close(gone, 4401)
+        await stays.send(json.dumps({"action": "ping"}))
+        assert (await receive(stays))["type"] in ("pong", "heartbeat")
 
     run(main())
 
