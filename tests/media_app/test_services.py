@@ -21,6 +21,7 @@ from media_app.services import (
 )
 from media_app.storage import get_backend
 from media_app.storage.base import CHUNK_SIZE
+from podi.access import Principal
 from podi.errors import AppError
 from tests.media_app.conftest import png_bytes
 
@@ -212,7 +213,8 @@ def test_local_backend_interface(settings):
 
 
 @pytest.mark.django_db
-def test_staged_output_is_unreachable_until_published(owner, settings):
+def test_staged_output_is_unreachable_until_published(owner, staff, settings):
+    staff_user = staff
     media = media_store_output(
         user_id=owner.pk,
         task_id="tsk_s",
@@ -226,10 +228,10 @@ def test_staged_output_is_unreachable_until_published(owner, settings):
     assert path.exists()
     # Not downloadable (the same refusal as an unknown key), not an input, not openable.
     with pytest.raises(AppError) as denied:
-        media_get_downloadable(user=owner, object_key=media.object_key, any_owner=False)
+        media_get_downloadable(Principal.for_user(owner), media.object_key)
     assert denied.value.code == "MEDIA_DOWNLOAD_DENIED"
     with pytest.raises(AppError) as denied_staff:
-        media_get_downloadable(user=owner, object_key=media.object_key, any_owner=True)
+        media_get_downloadable(Principal.for_user(staff_user), media.object_key)
     assert denied_staff.value.code == "MEDIA_DOWNLOAD_DENIED"
     with pytest.raises(AppError):
         media_get_uploaded_for_user(user=owner, object_key=media.object_key)
@@ -245,7 +247,7 @@ def test_staged_output_is_unreachable_until_published(owner, settings):
     assert media_publish(object_keys=[media.object_key]) == 0
     published = MediaObject.objects.get(pk=media.pk)
     assert published.status == MediaStatus.UPLOADED and published.uploaded_at is not None
-    assert media_get_downloadable(user=owner, object_key=media.object_key, any_owner=False)
+    assert media_get_downloadable(Principal.for_user(owner), media.object_key)
     # Discarding touches only staged objects.
     assert media_discard_staged(object_keys=[media.object_key]) == 0
     assert path.exists()
