@@ -26,13 +26,11 @@ import json
 import logging
 import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import httpx
@@ -49,7 +47,7 @@ from podi.realtime.events import Webhook as WebhookRequest
 from podi.realtime.events import webhook_body_for_sending
 from podi.realtime.models import WebhookAttempt, WebhookDelivery
 from podi.reconcile import reconcile_step
-from podi.urlguard import url_refusal
+from podi.urlguard import UrlRefused, pinned_target
 
 logger = logging.getLogger("podi.webhooks")
 
@@ -163,31 +161,12 @@ class Outcome:
 
 
 def _pinned_target(url: str) -> tuple[str, dict[str, str], dict[str, Any]] | str:
-    """Resolve once, check that address, and connect to it (no DNS rebinding after the check).
-
-    Returns ``(url to request, extra headers, httpx extensions)`` or the refusal reason.
-    """
-    reason = url_refusal(url)
-    if reason:
-        return reason
-    parts = urlsplit(url)
-    if settings.WEBHOOK_ALLOW_PRIVATE:
-        return url, {}, {}
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    """The one SSRF guard's pinned target (``podi.urlguard.pinned_target``: resolve once, check
+    every address, connect to the checked one), or the refusal reason."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return "The host does not resolve."
-    address = infos[0][4][0]
-    literal = f"[{address}]" if ":" in address else address
-    reason = url_refusal(f"{parts.scheme}://{literal}:{port}/")
-    if reason:
-        return reason
-    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-    headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-    return target, headers, extensions
+        return pinned_target(url)
+    except UrlRefused as refused:
+        return refused.reason
 
 
 def _send(delivery: WebhookDelivery) -> Outcome:
