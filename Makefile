@@ -10,7 +10,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format check-migrations lock bench clean browser
+.PHONY: run test lint format check-migrations lock bench clean browser fleet-tools
 
 $(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt tools/pyproject_deps.py
 run: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py up --host $(HOST) --port $(PORT)
 
-test: $(STAMP) lint check-migrations browser
+test: $(STAMP) lint check-migrations browser fleet-tools
 	PODI_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The console's browser tests drive Debian's Chromium through Playwright (never `playwright install`).
@@ -32,6 +32,15 @@ browser:
 	@test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || \
 		(apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
 	@test -x $(CHROMIUM) || { echo "Chromium is missing for the browser tests: run 'sudo apt-get install -y chromium' (or set CHROMIUM=/path/to/chromium) and run make test again." >&2; exit 1; }
+
+# The fleet test (PostgreSQL configuration only) builds hosts in network namespaces behind Debian's
+# nginx; iproute2, util-linux (setpriv), PostgreSQL's initdb and redis-server come with the machine.
+fleet-tools:
+	@case "$$DATABASE_URL" in postgres*) \
+		command -v nginx >/dev/null || [ "$$(id -u)" != 0 ] || \
+			(apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)); \
+		command -v nginx >/dev/null || { echo "nginx is missing for the fleet test: run 'sudo apt-get install -y nginx' and run make test again." >&2; exit 1; } ;; \
+	esac
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
