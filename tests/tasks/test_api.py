@@ -374,7 +374,10 @@ def test_priority_is_bounded_for_users_but_not_for_staff_or_admin_keys(
     ledger_before = LedgerEntry.objects.filter(account__user=funded).count()
     user_client = api(funded)
     _, partner_raw = service_key(scopes=["tasks:write"], user=funded)
-    for client in (user_client, api(partner_raw)):
+    # A key created for a user acts only as that user, whatever its scopes (README "Who may see
+    # what"): bounded like the user.
+    _, bound_admin_raw = service_key(scopes=["admin"], name="bound-ops", user=funded)
+    for client in (user_client, api(partner_raw), api(bound_admin_raw)):
         for priority in (11, -11, 100):
             refused = client.post(
                 "/api/tasks/v1/submit", json={"action": "sleep", "priority": priority}
@@ -386,7 +389,7 @@ def test_priority_is_bounded_for_users_but_not_for_staff_or_admin_keys(
 
     edge = user_client.post("/api/tasks/v1/submit", json={"action": "sleep", "priority": 10})
     assert edge.status_code == 202, edge.text
-    _, admin_raw = service_key(scopes=["admin"], name="ops", user=funded)
+    _, admin_raw = service_key(scopes=["admin"], name="ops")  # a service account
     for client in (api(staff), api(admin_raw)):
         top = client.post(
             "/api/tasks/v1/submit",
