@@ -1,14 +1,15 @@
-"""The console dashboard's summary: executor health, abilities nobody serves, keys running out."""
+"""The console dashboard's extra lists: abilities nobody serves, vendor keys running out (executor
+health is in the operations tiles, podi/console)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django import template
-from django.db.models import Count, F, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
-from integrations.models import Executor, HealthStatus, VendorApiKey
+from integrations.models import VendorApiKey
 from integrations.selectors import abilities_without_enabled_binding
 
 register = template.Library()
@@ -20,17 +21,6 @@ LIMIT = 10
 def console_summary() -> dict:
     now = timezone.now()
     today = now.date()
-    by_status = dict(
-        Executor.objects.filter(enabled=True)
-        .values_list("health_status")
-        .annotate(n=Count("id"))
-        .values_list("health_status", "n")
-    )
-    unhealthy = list(
-        Executor.objects.filter(enabled=True, health_status=HealthStatus.UNHEALTHY).order_by(
-            "name"
-        )[:LIMIT]
-    )
     orphans = list(
         abilities_without_enabled_binding().filter(status="active").order_by("code")[:LIMIT]
     )
@@ -43,11 +33,6 @@ def console_summary() -> dict:
         .order_by("provider", "name")[:LIMIT]
     )
     return {
-        "healthy": by_status.get(HealthStatus.HEALTHY, 0),
-        "unhealthy_count": by_status.get(HealthStatus.UNHEALTHY, 0),
-        "unknown": by_status.get(HealthStatus.UNKNOWN, 0),
-        "disabled": Executor.objects.filter(enabled=False).count(),
-        "unhealthy": unhealthy,
         "orphans": orphans,
         "keys": [
             {
