@@ -387,12 +387,26 @@ def tasks_resume_silent(*, now=None) -> int:
     ).values_list("public_id", "attempts", "heartbeat_at")[:200]
     for task_id, attempt, beat in stale:
         with transaction.atomic():
-            claimed = Task.objects.filter(
-                public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING, heartbeat_at=beat
-            ).update(heartbeat_at=now)
-            if claimed:
-                enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
-                resumed += 1
+            task = (
+                Task.objects.select_for_update()
+                .filter(
+                    public_id=task_id,
+                    attempts=attempt,
+                    status=TaskStatus.RUNNING,
+                    heartbeat_at=beat,
+                )
+                .first()
+            )
+            if task is None:
+                continue
+            # A worker that has not beaten for HEARTBEAT_STALE is not running this attempt, even
+            # if its process is alive (the run died on a database outage, say): release it, so
+            # whichever worker takes the message may claim the attempt.
+            state = dict(task.executor_state)
+            state.pop("worker", None)
+            Task.objects.filter(pk=task.pk).update(heartbeat_at=now, executor_state=state)
+            enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
+            resumed += 1
     return resumed
 
 

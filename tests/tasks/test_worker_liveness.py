@@ -107,3 +107,25 @@ def test_a_claim_takes_over_only_from_a_dead_worker(funded, comfy, settings):
     )
     assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is True
     assert Task.objects.get(pk=task.pk).executor_state["worker"] == "b:2:y"
+
+
+def test_a_silent_attempt_of_a_live_worker_is_released_to_any_worker(funded, comfy):
+    """A run that died inside a live worker (a database outage, say) stops beating; once the
+    heartbeat is stale the reconciler hands the attempt to whichever worker takes the message,
+    not only to the holder (fleet fault 4 left tasks running until their timeout)."""
+
+    executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=6)
+    task = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    assert tasks_dispatch_pending() == 1
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="a:1:x") is True
+    lease_acquire(name="worker:a:1:x", holder="a:1:x", ttl=300)  # the holder's process lives on
+    Task.objects.filter(pk=task.pk).update(
+        heartbeat_at=timezone.now() - HEARTBEAT_STALE - timedelta(seconds=1)
+    )
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is False
+    assert tasks_resume_orphaned() == 0  # its worker is alive
+    assert tasks_resume_silent() == 1
+    assert tasks_resume_silent() == 0  # handed over once
+    assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is True
+    assert Task.objects.get(pk=task.pk).executor_state["worker"] == "b:2:y"
