@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
 from django.utils.html import format_html
 
 from media_app.models import MediaObject, MediaStatus, UploadKeyVersion
@@ -57,13 +58,13 @@ class MimeFilter(admin.SimpleListFilter):
 class MediaObjectAdmin(admin.ModelAdmin):
     list_display = [
         "object_key",
-        "owner",
+        "owner_link",
         "status",
         "purpose",
         "size_display",
         "mime_type",
         "dimensions",
-        "task_id",
+        "task",
         "created_at",
     ]
     list_filter = ["status", "purpose", "backend", SizeFilter, MimeFilter, "created_at"]
@@ -73,7 +74,7 @@ class MediaObjectAdmin(admin.ModelAdmin):
     actions = ["delete_from_storage"]
     readonly_fields = [
         "object_key",
-        "owner",
+        "owner_link",
         "backend",
         "bucket",
         "file_name",
@@ -84,7 +85,7 @@ class MediaObjectAdmin(admin.ModelAdmin):
         "height",
         "status",
         "purpose",
-        "task_id",
+        "task",
         "created_at",
         "updated_at",
         "uploaded_at",
@@ -100,6 +101,21 @@ class MediaObjectAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # rows are the record of what was in storage; use the action instead
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_link(self, obj):
+        if obj.owner_id is None:
+            return "—"
+        url = reverse("admin:auth_user_change", args=[obj.owner_id])
+        return format_html('<a href="{}">{}</a>', url, obj.owner)
+
+    @admin.display(description="task")
+    def task(self, obj):
+        """The task by its public id (the task console resolves it; tasks sit above)."""
+        if not obj.task_id:
+            return "—"
+        url = reverse("admin:tasks_task_by_public_id", args=[obj.task_id])
+        return format_html('<a href="{}">{}</a>', url, obj.task_id)
 
     @admin.display(description="size", ordering="size")
     def size_display(self, obj):
@@ -120,6 +136,13 @@ class MediaObjectAdmin(admin.ModelAdmin):
             url, _ = signed_download_url(object_key=obj.object_key, ttl=300)
         except AppError:
             return "storage unavailable"
+        if obj.mime_type.startswith("image/"):
+            return format_html(
+                '<a href="{}" rel="noopener" target="_blank"><img src="{}" alt="" '
+                'style="max-width:256px;max-height:256px"></a><br><small>signed link (5 min)</small>',
+                url,
+                url,
+            )
         return format_html(
             '<a href="{}" rel="noopener" target="_blank">signed link (5 min)</a>', url
         )

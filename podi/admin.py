@@ -15,6 +15,7 @@ from podi.services import (
     service_key_rotate_webhook_secret,
     service_key_update,
     user_identity_errors,
+    user_setup,
 )
 
 
@@ -178,3 +179,8 @@ admin.site.unregister(get_user_model())
 class PodiUserAdmin(UserAdmin):
     form = PodiUserChangeForm
     add_form = PodiUserCreationForm
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            user_setup(user=obj)  # what a registered user has from the start (their account)

@@ -21,7 +21,7 @@ from podi.auth import access_tokens_revoke, service_key_of
 from podi.errors import AppError, validation_error
 from podi.health import run_checks
 from podi.schema import error_responses
-from podi.services import user_identity_errors
+from podi.services import user_create, user_identity_errors
 from podi.throttling import LoginAddressThrottle, LoginNameThrottle
 
 
@@ -221,7 +221,7 @@ class RegisterApi(APIView):
             raise validation_error(errors)
         try:
             with transaction.atomic():
-                user = User.objects.create_user(
+                user = user_create(
                     username=values["username"], email=values["email"], password=values["password"]
                 )
         except IntegrityError:  # a concurrent registration won the race

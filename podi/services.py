@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -32,6 +33,36 @@ def user_identity_errors(*, username: str | None, email: str | None, user_id=Non
     if email and others.filter(email__iexact=email).exists():
         errors["email"] = ["This email belongs to another account."]
     return errors
+
+
+# --- New users: what other apps set up for them (their wallet account) -----------------------
+
+UserSetup = Callable[..., None]
+_user_setups: list[UserSetup] = []
+
+
+def register_user_setup(setup: UserSetup) -> None:
+    """Called from an app's ``AppConfig.ready()``: ``setup(user=...)`` runs, in the creating
+    transaction, for every user created through ``user_create`` or the console (``wallet``
+    registers the account, so a new user has one at once)."""
+    if setup not in _user_setups:
+        _user_setups.append(setup)
+
+
+def user_setup(*, user) -> None:
+    """Run the registered set-ups for a user just created (idempotent ones only)."""
+    for setup in _user_setups:
+        setup(user=user)
+
+
+def user_create(*, username: str, email: str = "", password: str | None = None, **extra):
+    """Create a user and everything a user has from the start (their wallet account).
+    Raises ``IntegrityError`` when the username or email was taken concurrently."""
+    User = get_user_model()
+    with transaction.atomic():
+        user = User.objects.create_user(username=username, email=email, password=password, **extra)
+        user_setup(user=user)
+    return user
 
 
 def _clean_scopes(scopes: list[str]) -> list[str]:

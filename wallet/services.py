@@ -223,6 +223,11 @@ def _emit(account: Account, *, status: str, points: int, hold: Hold | None = Non
 # --- Grants and corrections -----------------------------------------------------------------
 
 
+def account_open(*, user) -> Account:
+    """The user's (empty) account, opened when the user is created; the existing one if any."""
+    return account_for_user(user)
+
+
 def wallet_grant(*, user, points: int, reason: str = "", reference: str = "", staff_user=None):
     """Add ``points`` to the user's balance. Idempotent by ``reference``: the same reference again
     returns the first entry (other points for it → 409 ``WALLET_GRANT_CONFLICT``).
