@@ -13,9 +13,10 @@ from datetime import timedelta
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -81,11 +82,13 @@ from podi.admin_helpers import (
     ServiceAdminMixin,
     app_error_text,
     as_form_error,
+    form_add_app_error,
     pretty,
 )
 from podi.errors import AppError
 
 NEAR_QUOTA_RATIO = 0.8
+MAX_IMPORT_BYTES = 5 * 1024 * 1024  # an API-format workflow file imported in the console
 EXPIRING_DAYS = 7
 COLOURS = {
     HealthStatus.HEALTHY: "#1a7f37",
@@ -169,7 +172,8 @@ class ExecutorForm(forms.ModelForm):
                 config = config_keep_masked(self.instance_config, config)
             data["config"] = clean_executor_config(kind, config)  # sealed by the service
         except AppError as exc:
-            raise as_form_error(exc) from None
+            form_add_app_error(self, exc)  # base_url at its field, config.* at the config box
+            return data
         if self.instance.pk and kind != self.instance_kind and self.instance.bindings.exists():
             self.add_error("kind", "Cannot change the kind of an executor with bindings.")
         return data
@@ -493,26 +497,35 @@ class WorkflowForm(forms.ModelForm):
     """The workflow plus a JSON editor for its next version (pre-filled with the active one).
     Saving with changed JSON creates a new immutable version; validation errors show here."""
 
+    definition_file = forms.FileField(
+        required=False,
+        label="Import a JSON file",
+        help_text="An API-format workflow file (ComfyUI: Workflow → Export (API)); it replaces "
+        "the definition below. At most 5 MB.",
+        widget=forms.ClearableFileInput(attrs={"accept": "application/json,.json"}),
+    )
     new_definition = PrettyJSONField(
         required=False,
-        label="definition",
+        label="Definition",
         help_text="ComfyUI: API-format JSON (Workflow → Export (API)); Coze: {workflowId, "
         "parameters}; HTTP: {method, path, headers, query, body}. String values may hold "
         "{{placeholders}}; {{podi.taskId}}, {{podi.callbackUrl}}, {{podi.callbackToken}} too.",
     )
     new_params_schema = PrettyJSONField(
         required=False,
-        label="params schema",
+        label="Params schema",
         help_text='JSON Schema (Draft 2020-12) of the params. Mark image params "x-podi-media": '
         "true.",
     )
     new_outputs = PrettyJSONField(
-        required=False, label="output nodes", help_text="ComfyUI: node ids to collect; [] = all."
+        required=False,
+        label="Output nodes",
+        help_text="ComfyUI: node IDs to collect; [] or empty = all.",
     )
     new_changelog = forms.CharField(
-        required=False, label="changelog", widget=forms.Textarea(attrs={"rows": 2, "cols": 100})
+        required=False, label="Changelog", widget=forms.Textarea(attrs={"rows": 2, "cols": 100})
     )
-    activate = forms.BooleanField(required=False, initial=True, label="activate the new version")
+    activate = forms.BooleanField(required=False, initial=True, label="Activate the new version")
 
     class Meta:
         model = Workflow
@@ -530,9 +543,28 @@ class WorkflowForm(forms.ModelForm):
         if self.instance.pk and self.instance.versions.exists():
             self.fields["kind"].disabled = True
 
+    def clean_definition_file(self):
+        upload = self.cleaned_data.get("definition_file")
+        if not upload:
+            return None
+        if upload.size > MAX_IMPORT_BYTES:
+            raise forms.ValidationError("The file is larger than 5 MB.")
+        upload.seek(0)  # read again when the form is shown back with a service error
+        raw = upload.read()
+        try:
+            value = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            line = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
+            raise forms.ValidationError(f"{upload.name} is not valid JSON{line}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError(f"{upload.name} holds no JSON object.")
+        return value
+
     def clean(self):
         data = super().clean()
         self.version_values = None
+        if data.get("definition_file") is not None:
+            data["new_definition"] = data["definition_file"]
         definition = data.get("new_definition")
         if definition in (None, "") or self.errors:
             return data
@@ -546,12 +578,15 @@ class WorkflowForm(forms.ModelForm):
             and (outputs or []) == (active.outputs or [])
         ):
             return data  # nothing changed: no new version
+        field = "new_params_schema"
         try:
             schema = clean_params_schema(schema)
+            field = "definition_file" if data.get("definition_file") else "new_definition"
             definition = clean_definition(kind, definition, schema)
+            field = "new_outputs"
             outputs = clean_outputs(kind, definition, outputs)
         except AppError as exc:
-            self.add_error("new_definition", as_form_error(exc))
+            form_add_app_error(self, exc, field=field)  # once, at the box it is about
             return data
         self.version_values = {
             "definition": definition,
@@ -607,6 +642,12 @@ class WorkflowAdmin(ServiceAdminMixin, admin.ModelAdmin):
     update_service = workflow_update
     delete_service = workflow_delete
     service_fields = ["name", "kind", "description"]
+    service_error_aliases = {
+        "definition": "new_definition",
+        "params_schema": "new_params_schema",
+        "outputs": "new_outputs",
+    }
+    service_error_field = "new_definition"
     form = WorkflowForm
     list_display = ["name", "kind", "active", "version_count", "binding_count", "updated_at"]
     list_filter = ["kind", WorkflowHasActiveFilter]
@@ -618,6 +659,7 @@ class WorkflowAdmin(ServiceAdminMixin, admin.ModelAdmin):
             "Next version (JSON editor — saving changed JSON creates a new immutable version)",
             {
                 "fields": [
+                    "definition_file",
                     "new_definition",
                     "new_params_schema",
                     "new_outputs",
@@ -723,6 +765,7 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
     actions = ["activate"]
+    change_form_template = "admin/integrations/workflowversion/change_form.html"
 
     def has_add_permission(self, request):
         return False
@@ -752,12 +795,57 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
         )
         return version_diff(previous, obj)
 
-    @admin.action(description="Make this the active version of its workflow")
+    def has_activate_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("integrations.change_workflow")
+
+    def _activate(self, request, version: WorkflowVersion) -> None:
+        workflow_version_activate(version=version)
+        self.message_user(request, f"{version.workflow.name}: v{version.version} is active.")
+        warn(self, request, workflow_version_warnings(version))
+
+    @admin.action(
+        description="Make this the active version of its workflow", permissions=["activate"]
+    )
     def activate(self, request, queryset):
         for version in queryset.select_related("workflow"):
-            workflow_version_activate(version=version)
-            self.message_user(request, f"{version.workflow.name}: v{version.version} is active.")
-            warn(self, request, workflow_version_warnings(version))
+            self._activate(request, version)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/activate/",
+                self.admin_site.admin_view(self.activate_view),
+                name="integrations_workflowversion_activate",
+            ),
+            *super().get_urls(),
+        ]
+
+    def activate_view(self, request, object_id: int):
+        """The version page's Activate button (POST only; CSRF by the admin)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        version = get_object_or_404(
+            WorkflowVersion.objects.select_related("workflow"), pk=object_id
+        )
+        if not self.has_activate_permission(request, version):
+            raise PermissionDenied
+        try:
+            self._activate(request, version)
+        except AppError as exc:
+            self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
+        return HttpResponseRedirect(
+            reverse("admin:integrations_workflowversion_change", args=[version.pk])
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = self.get_object(request, object_id)
+        extra = {}
+        if version is not None:
+            extra = {
+                "can_activate": self.has_activate_permission(request, version)
+                and version.workflow.active_version_id != version.pk,
+            }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
 
 # ============================================================================== abilities
@@ -790,7 +878,13 @@ class BindingForm(forms.ModelForm):
                     workflow_version=data.get("workflow_version"),
                 )
             except AppError as exc:
-                raise as_form_error(exc) from None
+                if "executorKind" in exc.details:
+                    field = "executor"
+                elif data.get("workflow_version"):
+                    field = "workflow_version"
+                else:
+                    field = "workflow"
+                form_add_app_error(self, exc, field=field)
         return data
 
 
@@ -856,7 +950,7 @@ class PresetForm(forms.ModelForm):
                 try:
                     params_validate(schema=schema, params=params, partial=True)
                 except AppError as exc:
-                    self.add_error("params", as_form_error(exc))
+                    form_add_app_error(self, exc, field="params")
         data["params"] = params
         return data
 

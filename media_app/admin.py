@@ -6,7 +6,7 @@ from django.utils.html import format_html
 
 from media_app.models import MediaObject, MediaStatus, UploadKeyVersion
 from media_app.services import media_delete, signed_download_url, upload_keys_revoke
-from podi.admin_helpers import ServiceAdminMixin
+from podi.admin_helpers import ReadableLabelsMixin, ServiceAdminMixin
 from podi.errors import AppError
 
 
@@ -55,7 +55,7 @@ class MimeFilter(admin.SimpleListFilter):
 
 
 @admin.register(MediaObject)
-class MediaObjectAdmin(admin.ModelAdmin):
+class MediaObjectAdmin(ReadableLabelsMixin, admin.ModelAdmin):
     list_display = [
         "object_key",
         "owner_link",

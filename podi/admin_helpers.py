@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,14 +21,48 @@ def pretty(value, *, sort_keys: bool = False) -> str:
 
 
 def app_error_text(exc: AppError) -> list[str]:
-    """The lines an operator should read for an AppError."""
-    lines = [exc.message]
+    """The lines an operator should read for an AppError, each once."""
+    lines: list[str] = []
     for field, msgs in (exc.details.get("fields") or {}).items():
         lines.extend(f"{field}: {m}" for m in msgs)
+    if exc.message not in lines:  # a validation error's message repeats its first field error
+        lines.insert(0, exc.message)
     for extra in exc.details.get("errors") or []:
-        if extra not in exc.message:
+        if extra not in exc.message and extra not in lines:
             lines.append(extra)
     return lines
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def form_add_app_error(
+    form: forms.BaseForm,
+    exc: AppError,
+    *,
+    field: str | None = None,
+    aliases: dict[str, str] | None = None,
+) -> None:
+    """Put an ``AppError`` on ``form``: each message once, at the field it is about.
+
+    A service names fields in ``details["fields"]`` (``base_url``, ``paramsSchema``,
+    ``config.poll.interval``); the first segment, snake-cased and passed through ``aliases``,
+    picks the form field. What matches no field goes to ``field`` (else to the form's top).
+    """
+    aliases = aliases or {}
+    fallback = field if field in form.fields else None
+    fields = exc.details.get("fields") or {}
+    for key, msgs in fields.items():
+        head, _, rest = key.partition(".")
+        name = aliases.get(head) or aliases.get(_snake(head)) or _snake(head)
+        target = name if name in form.fields else fallback
+        exact = target == name and not rest
+        form.add_error(target, [m if exact else f"{key}: {m}" for m in msgs])
+    if not fields:
+        lines = [exc.message]
+        lines += [e for e in exc.details.get("errors") or [] if e not in exc.message]
+        form.add_error(fallback, lines)
 
 
 def as_form_error(exc: AppError) -> forms.ValidationError:
@@ -44,6 +79,8 @@ class PrettyJSONField(forms.JSONField):
     def prepare_value(self, value):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
+        if value is None:
+            return ""  # an empty box, not the word null
         return pretty(value)
 
     def to_python(self, value):
@@ -57,7 +94,62 @@ class PrettyJSONField(forms.JSONField):
             ) from None
 
 
-class ServiceAdminMixin:
+# Words a field name spells that read wrong capitalised ("Base url", "Api keys", "Sha256").
+ACRONYMS = {
+    "url": "URL",
+    "urls": "URLs",
+    "api": "API",
+    "id": "ID",
+    "ids": "IDs",
+    "comfyui": "ComfyUI",
+    "sha256": "SHA-256",
+    "http": "HTTP",
+    "json": "JSON",
+    "gpu": "GPU",
+    "ip": "IP",
+    "jwt": "JWT",
+    "mime": "MIME",
+    "oss": "OSS",
+    "s3": "S3",
+}
+
+
+def readable_label(name: str) -> str:
+    """``base_url`` → "Base URL", ``comfyui_version`` → "ComfyUI version"."""
+    words = [ACRONYMS.get(word, word) for word in name.split("_") if word]
+    if not words:
+        return name
+    first = words[0]
+    words[0] = first if first in ACRONYMS.values() else first[:1].upper() + first[1:]
+    return " ".join(words)
+
+
+def readable_labels(model) -> dict[str, str]:
+    """Labels for the fields of ``model`` whose default verbose name spells an acronym."""
+    labels = {}
+    for field in model._meta.get_fields():
+        name = getattr(field, "name", "")
+        default = name.replace("_", " ")
+        if getattr(field, "verbose_name", None) != default:
+            continue  # no verbose name of its own or one chosen on purpose
+        if any(word in ACRONYMS for word in name.split("_")):
+            labels[name] = readable_label(name)
+    return labels
+
+
+class ReadableLabelsMixin:
+    """Form fields and read-only fields of a ``ModelAdmin`` read "Base URL", not "Base url"
+    (form ``labels``; the models keep their verbose names, so no migration)."""
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        labels = readable_labels(self.model)
+        if labels:
+            own = getattr(getattr(self.form, "_meta", None), "labels", None) or {}
+            kwargs["labels"] = {**labels, **own, **(kwargs.get("labels") or {})}
+        return super().get_form(request, obj, change, **kwargs)
+
+
+class ServiceAdminMixin(ReadableLabelsMixin):
     """Admin saves and deletes go through the app's services, never ``obj.save()``/``delete()``.
 
     A ``ModelAdmin`` names its services and the form fields they take::
@@ -130,10 +222,38 @@ class ServiceAdminMixin:
         for obj in queryset:
             self.delete_model(request, obj)
 
+    # Service field names → form field names, when they differ (``definition`` → its editor).
+    service_error_aliases: dict[str, str] = {}
+    # Where an error that names no form field shows (else at the top of the form).
+    service_error_field: str | None = None
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        exc = getattr(request, "_podi_service_error", None)
+        if exc is None:
+            return form
+        aliases, fallback = self.service_error_aliases, self.service_error_field
+
+        class WithServiceError(form):
+            def clean(self):
+                data = super().clean()
+                form_add_app_error(self, exc, field=fallback, aliases=aliases)
+                return data
+
+        WithServiceError.__name__ = form.__name__
+        return WithServiceError
+
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except AppError as exc:
-            # Raised by a service inside Django's transaction, which is rolled back.
-            self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
+            # Raised by a service inside Django's transaction, which is rolled back. Show the
+            # form again with what the operator typed and the error at its field: the form is
+            # validated once more, now carrying the error, so nothing is saved.
+            if request.method != "POST" or getattr(request, "_podi_service_error", None):
+                self.message_user(request, " ".join(app_error_text(exc)), messages.ERROR)
+                return HttpResponseRedirect(request.get_full_path())
+            request._podi_service_error = exc
+            for upload in request.FILES.values():
+                upload.seek(0)
+            return super().changeform_view(request, object_id, form_url, extra_context)

@@ -18,7 +18,7 @@ from integrations.admin import WorkflowBindingAdmin as CatalogWorkflowBindingAdm
 from integrations.models import WorkflowBinding
 from media_app.models import MediaObject
 from media_app.services import signed_download_url
-from podi.admin_helpers import ServiceAdminMixin, app_error_text, pretty
+from podi.admin_helpers import ReadableLabelsMixin, ServiceAdminMixin, app_error_text, pretty
 from podi.errors import AppError
 from podi.realtime.selectors import task_events
 from tasks.models import (
@@ -144,7 +144,7 @@ def task_url(public_id: str) -> str:
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadableLabelsMixin, admin.ModelAdmin):
     """Read-only (no Save): the task changes only through Cancel and Retry, which call the
     services. Outputs inline, records linked, the page refreshes itself while the task runs."""
 
