@@ -130,17 +130,17 @@ def _media_player(url: str, mime: str, label: str):
     return format_html('<a href="{}" target="_blank" rel="noopener">download</a>', url)
 
 
+# Keys under which a task's result carries text (Coze answers, HTTP executors' replies).
+TEXT_KEYS = ("text", "output", "content", "answer", "message", "data")
+
+
 def _text_outputs(result) -> list[tuple[str, str]]:
-    """The text a task returned: the result itself when a string, else its top-level strings."""
+    """The text a task returned: the result itself when a string, else its text-like keys."""
     if isinstance(result, str):
-        return [("result", result)]
+        return [("result", result)] if result else []
     if isinstance(result, dict):
-        return [(key, value) for key, value in result.items() if isinstance(value, str) and value]
+        return [(key, result[key]) for key in TEXT_KEYS if isinstance(result.get(key), str)]
     return []
-
-
-def task_url(public_id: str) -> str:
-    return reverse("admin:tasks_task_by_public_id", args=[public_id])
 
 
 @admin.register(Task)

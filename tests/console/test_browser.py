@@ -1,9 +1,12 @@
 """The console in a real browser: Debian's Chromium driven by Playwright against a live server,
 a real worker and the ComfyUI test server. An operator logs in, reads the dashboard, registers an
-executor, imports a workflow, binds it to an ability, test-runs it, grants a user points and sees
-that user's task. A failing step leaves a screenshot in var/test-screenshots/<test name>.png.
+executor, imports a workflow version from an API-format JSON file and activates it, binds it to an
+ability, test-runs it (the task page refreshes itself and shows the output thumbnail, loaded),
+grants a user points from their page and follows that user's task to its hold and ledger entries.
+A failing step leaves a screenshot in var/test-screenshots/<test name>.png.
 
-Set PODI_DOCS_SCREENSHOTS=1 to also refresh docs/console-dashboard.png from this run.
+Set PODI_DOCS_SCREENSHOTS=1 to also refresh docs/console-dashboard.png and docs/console-task.png
+from this run.
 """
 
 from __future__ import annotations
@@ -68,12 +71,21 @@ def pick(page, field: str, text: str) -> None:
     page.locator(".select2-results__option", has_text=text).first.click()
 
 
+def thumbnail_loaded(page, width: int) -> None:
+    """The task page's output thumbnail really loaded in the browser (not just an <img>)."""
+    page.wait_for_function(
+        "() => { const img = document.querySelector('img.podi-thumb');"
+        " return img && img.complete && img.naturalWidth > 0; }"
+    )
+    assert page.evaluate("document.querySelector('img.podi-thumb').naturalWidth") == width
+
+
 def tile(page, name: str) -> str:
     return page.locator(f"#ops-{name} b").inner_text().strip()
 
 
 def test_operator_sets_up_an_ability_and_sees_a_users_task(
-    page, live_server, worker, comfy, staff, owner
+    page, live_server, worker, comfy, staff, owner, tmp_path
 ):
     # Log in; the dashboard shows numbers.
     page.goto("/admin/")
@@ -98,15 +110,35 @@ def test_operator_sets_up_an_ability_and_sees_a_users_task(
     page.wait_for_selector(".messagelist")
     assert "healthy" in page.locator(".messagelist").inner_text().lower()
 
-    # Import a workflow version.
+    # Import a workflow from an API-format JSON file (its first version is active), then a
+    # second version, not activated on save, activated with the button on its page.
+    exported = tmp_path / "invert_api.json"
+    exported.write_text(json.dumps(INVERT_GRAPH))
     page.goto("/admin/integrations/workflow/add/")
     page.fill("#id_name", "invert")
     page.select_option("#id_kind", "comfyui")
-    page.fill("#id_new_definition", json.dumps(INVERT_GRAPH))
+    page.set_input_files("#id_definition_file", str(exported))
     page.fill("#id_new_params_schema", json.dumps(INVERT_SCHEMA))
-    page.click("input[name=_save]")
+    page.click("input[name=_continue]")
     page.wait_for_selector(".messagelist")
     assert "Created version 1." in page.locator(".messagelist").inner_text()
+    second = json.loads(json.dumps(INVERT_GRAPH))
+    second["3"]["inputs"]["filename_prefix"] = "inverted"
+    exported.write_text(json.dumps(second))
+    page.set_input_files("#id_definition_file", str(exported))
+    page.fill("#id_new_changelog", "output prefix")
+    page.uncheck("#id_activate")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist")
+    assert "Created version 2." in page.locator(".messagelist").inner_text()
+    page.locator("#versions-group tr", has_text="output prefix").locator(
+        "a.inlinechangelink"
+    ).click()
+    page.wait_for_selector("#version-activate")
+    page.click("#version-activate")
+    page.wait_for_selector(".messagelist")
+    assert "v2 is active." in page.locator(".messagelist").inner_text()
+    assert page.locator("#version-activate").count() == 0
 
     # An ability and its binding.
     page.goto("/admin/integrations/ability/add/")
@@ -121,49 +153,55 @@ def test_operator_sets_up_an_ability_and_sees_a_users_task(
     pick(page, "executor", "gpu-1")
     page.click("input[name=_continue]")
     page.wait_for_selector("text=✓ all installed")
-    binding_url = page.url
 
-    # Test run: a free task pinned to the binding, followed to success.
-    page.goto(binding_url.replace("/change/", "/test-run/"))
+    # Test run: a free task pinned to the binding. Its page refreshes itself until the task
+    # succeeds, then shows the output image (served through its signed URL).
+    page.locator(".object-tools a", has_text="Test run").click()
     page.fill("#id_params", json.dumps({"width": 8, "height": 8}))
     page.click("input[name=_submit]")
     page.wait_for_selector(".messagelist")
     assert "Submitted test task" in page.locator(".messagelist").inner_text()
-    for _ in range(60):
-        if "succeeded" in page.locator("#content").inner_text():
-            break
-        page.wait_for_timeout(250)
-        page.reload()
-    assert "succeeded" in page.locator("#content").inner_text()
+    page.wait_for_selector(".podi-status:has-text('succeeded')", timeout=30_000)
+    thumbnail_loaded(page, 8)
+    assert page.locator("input[name=_save]").count() == 0  # read-only: no Save
 
-    # Grant the user points (their account exists once they used the wallet).
-    user = httpx.Client(
-        base_url=live_server.url, headers={"Authorization": f"Bearer {access_token(owner)}"}
-    )
-    assert user.get("/api/wallet/v1/balance").status_code == 200
-    page.goto("/admin/wallet/account/")
-    page.locator("tr", has_text=owner.username).locator("input.action-select").check()
-    page.select_option("select[name=action]", "grant_points")
-    page.click("button[name=index]")
+    # Grant the user points from their page (the grant opens their account).
+    page.goto("/admin/auth/user/")
+    page.locator("#result_list a", has_text=owner.username).first.click()
+    page.click("#grant-points")
     page.fill("#id_points", "100")
     page.fill("#id_reason", "welcome")
     page.get_by_role("button", name="Grant points").click()
     page.wait_for_selector(".messagelist")
-    assert "Granted +100 points on 1 account(s)." in page.locator(".messagelist").inner_text()
+    assert "Granted +100 points to owner; balance 100." in page.locator(".messagelist").inner_text()
 
-    # The user's task shows up in the console.
+    # The user's task: from the user page to their tasks, to the task, its hold and ledger.
+    user = httpx.Client(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {access_token(owner)}"}
+    )
     submitted = user.post("/api/tasks/v1/submit", json={"action": "invert-image", "params": {}})
     assert submitted.status_code == 202, submitted.text
     task_id = submitted.json()["taskId"]
-    page.goto(f"/admin/tasks/task/?q={task_id}")
-    row = page.locator("#result_list tbody tr", has_text=task_id)
-    for _ in range(60):
-        if "succeeded" in row.inner_text():
-            break
-        page.wait_for_timeout(250)
-        page.reload()
-    assert "succeeded" in row.inner_text()
-    assert owner.username in row.inner_text()
+    page.locator(".field-activity a", has_text="tasks").click()
+    page.locator("#result_list a", has_text=task_id).click()
+    page.wait_for_selector(".podi-status:has-text('succeeded')", timeout=30_000)
+    thumbnail_loaded(page, 64)  # the schema's default width
+    assert owner.username in page.locator(".field-user_link").inner_text()
+    ledger = page.locator(".field-ledger")
+    assert ledger.locator("a").count() == 2  # the freeze and the confirm
+    assert "confirm" in ledger.inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "console-task.png"), full_page=True)
+    if os.environ.get("PODI_DOCS_SCREENSHOTS"):
+        page.screenshot(path=str(ROOT / "docs" / "console-task.png"), full_page=True)
+    page.locator(".field-hold a").click()
+    page.wait_for_selector(".field-entries_view")
+    assert page.locator(".field-entries_view a").count() == 2
+    assert task_id in page.locator(".field-task").inner_text()
+    assert "confirmed" in page.locator(".field-status").inner_text()
+    page.locator(".field-entries_view a").first.click()
+    assert task_id in page.locator(".field-task").inner_text()
+    assert owner.username in page.locator(".field-user").inner_text()
 
     # The dashboard moved; it is what docs/console-dashboard.png shows.
     page.goto("/admin/")

@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from media_app.models import MediaObject
-from tasks.models import Task, TaskStatus
+from tasks.models import Task, TaskAsset, TaskStatus
 from tasks.services import task_submit
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 from wallet.models import Account, Hold, HoldStatus, LedgerEntry
@@ -201,3 +201,21 @@ def test_the_task_page_has_no_save(console, queued):
     assert "changed successfully" not in response.content.decode()
     assert Task.objects.get(pk=queued.pk).status == TaskStatus.QUEUED
     assert json.loads(json.dumps(Task.objects.get(pk=queued.pk).params)) == {"seconds": 1}
+
+
+def test_text_audio_and_video_outputs_are_shown_inline(console, queued, settings):
+    settings.PUBLIC_BASE_URL = "http://testserver"
+    Task.objects.filter(pk=queued.pk).update(
+        status=TaskStatus.SUCCEEDED, result={"text": "Hello <b>there</b>", "promptId": "p-1"}
+    )
+    for key, mime in (("results/a.mp3", "audio/mpeg"), ("results/v.mp4", "video/mp4")):
+        TaskAsset.objects.create(task=queued, kind="output", object_key=key, mime_type=mime)
+    page = html(console.get(f"/admin/tasks/task/{queued.pk}/change/"))
+    assert '<pre style="white-space:pre-wrap;margin:0">Hello &lt;b&gt;there&lt;/b&gt;</pre>' in page
+    assert "<b>promptId</b>" not in page  # an id, not text the task produced
+    assert re.search(
+        r'<audio class="podi-audio" controls preload="none" src="http://testserver/', page
+    )
+    assert re.search(
+        r'<video class="podi-video" controls preload="metadata" src="http://testserver/', page
+    )
