@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from podi.services import user_create
@@ -140,3 +142,14 @@ def test_grant_needs_the_account_change_permission(operator, owner):
     assert Account.objects.get(user=owner).balance == 0
     page = html(operator.get(reverse("admin:auth_user_change", args=[owner.pk])))
     assert 'id="grant-points"' not in page
+
+
+def test_user_list_query_count_does_not_grow(console, owner):
+    Account.objects.create(user=owner, balance=3)
+    with CaptureQueriesContext(connection) as few:
+        html(console.get("/admin/auth/user/"))
+    for index in range(5):
+        user_create(username=f"more{index}")
+    with CaptureQueriesContext(connection) as more:
+        html(console.get("/admin/auth/user/"))
+    assert len(more) == len(few)
