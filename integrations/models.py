@@ -99,7 +99,15 @@ class Executor(models.Model):
     kind = models.CharField(max_length=10, choices=ExecutorKind.choices)
     base_url = models.CharField(max_length=500, help_text="http(s)://host:port of the executor.")
     enabled = models.BooleanField(default=True)
-    max_concurrency = models.PositiveIntegerField(default=1)
+    max_concurrency = models.PositiveIntegerField(
+        default=1, help_text="Runs in flight on this executor at most (prompts in its queue)."
+    )
+    in_flight = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Runs PODI has on this executor now: claimed by one guarded update at dispatch, "
+        "given back when the run ends; the reconciler recounts it from the running tasks.",
+    )
     weight = models.PositiveIntegerField(default=1)
     config = models.JSONField(default=dict, blank=True)
     api_keys = models.ManyToManyField(VendorApiKey, blank=True, related_name="executors")

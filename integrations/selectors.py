@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Exists, JSONField, OuterRef, Prefetch, Q, QuerySet, Subquery
 from jsonschema import Draft202012Validator
 
 from integrations import error_codes as codes
@@ -33,7 +33,15 @@ EMPTY_SCHEMA: dict = {"type": "object", "properties": {}}
 
 
 def ability_get_active(*, code: str) -> Ability:
-    ability = Ability.objects.filter(code=code, status=Ability.Status.ACTIVE).first()
+    """The active ability ``code`` with what a submit needs in two statements: its bindings
+    (ordered, with versions and executors) and its base preset's params."""
+    base_params = Preset.objects.filter(ability=OuterRef("pk"), is_base=True).values("params")
+    ability = (
+        Ability.objects.filter(code=code, status=Ability.Status.ACTIVE)
+        .annotate(base_preset_params=Subquery(base_params[:1], output_field=JSONField()))
+        .prefetch_related(_bindings_prefetch())
+        .first()
+    )
     if ability is None:
         raise AppError(codes.ABILITY_NOT_FOUND, f"No active ability {code!r}.")
     return ability
@@ -188,10 +196,14 @@ def ability_validate_params(
     else:
         schema = ability_params_schema(ability)
     chosen = _preset_of(ability, preset)
-    base = ability.presets.filter(is_base=True).first()
+    if hasattr(ability, "base_preset_params"):  # fetched with the ability (ability_get_active)
+        base_params = ability.base_preset_params
+    else:
+        base = ability.presets.filter(is_base=True).first()
+        base_params = base.params if base else None
     merged: dict[str, Any] = _schema_defaults(schema)
     for layer in (
-        base.params if base else {},
+        base_params or {},
         ability.defaults or {},
         chosen.params if chosen else {},
         params,
@@ -200,10 +212,15 @@ def ability_validate_params(
     return params_validate(schema=schema, params=merged)
 
 
-def bindings_for_ability(ability: Ability) -> QuerySet[WorkflowBinding]:
+def bindings_for_ability(ability: Ability) -> list[WorkflowBinding]:
     """Enabled bindings whose executor is enabled and has every node class the workflow needs,
-    highest priority first."""
-    return (
+    highest priority first (from the prefetched bindings when the ability has them)."""
+    cached = getattr(ability, "ordered_bindings", None)
+    if cached is not None:
+        return [
+            b for b in cached if b.enabled and b.executor.enabled and not b.missing_node_classes
+        ]
+    return list(
         WorkflowBinding.objects.filter(ability=ability, enabled=True, executor__enabled=True)
         .filter(missing_node_classes=[])
         .select_related("workflow", "workflow__active_version", "workflow_version", "executor")

@@ -499,16 +499,15 @@ def media_store_output(
         "uploaded_at": None if staged else timezone.now(),
         "deleted_at": None,
     }
-    try:
-        with transaction.atomic():
-            media, created = MediaObject.objects.select_for_update().get_or_create(
-                object_key=object_key, defaults=values
-            )
-            if not created and media.status not in STORED:
-                for name, value in values.items():
-                    setattr(media, name, value)
-                media.save()
-    except IntegrityError:  # a concurrent writer recorded the same output first
+    # One upsert: a row left by an earlier attempt that never stored (or a concurrent writer of
+    # the same output, whose bytes are the ones just written) takes these values.
+    (media,) = MediaObject.objects.bulk_create(
+        [MediaObject(object_key=object_key, **values)],
+        update_conflicts=True,
+        unique_fields=["object_key"],
+        update_fields=list(values),
+    )
+    if media.pk is None:  # a database that cannot return the row's id from the upsert
         media = MediaObject.objects.get(object_key=object_key)
     return media
 

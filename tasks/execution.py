@@ -40,6 +40,7 @@ from tasks import error_codes as codes
 from tasks.models import TERMINAL_STATUSES, Task, TaskStatus
 from tasks.services import (
     RUN_ACTOR,
+    executors_recount_in_flight,
     task_callback_url,
     task_heartbeat,
     task_progress,
@@ -490,6 +491,7 @@ def tasks_reconcile() -> dict[str, int]:
         "orphansResumed": tasks_resume_orphaned(),
         "resumed": tasks_resume_silent(),
         "workerLeasesPruned": worker_leases_prune(),
+        "inFlightRecounted": executors_recount_in_flight(),
         "dispatched": tasks_dispatch_pending(),
         "stagedMediaSwept": tasks_sweep_staged_media(),
     }

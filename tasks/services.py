@@ -17,10 +17,10 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from integrations.models import Executor, WorkflowBinding
+from integrations.models import Executor, HealthStatus, WorkflowBinding
 from integrations.selectors import (
     ability_get_active,
     ability_media_params,
@@ -53,9 +53,8 @@ from tasks.models import (
     TaskStatus,
     TaskTemplate,
 )
-from wallet.error_codes import WALLET_HOLD_EXPIRED
 from wallet.selectors import account_require_balance, hold_get
-from wallet.services import hold_confirm, hold_extend, hold_freeze, hold_release
+from wallet.services import hold_confirm, hold_freeze, hold_outlive, hold_release
 
 logger = logging.getLogger("podi.tasks")
 
@@ -425,7 +424,9 @@ def task_submit(
 
     first = bindings[0]
     now = timezone.now()
-    with _discarded_on_failure(staged), transaction.atomic():
+    # No savepoint: a failure anywhere below fails the whole submit (the caller's transaction
+    # or this one rolls back), so none is needed; two statements fewer.
+    with _discarded_on_failure(staged), transaction.atomic(savepoint=False):
         task = Task(
             public_id=public_id,
             user=user,
@@ -459,6 +460,7 @@ def task_submit(
                 action=ability.code,
                 channel="task",
                 ttl_seconds=task_token_max_age(task),
+                new_task=True,
             )
             task.hold_id = hold.public_id
         task.save(force_insert=True)
@@ -589,50 +591,106 @@ def _enqueue_dispatch() -> None:
     enqueue_on_commit(actor_named(DISPATCH_ACTOR))
 
 
-def executor_running_counts(executor_ids: list[int]) -> dict[int, int]:
-    rows = (
-        Task.objects.filter(executor_id__in=executor_ids, status=TaskStatus.RUNNING)
-        .values("executor_id")
-        .annotate(n=Count("id"))
-    )
-    return {row["executor_id"]: row["n"] for row in rows}
-
-
-def _claim_executor(task: Task):
-    """Lock and return (binding, executor) with free capacity for ``task``, or None."""
-
+def _candidate_bindings(task: Task, cache: dict) -> list:
+    """The bindings ``task`` may run on (its test binding, or its ability's runnable ones),
+    fetched once per ability per dispatch pass."""
     pinned = task.executor_state.get("testBinding")
-    if pinned:
-        candidates = WorkflowBinding.objects.filter(pk=pinned).select_related(
-            "workflow", "workflow__active_version", "workflow_version", "executor"
-        )
-    else:
-        candidates = bindings_for_ability(task.ability)
-    bindings = [b for b in candidates if b.executor.is_dispatchable and not b.missing_node_classes]
+    key = ("binding", pinned) if pinned else ("ability", task.ability_id)
+    if key not in cache:
+        if pinned:
+            cache[key] = list(
+                WorkflowBinding.objects.filter(pk=pinned).select_related(
+                    "workflow", "workflow__active_version", "workflow_version", "executor"
+                )
+            )
+        else:
+            cache[key] = bindings_for_ability(task.ability)
+    return cache[key]
+
+
+def _claim_executor(task: Task, cache: dict):
+    """Claim a run slot for ``task`` on the best binding's executor; (binding, executor) or None.
+
+    A slot is claimed with one guarded update of the executor's ``in_flight`` counter (it only
+    goes up while below ``max_concurrency`` and the executor is dispatchable), not by counting
+    running tasks; the counter is given back when the run ends (``_release_slot``).
+    """
+    bindings = [
+        b
+        for b in _candidate_bindings(task, cache)
+        if b.executor.is_dispatchable and not b.missing_node_classes
+    ]
     if not bindings:
         return None
     tried = set(task.executor_state.get("triedExecutors", []))
-    load = executor_running_counts([b.executor_id for b in bindings])
 
     def rank(binding):
         executor = binding.executor
         return (
             executor.pk in tried,
             -binding.priority,
-            load.get(executor.pk, 0) / max(executor.max_concurrency, 1),
+            executor.in_flight / max(executor.max_concurrency, 1),
             -binding.weight,
             -executor.weight,
             executor.pk,
         )
 
     for binding in sorted(bindings, key=rank):
-        executor = Executor.objects.select_for_update().get(pk=binding.executor_id)
-        if not executor.is_dispatchable:
-            continue
-        running = Task.objects.filter(executor=executor, status=TaskStatus.RUNNING).count()
-        if running < executor.max_concurrency:
-            return binding, executor
+        claimed = (
+            Executor.objects.filter(
+                pk=binding.executor_id, enabled=True, in_flight__lt=F("max_concurrency")
+            )
+            .exclude(health_status=HealthStatus.UNHEALTHY)
+            .update(in_flight=F("in_flight") + 1)
+        )
+        if claimed:
+            binding.executor.in_flight += 1  # the pass's view, for ranking the next tasks
+            return binding, binding.executor
+        binding.executor.in_flight = binding.executor.max_concurrency  # full: rank it last
     return None
+
+
+def _release_slot(task: Task) -> None:
+    """Give back the run slot of a task that leaves ``running`` (called under the task's lock,
+    in the transaction that changes its status, so exactly once per claimed slot)."""
+    if task.status == TaskStatus.RUNNING and task.executor_id:
+        Executor.objects.filter(pk=task.executor_id, in_flight__gt=0).update(
+            in_flight=F("in_flight") - 1
+        )
+
+
+def executors_recount_in_flight() -> int:
+    """Repair ``in_flight`` counters that differ from the running tasks (a crash between claim
+    and commit cannot leave one, but an operator's SQL or a restored backup can). The executor
+    row is locked while it is recounted, so no claim interleaves. Returns the number fixed."""
+    running = dict(
+        Task.objects.filter(status=TaskStatus.RUNNING, executor__isnull=False)
+        .values("executor_id")
+        .annotate(n=Count("id"))
+        .values_list("executor_id", "n")
+    )
+    suspects = [
+        pk
+        for pk, in_flight in Executor.objects.values_list("pk", "in_flight")
+        if in_flight != running.get(pk, 0)
+    ]
+    fixed = 0
+    for pk in suspects:
+        with transaction.atomic():
+            executor = Executor.objects.select_for_update().filter(pk=pk).first()
+            if executor is None:
+                continue
+            count = Task.objects.filter(executor_id=pk, status=TaskStatus.RUNNING).count()
+            if executor.in_flight != count:
+                Executor.objects.filter(pk=pk).update(in_flight=count)
+                logger.warning(
+                    "executor %s counted %s runs in flight, %s are running: recounted",
+                    executor.name,
+                    executor.in_flight,
+                    count,
+                )
+                fixed += 1
+    return fixed
 
 
 def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
@@ -644,6 +702,7 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
     """
     blocked_abilities: set[int] = set()
     waiting: set[int] = set()
+    bindings: dict = {}
     started = 0
     now = timezone.now()
     for _ in range(max_rounds):
@@ -657,7 +716,7 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
         for pk, ability_id in candidates:
             if ability_id in blocked_abilities:
                 continue
-            outcome = _dispatch_one(pk, now)
+            outcome = _dispatch_one(pk, now, bindings)
             if outcome == "started":
                 started += 1
             elif outcome == "blocked":
@@ -669,7 +728,7 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
     return started
 
 
-def _dispatch_one(pk: int, now) -> str:
+def _dispatch_one(pk: int, now, bindings: dict) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
     with transaction.atomic():
         task = (
@@ -683,7 +742,7 @@ def _dispatch_one(pk: int, now) -> str:
         not_before = task.executor_state.get("notBefore")
         if not_before and not_before > now.timestamp():
             return "skipped"
-        claim = _claim_executor(task)
+        claim = _claim_executor(task, bindings)
         if claim is None:
             return "blocked"
         binding, executor = claim
@@ -698,6 +757,7 @@ def _dispatch_one(pk: int, now) -> str:
         task.run_deadline = now + timedelta(seconds=binding.run_timeout)
         if not _hold_outlives(task, task.run_deadline):
             # Never run what can no longer be charged (docs/adr/0011-money-holes.md).
+            _release_slot(task)
             task_finish(
                 task_id=task.public_id,
                 status=TaskStatus.FAILED,
@@ -739,22 +799,18 @@ def queue_position(task: Task) -> int | None:
 
 def _hold_outlives(task: Task, deadline) -> bool:
     """Extend the task's hold past ``deadline`` (plus ``TASK_HOLD_MARGIN``) whenever a deadline
-    moves; False when the hold can no longer be charged (settled or overdue)."""
+    moves; False when the hold can no longer be charged (settled or overdue). One statement."""
     if not task.hold_id:
         return True
-    return hold_extend(
-        hold=hold_get(hold_id=task.hold_id),
+    return hold_outlive(
+        hold_id=task.hold_id,
         expires_at=deadline + timedelta(seconds=settings.TASK_HOLD_MARGIN),
     )
 
 
 def _charge(hold) -> bool:
     """Confirm the hold; False when it expired first (the task then fails, uncharged)."""
-    try:
-        hold_confirm(hold=hold)
-    except AppError as exc:
-        if exc.error is not WALLET_HOLD_EXPIRED:
-            raise
+    if hold_confirm(hold=hold, expired_ok=True) is None:
         logger.error("hold %s expired before its task %s was charged", hold, hold.task_id)
         return False
     return True
@@ -878,7 +934,11 @@ def task_finish(
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(public_id=task_id)
+        task = (
+            Task.objects.select_for_update(of=("self",))
+            .select_related("executor")
+            .get(public_id=task_id)
+        )
         if task.is_terminal or (attempt is not None and task.attempts != attempt):
             return task
         # Settle first: a success whose hold expired ends failed, deterministically.
@@ -891,6 +951,7 @@ def task_finish(
             if status != TaskStatus.SUCCEEDED:
                 hold_release(hold=hold)
         now = timezone.now()
+        _release_slot(task)
         task.status = status
         task.finished_at = now
         task.result = result
@@ -915,21 +976,24 @@ def task_finish(
             # Outputs become reachable here, with the charge; otherwise they stay staged and
             # the reconciler sweeps them (docs/adr/0011-money-holes.md).
             media_publish(object_keys=[media.object_key for media in outputs])
-            for media in outputs:
-                TaskAsset.objects.get_or_create(
+            # The task ends here, once, so it has no outputs yet: one insert for all of them.
+            assets = [
+                TaskAsset(
                     task=task,
                     kind=TaskAsset.Kind.OUTPUT,
                     object_key=media.object_key,
-                    defaults={
-                        "mime_type": media.mime_type or "",
-                        "size": media.size,
-                        "width": media.width,
-                        "height": media.height,
-                        "sha256": media.sha256 or "",
-                        "node_id": getattr(media, "node_id", "") or "",
-                    },
+                    mime_type=media.mime_type or "",
+                    size=media.size,
+                    width=media.width,
+                    height=media.height,
+                    sha256=media.sha256 or "",
+                    node_id=getattr(media, "node_id", "") or "",
                 )
-            output_items = [_asset_dict(a) for a in task.assets.filter(kind=TaskAsset.Kind.OUTPUT)]
+                for media in outputs
+            ]
+            if assets:
+                TaskAsset.objects.bulk_create(assets)
+            output_items = [_asset_dict(asset) for asset in assets]
         _emit_status(task, outputs=output_items)
         _enqueue_dispatch()
     return task
@@ -960,6 +1024,7 @@ def task_requeue_or_fail(
             notBefore=(now + timedelta(seconds=backoff)).timestamp(),
             lastError={"code": error_code, "message": error_message[:500]},
         )
+        _release_slot(task)
         task.status = TaskStatus.QUEUED
         task.executor = None
         task.binding = None

@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import CharField
+from django.db.models import CharField, F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from podi.access import owners_of
@@ -198,6 +199,44 @@ def _account_ref(user) -> Account:
     return Account(pk=account_id, user_id=user.pk)
 
 
+@functools.cache
+def _hold_insert_sql() -> tuple[str, list]:
+    quote = connection.ops.quote_name
+    fields = [
+        f for f in Hold._meta.concrete_fields if not f.primary_key and f.attname != "account_id"
+    ]
+    columns = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    sql = (
+        f"INSERT INTO {quote(Hold._meta.db_table)} ({columns}, {quote('account_id')}) "  # noqa: S608
+        f"SELECT {values}, account.id FROM {quote(Account._meta.db_table)} account "
+        "WHERE account.user_id = %s RETURNING id, account_id"
+    )
+    return sql, fields
+
+
+def _hold_insert(hold: Hold, user) -> Account:
+    """Insert ``hold`` on ``user``'s account, found by the insert itself (one statement); the
+    account is created first if the user has none. Returns a handle on the account (id and
+    owner; the figures are filled in by the change that follows)."""
+    sql, fields = _hold_insert_sql()
+    params = [f.get_db_prep_save(getattr(hold, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, user.pk])
+        row = cursor.fetchone()
+    if row is None:
+        # No account yet: created with the first change, inside this transaction, so a refused
+        # first freeze leaves no account either.
+        account = Account(pk=account_for_user(user).pk, user_id=user.pk)
+        hold.account = account
+        hold.save(force_insert=True)
+        return account
+    account = Account(pk=row[1], user_id=user.pk)
+    hold.pk, hold.account = row[0], account
+    hold._state.adding, hold._state.db = False, connection.alias
+    return account
+
+
 def _insufficient(account: Account, needed: int, message: str) -> AppError:
     account.refresh_from_db(fields=["balance", "frozen"])
     return AppError(
@@ -319,6 +358,7 @@ def hold_freeze(
     channel: str = "",
     ttl_seconds: int | None = None,
     owner_settles: bool = False,
+    new_task: bool = False,
 ) -> tuple[Hold, bool]:
     """Move ``points`` from balance to frozen under a new hold; ``(hold, created)``.
 
@@ -330,26 +370,29 @@ def hold_freeze(
     ``task_id`` is the caller's reference; when it names a PODI task (the owner lookup ``tasks``
     registers) that task must be ``user``'s, else 404 ``WALLET_TASK_NOT_FOUND``: the hold's
     events are linked to the task, and nobody may add to another user's task history.
+
+    ``new_task``: the caller creates the task ``task_id`` (a fresh id) for ``user`` in its own
+    transaction, so there is no owner to look up and no earlier hold to find: the freeze runs
+    in that transaction without a savepoint of its own.
     """
     points = _points(points)
     task_id = task_id or ""
     if len(task_id) > 64:
         raise validation_error({"taskId": ["At most 64 characters."]})
-    if task_id and owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
+    if new_task and not (task_id and transaction.get_connection().in_atomic_block):
+        raise ValueError("new_task needs the task id and the caller's transaction")
+    if task_id and not new_task and owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
         raise AppError(codes.WALLET_TASK_NOT_FOUND, details={"taskId": task_id})
     if ttl_seconds is None:
         ttl_seconds = settings.WALLET_HOLD_TTL
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
         raise validation_error({"ttlSeconds": ["Must be a positive integer."]})
     try:
-        with transaction.atomic():
-            # Created with the first change, so a refused first freeze leaves no account either.
-            account = _account_ref(user)
+        with transaction.atomic(savepoint=not new_task):
             now = timezone.now()
             # The hold first: a second freeze for the same task stops here, on the unique
             # (account, task_id) constraint, before it touches the account row.
-            hold = Hold.objects.create(
-                account=account,
+            hold = Hold(
                 task_id=task_id,
                 points=points,
                 expires_at=now + timedelta(seconds=ttl_seconds),
@@ -359,6 +402,7 @@ def hold_freeze(
                 created_at=now,
                 updated_at=now,
             )
+            account = _hold_insert(hold, user)
             entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points)
             if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
                 raise _insufficient(
@@ -416,44 +460,54 @@ def _settle(hold: Hold, *, now: datetime, status: str, deducted: int, due_by: da
     )
 
 
-def hold_confirm(*, hold: Hold, points: int | None = None) -> Hold:
+def hold_confirm(*, hold: Hold, points: int | None = None, expired_ok: bool = False) -> Hold | None:
     """Charge the hold: all of it, or ``points`` ≤ held and give the rest back.
 
     Repeating a confirm is a no-op returning the settled hold. On a released hold → 409
     ``WALLET_HOLD_SETTLED``; on an expired hold, or one still held past ``expires_at`` → 409
-    ``WALLET_HOLD_EXPIRED``. The returned hold's ``account`` carries the current figures.
+    ``WALLET_HOLD_EXPIRED`` (or None with ``expired_ok``, for a caller that goes on in its
+    transaction). The returned hold's ``account`` carries the current figures.
+
+    No savepoint of its own: a refusal writes nothing and is raised after the atomic block, so
+    the caller's transaction stays usable; a database error fails the caller's change.
     """
     if points is not None:
         points = _points(points, allow_zero=True)
     charge = hold.points if points is None else points
     account = _account_of(hold)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         now = timezone.now()
-        if charge > hold.points or not _settle(
+        settled = charge <= hold.points and _settle(
             hold, now=now, status=HoldStatus.CONFIRMED, deducted=charge, due_by=None
-        ):
-            current = _as_it_is(hold, account)
-            if current.status == HoldStatus.CONFIRMED:
-                return current
-            if current.status == HoldStatus.RELEASED:
-                raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was released.")
-            if current.status == HoldStatus.EXPIRED or current.is_overdue(now):
-                raise AppError(
-                    codes.WALLET_HOLD_EXPIRED, details={"expiresAt": _iso(current.expires_at)}
+        )
+        if settled:
+            rest = hold.points - charge
+            entries = [
+                _hold_entry(
+                    hold, type=EntryType.CONFIRM, points=-charge, amount=charge, back=(rest, -rest)
                 )
-            raise validation_error({"points": [f"At most the {hold.points} points held."]})
-        rest = hold.points - charge
-        entries = [
-            _hold_entry(
-                hold, type=EntryType.CONFIRM, points=-charge, amount=charge, back=(rest, -rest)
+            ]
+            if rest:  # the unspent part goes back in the same change, shown as its own entry
+                entries.append(_hold_entry(hold, type=EntryType.RELEASE, points=0, amount=rest))
+            _apply(account, balance=rest, frozen=-hold.points, entries=entries, now=now)
+            _emit(account, status="deducted", points=charge, hold=hold)
+            if rest:
+                _emit(account, status="released", points=rest, hold=hold)
+    if not settled:
+        # Refused, with nothing written: decided outside the atomic block, so a caller's
+        # transaction stays usable after the error.
+        current = _as_it_is(hold, account)
+        if current.status == HoldStatus.CONFIRMED:
+            return current
+        if current.status == HoldStatus.RELEASED:
+            raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was released.")
+        if current.status == HoldStatus.EXPIRED or current.is_overdue(now):
+            if expired_ok:
+                return None
+            raise AppError(
+                codes.WALLET_HOLD_EXPIRED, details={"expiresAt": _iso(current.expires_at)}
             )
-        ]
-        if rest:  # the unspent part goes back in the same change, shown as its own entry
-            entries.append(_hold_entry(hold, type=EntryType.RELEASE, points=0, amount=rest))
-        _apply(account, balance=rest, frozen=-hold.points, entries=entries, now=now)
-        _emit(account, status="deducted", points=charge, hold=hold)
-        if rest:
-            _emit(account, status="released", points=rest, hold=hold)
+        raise validation_error({"points": [f"At most the {hold.points} points held."]})
     hold.status, hold.deducted, hold.released = HoldStatus.CONFIRMED, charge, rest
     hold.settled_at = hold.updated_at = now
     hold.account = account
@@ -464,15 +518,17 @@ def hold_release(*, hold: Hold) -> Hold:
     """Give the held points back. Idempotent (a released or expired hold is returned as it is);
     on a confirmed hold → 409 ``WALLET_HOLD_SETTLED``."""
     account = _account_of(hold)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # no savepoint: as in hold_confirm
         now = timezone.now()
-        if not _settle(hold, now=now, status=HoldStatus.RELEASED, deducted=0, due_by=None):
-            current = _as_it_is(hold, account)
-            if current.status == HoldStatus.CONFIRMED:
-                raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was confirmed.")
-            return current
-        _give_back(account, hold, type=EntryType.RELEASE, now=now)
-        _emit(account, status="released", points=hold.points, hold=hold)
+        settled = _settle(hold, now=now, status=HoldStatus.RELEASED, deducted=0, due_by=None)
+        if settled:
+            _give_back(account, hold, type=EntryType.RELEASE, now=now)
+            _emit(account, status="released", points=hold.points, hold=hold)
+    if not settled:
+        current = _as_it_is(hold, account)
+        if current.status == HoldStatus.CONFIRMED:
+            raise AppError(codes.WALLET_HOLD_SETTLED, "This hold was confirmed.")
+        return current
     hold.status, hold.deducted, hold.released = HoldStatus.RELEASED, 0, hold.points
     hold.settled_at = hold.updated_at = now
     hold.account = account
@@ -505,6 +561,18 @@ def hold_extend(*, hold: Hold, expires_at: datetime) -> bool:
         hold.expires_at = max(hold.expires_at, expires_at)
         return True
     return False
+
+
+def hold_outlive(*, hold_id: str, expires_at: datetime) -> bool:
+    """``hold_extend`` by the hold's public id, in one statement: True when the hold is held, not
+    overdue, and now lasts at least until ``expires_at`` (it is only ever moved later)."""
+    now = timezone.now()
+    return (
+        Hold.objects.filter(public_id=hold_id, status=HoldStatus.HELD, expires_at__gt=now).update(
+            expires_at=Greatest(F("expires_at"), Value(expires_at)), updated_at=now
+        )
+        == 1
+    )
 
 
 # Hooks that name the holds whose work is still live (the tasks app registers one): expiry

@@ -5,9 +5,12 @@ Webhook deliveries are in ``podi.realtime.webhooks``.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from podi.access import owners_of
 from podi.realtime.events import Event, Webhook, emit
@@ -31,26 +34,65 @@ def event_record(event: Event, webhook: Webhook | None = None) -> Event:
             webhook=webhook, user_id=user_id, task_id=event.get("taskId")
         )
         webhook_send_on_commit(delivery_id=delivery.pk)
-    row = EventRow.objects.create(
-        public_id=event["id"],
-        user_id=user_id,
-        seq=_next_seq(user_id),
-        task_public_id=event.get("taskId") or "",
-        type=event["type"],
-        payload=event["payload"],
+    now = timezone.now()
+    seq = _insert(event, user_id=user_id, now=now)
+    return {**event, "seq": seq, "timestamp": now.isoformat().replace("+00:00", "Z")}
+
+
+@functools.cache
+def _sql() -> tuple[str, str, str]:
+    """(bump the cursor, insert the event, both in one statement). Only our own table and column
+    names are interpolated; values are parameters."""
+    quote = connection.ops.quote_name
+    cursor_table = quote(EventCursor._meta.db_table)
+    event_table = quote(EventRow._meta.db_table)
+    columns = ", ".join(
+        quote(name)
+        for name in (
+            "public_id",
+            "user_id",
+            "seq",
+            "task_public_id",
+            "type",
+            "payload",
+            "created_at",
+        )
     )
-    return {**event, "seq": row.seq, "timestamp": row.as_message()["timestamp"]}
+    bump = (
+        f"UPDATE {cursor_table} SET last_seq = last_seq + 1 WHERE user_id = %s RETURNING last_seq"  # noqa: S608
+    )
+    insert = f"INSERT INTO {event_table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s)"  # noqa: S608
+    both = (
+        f"WITH bumped AS ({bump}) INSERT INTO {event_table} ({columns}) "  # noqa: S608
+        "SELECT %s, %s, bumped.last_seq, %s, %s, %s::jsonb, %s FROM bumped RETURNING seq"
+    )
+    return bump, insert, both
 
 
-def _next_seq(user_id: int) -> int:
-    """Bump the user's cursor in one statement; its row lock orders seqs by commit."""
-    table = connection.ops.quote_name(EventCursor._meta.db_table)
-    # The table name comes from the model, never from input.
-    sql = f"UPDATE {table} SET last_seq = last_seq + 1 WHERE user_id = %s RETURNING last_seq"  # noqa: S608
+def _insert(event: Event, *, user_id: int, now) -> int:
+    """Insert the event with the user's next seq. The cursor row's lock orders seqs by commit.
+
+    PostgreSQL: one statement (the cursor bump feeds the insert). Elsewhere: the bump, then the
+    insert, under the transaction's write lock. A user without a cursor row gets one first.
+    """
+    bump, insert, both = _sql()
+    payload = json.dumps(event["payload"])
+    task = event.get("taskId") or ""
     for _ in range(2):
         with connection.cursor() as cursor:
-            cursor.execute(sql, [user_id])
-            row = cursor.fetchone()
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    both, [user_id, event["id"], user_id, task, event["type"], payload, now]
+                )
+                row = cursor.fetchone()
+            else:
+                cursor.execute(bump, [user_id])
+                row = cursor.fetchone()
+                if row is not None:
+                    when = connection.ops.adapt_datetimefield_value(now)
+                    cursor.execute(
+                        insert, [event["id"], user_id, row[0], task, event["type"], payload, when]
+                    )
         if row is not None:
             return row[0]
         EventCursor.objects.get_or_create(user_id=user_id)

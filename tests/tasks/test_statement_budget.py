@@ -1,0 +1,82 @@
+"""The task core's SQL budget: statements per model-free task, counted on every connection."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection, connections
+from django.db.backends.signals import connection_created
+
+from tasks.execution import task_run
+from tasks.models import Task, TaskStatus
+from tasks.services import tasks_dispatch_pending
+from tests.tasks.conftest import make_ability, make_executor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class StatementLog:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.statements: list[str] = []
+
+    def __call__(self, execute, sql, params, many, context):
+        with self.lock:
+            self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+    @contextmanager
+    def phase(self):
+        start = len(self.statements)
+        mark: list[str] = []
+        yield mark
+        mark.extend(self.statements[start:])
+
+
+@pytest.fixture
+def statements():
+    log = StatementLog()
+
+    def install(connection, **_):  # noqa: F811 - the signal's argument
+        if log not in connection.execute_wrappers:
+            connection.execute_wrappers.append(log)
+
+    for each in connections.all():
+        install(each)
+    connection_created.connect(install)
+    yield log
+    connection_created.disconnect(install)
+    for each in connections.all():
+        if log in each.execute_wrappers:
+            each.execute_wrappers.remove(log)
+
+
+# Statements per phase of one model-free task (COMMIT not counted; SQLite also counts its
+# "BEGIN IMMEDIATE" and needs two statements where PostgreSQL needs one: a CTE).
+BUDGET = {
+    "postgresql": {"submit": 8, "dispatch": 7, "run": 33},
+    "sqlite": {"submit": 12, "dispatch": 9, "run": 47},
+}
+
+
+def test_statements_per_task(comfy, funded, api, statements):
+    executor = make_executor("gpu-1", comfy.url)
+    make_ability("invert", [executor], points=5)
+    client = api(funded)
+    client.post("/api/tasks/v1/submit", json={"action": "invert", "params": {}})  # warm caches
+    Task.objects.all().delete()
+    with statements.phase() as submit:
+        response = client.post("/api/tasks/v1/submit", json={"action": "invert", "params": {}})
+    assert response.status_code == 202, response.text
+    task_id = response.json()["taskId"]
+    with statements.phase() as dispatch:
+        assert tasks_dispatch_pending() == 1
+    with statements.phase() as run:
+        assert task_run(task_id=task_id, attempt=1) == "succeeded"
+    assert Task.objects.get(public_id=task_id).status == TaskStatus.SUCCEEDED
+    budget = BUDGET[connection.vendor]
+    for name, phase in (("submit", submit), ("dispatch", dispatch), ("run", run)):
+        listing = "\n".join(sql[:140] for sql in phase)
+        assert len(phase) <= budget[name], f"{name}: {len(phase)} statements\n{listing}"
