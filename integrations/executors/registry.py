@@ -58,3 +58,9 @@ def sessions_close_all() -> None:
     for session in sessions:
         session.close()
     shared_clients_close()
+
+
+def sessions_open() -> list[ComfyUISession]:
+    """The executor sessions this process has open (for tests and diagnostics)."""
+    with _sessions_lock:
+        return list(_sessions.values())
