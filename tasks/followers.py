@@ -175,25 +175,28 @@ def _heartbeat(entries: list[Followed]) -> None:
     """One SELECT and one UPDATE for every attempt followed here."""
     if not entries:
         return
-    by_id = {e.task_id: e for e in entries}
+    by_id: dict[str, list[Followed]] = {}
+    for entry in entries:
+        by_id.setdefault(entry.task_id, []).append(entry)
     me = current_worker_id()
     rows = Task.objects.filter(public_id__in=list(by_id)).values_list(
         "public_id", "attempts", "status", "executor_state"
     )
     current = []
     for task_id, attempts, status, state in rows:
-        entry = by_id.pop(task_id)
         holder = (state or {}).get("worker")
-        if attempts != entry.attempt:
+        for entry in by_id.pop(task_id):
+            if attempts != entry.attempt:
+                _stop(entry, "superseded")
+            elif status != TaskStatus.RUNNING:
+                _stop(entry, status)
+            elif me and holder and holder != me:
+                _stop(entry, "superseded")  # resumed by another worker
+            else:
+                current.append(task_id)
+    for gone in by_id.values():  # the task row is gone
+        for entry in gone:
             _stop(entry, "superseded")
-        elif status != TaskStatus.RUNNING:
-            _stop(entry, status)
-        elif me and holder and holder != me:
-            _stop(entry, "superseded")  # resumed by another worker
-        else:
-            current.append(task_id)
-    for entry in by_id.values():  # the task row is gone
-        _stop(entry, "superseded")
     if current:
         Task.objects.filter(public_id__in=current, status=TaskStatus.RUNNING).update(
             heartbeat_at=timezone.now()

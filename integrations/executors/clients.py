@@ -18,6 +18,7 @@ import httpx
 from integrations.executors.runtime import ssl_context
 
 _clients: dict[int, tuple[str, httpx.Client]] = {}
+_retired: list[httpx.Client] = []  # replaced after an edit; closed at shutdown, not mid-run
 _lock = threading.Lock()
 
 
@@ -42,17 +43,17 @@ def shared_client(
             base_url=base_url, timeout=timeout, headers=headers, verify=ssl_context()
         )
         _clients[executor.pk] = (fingerprint, client)
-    if known is not None:
-        # The executor was edited: runs still using the old client finish on their own
-        # connections (httpx closes a pooled connection after its response is read).
-        known[1].close()
+        if known is not None:
+            # The executor was edited: runs still using the old client may finish with it.
+            _retired.append(known[1])
     return client
 
 
 def shared_clients_close() -> None:
     """Close every shared client (worker shutdown)."""
     with _lock:
-        clients = [client for _, client in _clients.values()]
+        clients = [client for _, client in _clients.values()] + _retired
         _clients.clear()
+        _retired.clear()
     for client in clients:
         client.close()

@@ -4,11 +4,16 @@ finished prompt; polling is only the fallback while the socket is down."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dramatiq
 import pytest
+from django.utils import timezone
 
 from integrations.executors.registry import sessions_open
 from podi.runtime import import_actor_modules
+from tasks import followers
+from tasks.execution import tasks_resume_silent
 from tasks.models import Task, TaskStatus
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
 
@@ -135,3 +140,30 @@ def test_a_silent_socket_does_not_keep_a_forgotten_prompt_forever(worker, comfy,
     task = Task.objects.get(public_id=task_id)
     assert (task.error_code, task.attempts) == ("EXECUTOR_LOST", 2)
     assert the_session().connected
+
+
+def test_followed_attempts_are_heartbeaten_per_process_and_a_cancel_stops_following(
+    worker, comfy, funded, api
+):
+    executor = make_executor("gpu-1", comfy.url, max_concurrency=2)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=1)
+    client = api(funded)
+    task_ids = [submit(client, "sleep", seconds=30) for _ in range(2)]
+    wait_for(lambda: followers.followed_count() == 2, timeout=20)
+    old = timezone.now() - timedelta(minutes=2)
+    Task.objects.filter(public_id__in=task_ids).update(heartbeat_at=old)
+    # The process's monitor touches both heartbeats (no worker thread is running them).
+    wait_for(
+        lambda: not Task.objects.filter(public_id__in=task_ids, heartbeat_at__lte=old).exists(),
+        timeout=20,
+    )
+    assert tasks_resume_silent() == 0
+
+    assert client.post(f"/api/tasks/v1/{task_ids[0]}/cancel").status_code == 200
+    prompt_id = Task.objects.get(public_id=task_ids[0]).external_id
+    # Running → interrupted; still pending in ComfyUI's queue → deleted from it.
+    wait_for(lambda: prompt_id in comfy.interrupts or prompt_id in comfy.deleted)
+    wait_for(lambda: followers.followed_count() == 1, timeout=20)
+    assert not followers.following(task_ids[0], 1)
+    assert followers.following(task_ids[1], 1)
+    assert Task.objects.get(public_id=task_ids[0]).status == TaskStatus.CANCELED
