@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from integrations.executors.registry import sessions_open
+from podi.realtime.models import Event
 from podi.runtime import import_actor_modules
 from tasks import followers
 from tasks.execution import tasks_resume_silent
@@ -167,3 +168,25 @@ def test_followed_attempts_are_heartbeaten_per_process_and_a_cancel_stops_follow
     assert not followers.following(task_ids[0], 1)
     assert followers.following(task_ids[1], 1)
     assert Task.objects.get(public_id=task_ids[0]).status == TaskStatus.CANCELED
+
+
+def test_progress_is_coalesced_and_only_rises(worker, comfy, funded, api):
+    executor = make_executor("gpu-1", comfy.url)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=1)
+    graph = {"1": {"class_type": "PodiTestSleep", "inputs": {"seconds": 2, "steps": 200}}}
+    make_ability("steps", [executor], graph=graph, schema={"type": "object"}, points=1)
+    client = api(funded)
+    task_id = submit(client, "steps")
+    wait_for(lambda: all_succeeded([task_id]), timeout=30)
+    prompt_id = Task.objects.get(public_id=task_id).external_id
+    sent = [
+        m for m in comfy.sent if m["type"] == "progress" and m["data"].get("prompt_id") == prompt_id
+    ]
+    written = [
+        e.payload["progress"]
+        for e in Event.objects.filter(task_public_id=task_id, type="task.progress").order_by("seq")
+    ]
+    assert len(sent) == 200
+    assert written, "no progress was written"
+    assert written == sorted(set(written))  # strictly rising
+    assert len(written) < len(sent) / 4  # coalesced, not one write per socket message
