@@ -190,3 +190,24 @@ def test_progress_is_coalesced_and_only_rises(worker, comfy, funded, api):
     assert written, "no progress was written"
     assert written == sorted(set(written))  # strictly rising
     assert len(written) < len(sent) / 4  # coalesced, not one write per socket message
+
+
+def test_an_edited_executor_gets_a_new_session_and_the_idle_old_one_closes(
+    worker, comfy, funded, api
+):
+    executor = make_executor("gpu-1", comfy.url)
+    make_ability("invert", [executor], points=1)
+    client = api(funded)
+    first = submit(client, "invert")
+    wait_for(lambda: all_succeeded([first]))
+    old = the_session()
+    executor.config = {"poll_every": 0.5}
+    executor.save(update_fields=["config"])
+    second = submit(client, "invert")
+    wait_for(lambda: all_succeeded([second]))
+    new = the_session()
+    assert new is not old
+    assert not old.connected
+    assert comfy.ws_clients == [new.client_id]
+    prompts = [comfy.prompts[Task.objects.get(public_id=t).external_id] for t in (first, second)]
+    assert [p["client_id"] for p in prompts] == [old.client_id, new.client_id]
