@@ -45,6 +45,15 @@ def start_worker(threads: int) -> dramatiq.Worker:
 
 WORKER_LEASE_PREFIX = "worker:"
 _worker_id: str | None = None
+# Called (in order) when a worker process shuts down, before its lease thread stops: the tasks
+# app closes its executor sessions here (docs/adr/0015-executor-sessions.md).
+_shutdown_hooks: list = []
+
+
+def on_worker_shutdown(hook) -> None:
+    """Register ``hook()`` to run when this process's Dramatiq worker stops (once per hook)."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
 
 
 def current_worker_id() -> str | None:
@@ -73,6 +82,11 @@ class WorkerLiveness(dramatiq.Middleware):
 
     def before_worker_shutdown(self, broker, worker) -> None:
         global _worker_id
+        for hook in list(_shutdown_hooks):
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the others from running
+                logger.exception("worker shutdown hook %s failed", hook)
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -3,11 +3,14 @@
 ``task_run`` is what the ``run_task`` actor does: build a run context, let the executor's adapter
 submit and follow, store the outputs through Django storage, then finish the task. It checks the
 task's state first and at every heartbeat, so a duplicate message or a canceled task is harmless.
+A ComfyUI attempt is only submitted in the actor thread; this process's executor session follows
+it and ``tasks.followers`` concludes it (docs/adr/0015-executor-sessions.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import threading
@@ -20,8 +23,8 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from integrations.executors.base import ExecutorError
-from integrations.executors.registry import run_adapter_for
-from integrations.executors.runtime import InputFile, RunStopped, download_opener
+from integrations.executors.registry import run_adapter_for, session_for
+from integrations.executors.runtime import InputFile, RunResult, RunStopped, download_opener
 from integrations.models import Executor
 from integrations.templating import fill_template
 from integrations.validation import media_params
@@ -37,6 +40,7 @@ from podi.models import Lease
 from podi.runtime import WORKER_LEASE_PREFIX, current_worker_id, worker_lease_name
 from podi.urlguard import url_refusal
 from tasks import error_codes as codes
+from tasks import followers
 from tasks.models import TERMINAL_STATUSES, Task, TaskStatus
 from tasks.services import (
     RUN_ACTOR,
@@ -227,7 +231,8 @@ def _store_outputs(task: Task, outputs) -> list:
     return stored
 
 
-# Attempts this process is running now: a duplicate message for one of them is skipped.
+# Attempts whose actor thread is in this process now: a duplicate message for one is skipped
+# (as is one for an attempt this process follows, see ``tasks.followers``).
 _running_here: set[tuple[str, int]] = set()
 _running_lock = threading.Lock()
 
@@ -237,20 +242,38 @@ def task_run(*, task_id: str, attempt: int) -> str:
 
     In a worker process the attempt is first claimed for this worker (``task_run_claim``), so a
     dead worker's attempt is resumed by exactly one live worker and a late duplicate is skipped.
+    A ComfyUI attempt returns "following" once submitted: this process's executor session
+    follows it and a finisher thread concludes it (docs/adr/0015-executor-sessions.md).
     """
 
     worker = current_worker_id()
     with _running_lock:
-        if (task_id, attempt) in _running_here:
-            return "skipped"
-        _running_here.add((task_id, attempt))
+        busy = (task_id, attempt) in _running_here
+        if not busy:
+            _running_here.add((task_id, attempt))
+    if busy:
+        return "skipped"
     try:
+        if followers.following(task_id, attempt):
+            # Re-sent while we follow it (a resume after our database outage): keep it ours.
+            if worker:
+                task_run_claim(task_id=task_id, attempt=attempt, worker=worker)
+            return "skipped"
         if worker and not task_run_claim(task_id=task_id, attempt=attempt, worker=worker):
             return "skipped"
         return _task_run(task_id=task_id, attempt=attempt)
     finally:
         with _running_lock:
             _running_here.discard((task_id, attempt))
+
+
+class _Attempt:
+    """One attempt being run: the task row as loaded, and its run context once built."""
+
+    def __init__(self, task: Task, attempt: int):
+        self.task = task
+        self.attempt = attempt
+        self.context: TaskRunContext | None = None
 
 
 def _task_run(*, task_id: str, attempt: int) -> str:
@@ -263,16 +286,89 @@ def _task_run(*, task_id: str, attempt: int) -> str:
     )
     if task is None or task.status != TaskStatus.RUNNING or task.attempts != attempt:
         return "skipped"
-    executor = task.executor
-    context = None
+    run = _Attempt(task, attempt)
+
+    def start() -> RunResult | None:
+        run.context = TaskRunContext(task, attempt)
+        session = session_for(task.executor, spawn=followers.spawn)
+        if session is None:
+            return _adapter_for(task.executor).run(run.context)
+        _follow_on(session, run)
+        return None
+
+    return _conclude(run, start)
+
+
+def _follow_on(session, run: _Attempt) -> None:
+    """Submit (unless a resumed attempt already did) and hand the prompt to the session."""
+    context = run.context
+    runner = session.runner
+    resumed = bool(context.state.get("submitted") and context.external_id)
+    if resumed:
+        prompt_id = context.external_id
+    else:
+        graph = runner.prepare(context)
+        prompt_id = runner.submit(context, graph, session.client_id)
+    entry = followers.Followed(
+        task_id=run.task.public_id,
+        attempt=run.attempt,
+        deadline=context.deadline,
+        on_stop=lambda reason: _stopped(session, run, entry, prompt_id, reason),
+    )
+    followers.follow(entry)
+    session.follow(
+        prompt_id,
+        on_progress=lambda percent, detail: followers.report_progress(entry, percent, detail),
+        on_ended=lambda found, error: _ended(session, run, entry, prompt_id, found, error),
+        total_nodes=len(context.state.get("nodes") or []) or 1,
+        own=context.state.get("clientId") == session.client_id,
+        check_now=resumed,
+    )
+
+
+def _ended(session, run: _Attempt, entry, prompt_id: str, found, error) -> None:
+    """The session saw the prompt end (``found``: its history entry) or lose it (``error``)."""
+    if not followers.claim_end(entry):
+        return  # stopped meanwhile (canceled, timed out, superseded)
     try:
-        context = TaskRunContext(task, attempt)
-        adapter = _adapter_for(executor)
-        outcome = adapter.run(context)
+
+        def outcome() -> RunResult:
+            if error is not None:
+                raise error
+            return session.runner.outcome(run.context, prompt_id, found)
+
+        _conclude(run, outcome)
+    finally:
+        followers.unfollow(entry)
+
+
+def _stopped(session, run: _Attempt, entry, prompt_id: str, reason: str) -> None:
+    """The monitor stopped a followed attempt: past its deadline, or no longer ours to run."""
+    session.unfollow(prompt_id)
+    try:
+        if reason == "timeout":
+            _conclude(run, functools.partial(_raise, RunStopped("timeout")))
+    finally:
+        followers.unfollow(entry)
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def _conclude(run: _Attempt, produce) -> str:
+    """Run ``produce()`` and end the attempt the way its outcome says; ``produce`` returning
+    None means it is followed elsewhere now ("following")."""
+    task, attempt = run.task, run.attempt
+    task_id, executor = task.public_id, task.executor
+    try:
+        outcome = produce()
+        if outcome is None:
+            return "following"
         media = _store_outputs(task, outcome.outputs)
     except RunStopped as stop:
         if stop.reason == "timeout":
-            _interrupt_quietly(executor, context.external_id, context.state)
+            _interrupt_quietly(executor, run.context.external_id, run.context.state)
             task_finish(
                 task_id=task_id,
                 status=TaskStatus.FAILED,

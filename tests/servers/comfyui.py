@@ -41,6 +41,8 @@ Knobs (plain attributes, may be changed at any time from the test thread):
                           once) every websocket is cut abruptly (TCP abort, no close frame). The
                           prompt itself still completes and lands in history. Reset when consumed.
 ``silent_socket``         bool: websockets are accepted but nothing is ever sent on them.
+``refuse_websockets``     bool: the ``/ws`` handshake answers 503 (HTTP routes work): a client
+                          whose socket was cut cannot reconnect until this is False again.
 ``forget_prompts``        bool: POST /prompt validates and answers 200 as usual, but the prompt is
                           never queued, run, nor recorded in history (as if the server restarted).
 ``http_delay``            float s: sleep before answering every HTTP request (not the ws stream).
@@ -892,6 +894,7 @@ class ComfyUITestServer(LoopbackServer):
         self.fail_next_prompt_with: Any = None
         self.drop_socket_after: int | None = None
         self.silent_socket: bool = False
+        self.refuse_websockets: bool = False
         self.forget_prompts: bool = False
         self.http_delay: float = 0.0
         self.garbage: bool = False
@@ -1054,6 +1057,8 @@ class ComfyUITestServer(LoopbackServer):
                 else f"{status}: {reason or 'test override'}"
             )
             return web.Response(status=status, text=text)
+        if self.refuse_websockets and request.path in ("/ws", "/api/ws"):
+            return web.Response(status=503, text="503: websockets refused (test knob)")
         if self.http_delay and request.path not in ("/ws", "/api/ws"):
             await asyncio.sleep(self.http_delay)
         return await handler(request)

@@ -203,7 +203,8 @@ def test_capacity_one_runs_five_tasks_one_at_a_time(worker, comfy, funded, api):
     executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
     make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=1)
     client = api(funded)
-    # Long enough that the four submits below (slow on a loaded machine) all queue behind it.
+    # Long enough to still run while the four positions are read on a slow machine (the run
+    # now ends as soon as ComfyUI says so, no longer up to a 1 s poll later).
     first = client.post(
         "/api/tasks/v1/submit", json={"action": "sleep", "params": {"seconds": 5}}
     ).json()["taskId"]

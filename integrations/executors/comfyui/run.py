@@ -1,14 +1,14 @@
-"""Running one task attempt on a ComfyUI server (protocols.md §1.10 rules).
+"""Running task attempts on a ComfyUI server (protocols.md §1.10 rules).
 
 1. Inputs go up with ``/upload/image`` into a per-task subfolder; the workflow's media params
    take the stored ``subfolder/name``.
 2. The filled API-format graph gets per-attempt ``filename_prefix`` values (identical graphs are
-   served from cache otherwise), a ``client_id`` and a client-chosen ``prompt_id``, saved in the
-   database *before* ``POST /prompt`` so a resume can find the run.
-3. ``/ws`` events drive progress; they are hints only. Completion is decided by
-   ``/history/{prompt_id}``, polled on a back-off and whenever the socket says a run ended or
-   the socket drops. A prompt that is in neither ``/history`` nor ``/queue`` for a grace
-   period is lost (a restarted server), never done.
+   served from cache otherwise), the session's ``client_id`` and a client-chosen ``prompt_id``,
+   saved in the database *before* ``POST /prompt`` so a resume can find the run.
+3. Following is the session's job (``session.py``): one ``/ws`` per server and process drives
+   progress and tells when a prompt ended; ``/history/{prompt_id}`` decides the outcome. A
+   prompt that is in neither ``/history`` nor ``/queue`` for a grace period is lost (a
+   restarted server), never done.
 4. Every output a node reports is fetched with ``/view`` and streamed to the caller.
 """
 
@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import mimetypes
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +26,6 @@ from urllib.parse import urlencode
 
 import httpx
 from django.conf import settings
-from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from integrations.executors.base import ExecutorError
@@ -97,6 +95,7 @@ class ComfyUIRunner:
         self.ws_base = (
             "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
         )
+        self.client: httpx.Client | None = None
 
     @classmethod
     def from_executor(cls, executor) -> ComfyUIRunner:
@@ -113,10 +112,26 @@ class ComfyUIRunner:
 
     # --- HTTP ----------------------------------------------------------------------------
 
-    def _client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, timeout=self.timeout, headers=self.headers, verify=ssl_context()
+    def open_client(self) -> httpx.Client:
+        """A pooled client that this runner uses from now on (a session shares it)."""
+        self.client = httpx.Client(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            headers=self.headers,
+            verify=ssl_context(),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
+        return self.client
+
+    @contextlib.contextmanager
+    def _http(self) -> Iterator[httpx.Client]:
+        if self.client is not None:
+            yield self.client
+            return
+        with httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=self.headers, verify=ssl_context()
+        ) as client:
+            yield client
 
     def _call(self, client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
         try:
@@ -137,8 +152,10 @@ class ComfyUIRunner:
         except ValueError:
             raise executor_error(f"ComfyUI sent non-JSON on {path}", permanent=False) from None
 
-    def history(self, client: httpx.Client, prompt_id: str) -> dict | None:
-        response = self._call(client, "GET", f"{self.prefix}/history/{prompt_id}")
+    def history(self, prompt_id: str) -> dict | None:
+        """The history entry of ``prompt_id`` (None while it has not ended)."""
+        with self._http() as client:
+            response = self._call(client, "GET", f"{self.prefix}/history/{prompt_id}")
         if response.status_code != 200:
             raise executor_error(
                 f"ComfyUI history answered {response.status_code}", permanent=False
@@ -147,34 +164,38 @@ class ComfyUIRunner:
         entry = body.get(prompt_id) if isinstance(body, dict) else None
         return entry or None
 
-    def in_queue(self, client: httpx.Client, prompt_id: str) -> bool:
-        body = self._json(self._call(client, "GET", f"{self.prefix}/queue"), "/queue")
+    def queued_ids(self) -> set[str]:
+        """Prompt ids running or pending on the server (one ``GET /queue``)."""
+        with self._http() as client:
+            body = self._json(self._call(client, "GET", f"{self.prefix}/queue"), "/queue")
+        found = set()
         for key in ("queue_running", "queue_pending"):
-            for item in body.get(key) or []:
-                if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
-                    return True
-        return False
+            for item in (body.get(key) or []) if isinstance(body, dict) else []:
+                if isinstance(item, list) and len(item) > 1:
+                    found.add(item[1])
+        return found
 
-    # --- Run -----------------------------------------------------------------------------
+    def open_socket(self, client_id: str):
+        """A context manager connecting ``/ws`` as ``client_id`` (raises OSError,
+        WebSocketException or TimeoutError when it cannot)."""
+        return ws_connect(
+            f"{self.ws_base}{self.prefix}/ws?{urlencode({'clientId': client_id})}",
+            open_timeout=self.timeout.connect or 5,
+            close_timeout=1,
+            max_size=None,
+            additional_headers=self.headers or None,
+            legacy=False,
+        )
 
-    def run(self, ctx: RunContext) -> RunResult:
-        with self._client() as client, contextlib.ExitStack() as sockets:
-            prompt_id = ctx.external_id if ctx.state.get("submitted") else ""
-            client_id = ctx.state.get("clientId") or f"podi-{uuid.uuid4().hex}"
-            socket = None
-            if not prompt_id:
-                graph = self._prepare(client, ctx)
-                socket = self._open_socket(client_id, sockets)
-                prompt_id = self._submit(client, ctx, graph, client_id)
-            entry = self._follow(client, ctx, prompt_id, socket)
-            return self._outcome(client, ctx, prompt_id, entry)
+    # --- Submit --------------------------------------------------------------------------
 
-    def _prepare(self, client: httpx.Client, ctx: RunContext) -> dict:
+    def prepare(self, ctx: RunContext) -> dict:
+        """Upload the inputs and return the filled graph with per-attempt filename prefixes."""
         subfolder = f"podi/{ctx.task_id}"
         overrides: dict[str, Any] = {}
         for item in ctx.inputs:
             name = item.object_key.rsplit("/", 1)[-1]
-            with item.open() as stream:
+            with item.open() as stream, self._http() as client:
                 response = self._call(
                     client,
                     "POST",
@@ -202,37 +223,26 @@ class ComfyUIRunner:
                 inputs["filename_prefix"] = f"{prefix}/{base}"
         return graph
 
-    def _open_socket(self, client_id: str, sockets: contextlib.ExitStack):
-        try:
-            return sockets.enter_context(
-                ws_connect(
-                    f"{self.ws_base}{self.prefix}/ws?{urlencode({'clientId': client_id})}",
-                    open_timeout=self.timeout.connect or 5,
-                    close_timeout=1,
-                    max_size=None,
-                    additional_headers=self.headers or None,
-                    legacy=False,
-                )
-            )
-        except (OSError, WebSocketException, TimeoutError) as exc:
-            # Progress is a nicety; completion is decided by /history. Go on without a socket.
-            logger.warning("ComfyUI websocket unavailable at %s: %s", self.ws_base, exc)
-            return None
-
-    def _submit(self, client: httpx.Client, ctx: RunContext, graph: dict, client_id: str) -> str:
+    def submit(self, ctx: RunContext, graph: dict, client_id: str) -> str:
+        """``POST /prompt`` with a prompt id saved first (idempotent submit, §1.10 rule 1)."""
         prompt_id = str(uuid.uuid4())
         ctx.save_external(prompt_id, clientId=client_id, submitted=False)
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
-        try:
-            response = client.post(f"{self.prefix}/prompt", json=body)
-        except httpx.TimeoutException:
-            # It may have been queued anyway: look before resubmitting (§1.10 rule 1).
-            if self.in_queue(client, prompt_id) or self.history(client, prompt_id):
-                ctx.save_external(prompt_id, clientId=client_id, submitted=True, nodes=list(graph))
-                return prompt_id
-            raise executor_error("ComfyUI timed out on /prompt", permanent=False) from None
-        except httpx.HTTPError as exc:
-            raise executor_error(f"ComfyUI unreachable on /prompt: {exc}", permanent=False) from exc
+        with self._http() as client:
+            try:
+                response = client.post(f"{self.prefix}/prompt", json=body)
+            except httpx.TimeoutException:
+                # It may have been queued anyway: look before resubmitting (§1.10 rule 1).
+                if prompt_id in self.queued_ids() or self.history(prompt_id):
+                    ctx.save_external(
+                        prompt_id, clientId=client_id, submitted=True, nodes=list(graph)
+                    )
+                    return prompt_id
+                raise executor_error("ComfyUI timed out on /prompt", permanent=False) from None
+            except httpx.HTTPError as exc:
+                raise executor_error(
+                    f"ComfyUI unreachable on /prompt: {exc}", permanent=False
+                ) from exc
         if response.status_code >= 500:
             raise executor_error(
                 f"ComfyUI answered {response.status_code} on /prompt", permanent=False
@@ -251,79 +261,17 @@ class ComfyUIRunner:
         ctx.save_external(prompt_id, clientId=client_id, submitted=True, nodes=list(graph))
         return prompt_id
 
-    def _follow(self, client: httpx.Client, ctx: RunContext, prompt_id: str, socket) -> dict:
-        total_nodes = max(len(ctx.state.get("nodes") or []) or 1, 1)
-        done_nodes: set[str] = set()
-        next_poll = time.monotonic() + self.poll_every
-        absent_since: float | None = None
-        while True:
-            ctx.check()
-            finished_hint = False
-            if socket is not None:
-                try:
-                    raw = socket.recv(timeout=0.5)
-                except TimeoutError:
-                    raw = None
-                except (WebSocketException, OSError):
-                    socket = None  # dropped: completion now comes from history polling
-                    raw = None
-                if isinstance(raw, str):
-                    finished_hint, total_nodes = self._on_message(
-                        ctx, prompt_id, raw, done_nodes, total_nodes
-                    )
-            else:
-                time.sleep(min(0.25, self.poll_every))
-            if finished_hint or time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + self.poll_every
-                entry = self.history(client, prompt_id)
-                if entry is not None:
-                    return entry
-                if self.in_queue(client, prompt_id):
-                    absent_since = None
-                elif absent_since is None:
-                    absent_since = time.monotonic()
-                elif time.monotonic() - absent_since > self.lost_after:
-                    raise executor_error(
-                        f"ComfyUI no longer knows prompt {prompt_id} (restarted or deleted).",
-                        permanent=False,
-                        code="EXECUTOR_LOST",
-                    )
+    # --- Outcome -------------------------------------------------------------------------
 
-    def _on_message(
-        self, ctx: RunContext, prompt_id: str, raw: str, done: set[str], total: int
-    ) -> tuple[bool, int]:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return False, total
-        kind = message.get("type")
-        data = message.get("data") or {}
-        if data.get("prompt_id") not in (None, prompt_id):
-            return False, total
-        if kind == "execution_cached":
-            done.update(str(n) for n in data.get("nodes") or [])
-        elif kind == "progress_state":
-            nodes = data.get("nodes") or {}
-            total = max(total, len(nodes))
-            done.update(n for n, s in nodes.items() if (s or {}).get("state") == "finished")
-        elif kind == "executing" and data.get("prompt_id") == prompt_id:
-            if data.get("node") is None:
-                return True, total
-        elif kind == "executed" and data.get("node") is not None:
-            done.add(str(data["node"]))
-        elif kind == "progress" and data.get("max"):
-            within = float(data.get("value", 0)) / float(data["max"])
-            ctx.progress(100 * (len(done) + within) / max(total, 1), {"node": data.get("node")})
-            return False, total
-        elif kind in {"execution_success", "execution_error", "execution_interrupted"}:
-            return True, total
-        if kind in {"execution_cached", "progress_state", "executed"}:
-            ctx.progress(100 * len(done) / max(total, 1))
-        return False, total
+    def lost_error(self, prompt_id: str) -> ExecutorError:
+        return executor_error(
+            f"ComfyUI no longer knows prompt {prompt_id} (restarted or deleted).",
+            permanent=False,
+            code="EXECUTOR_LOST",
+        )
 
-    def _outcome(
-        self, client: httpx.Client, ctx: RunContext, prompt_id: str, entry: dict
-    ) -> RunResult:
+    def outcome(self, ctx: RunContext, prompt_id: str, entry: dict) -> RunResult:
+        """The run's result from its ``/history`` entry (raises for a failed prompt)."""
         status = entry.get("status") or {}
         messages = status.get("messages") or []
         if status.get("status_str") != "success":
@@ -380,7 +328,7 @@ class ComfyUIRunner:
 
         @contextlib.contextmanager
         def opener() -> Iterator[io.RawIOBase]:
-            with self._client() as client:
+            with self._http() as client:
                 try:
                     with client.stream("GET", f"{self.prefix}/view", params=query) as response:
                         if response.status_code != 200:
@@ -407,6 +355,6 @@ class ComfyUIRunner:
         """Delete the prompt if still pending, interrupt it if running (§1.5 recipe)."""
         if not external_id:
             return
-        with self._client() as client:
+        with self._http() as client:
             self._call(client, "POST", f"{self.prefix}/queue", json={"delete": [external_id]})
             self._call(client, "POST", f"{self.prefix}/interrupt", json={"prompt_id": external_id})

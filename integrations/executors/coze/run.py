@@ -19,13 +19,13 @@ import httpx
 from django.conf import settings
 
 from integrations.executors.base import ExecutorError
+from integrations.executors.clients import shared_client
 from integrations.executors.keys import api_key_pick, api_key_record_use
 from integrations.executors.runtime import (
     OutputFile,
     RunContext,
     RunResult,
     download_opener,
-    ssl_context,
 )
 from integrations.validation import executor_headers
 from podi.urlguard import url_refusal
@@ -83,6 +83,7 @@ class CozeRunner:
             connect=float(config.get("connect_timeout") or 5),
         )
         self.headers = executor_headers(config)
+        self._run_headers: dict[str, str] = {}  # this run's Authorization (a runner runs once)
 
     @classmethod
     def from_executor(cls, executor) -> CozeRunner:
@@ -99,7 +100,7 @@ class CozeRunner:
 
     def _post(self, client: httpx.Client, path: str, body: dict) -> dict:
         try:
-            response = client.post(path, json=body)
+            response = client.post(path, json=body, headers=self._run_headers)
         except httpx.TimeoutException as exc:
             raise _error(f"Coze timed out on {path}", permanent=False) from exc
         except httpx.HTTPError as exc:
@@ -108,7 +109,7 @@ class CozeRunner:
 
     def _get(self, client: httpx.Client, path: str) -> dict:
         try:
-            response = client.get(path)
+            response = client.get(path, headers=self._run_headers)
         except httpx.TimeoutException as exc:
             raise _error(f"Coze timed out on {path}", permanent=False) from exc
         except httpx.HTTPError as exc:
@@ -151,25 +152,25 @@ class CozeRunner:
         for source, target in (("botId", "bot_id"), ("appId", "app_id")):
             if definition.get(source):
                 body[target] = str(definition[source])
-        headers = {**self.headers, "Authorization": f"Bearer {self._token()}"}
-        with httpx.Client(
-            base_url=self.base_url, timeout=self.timeout, headers=headers, verify=ssl_context()
-        ) as client:
-            if ctx.state.get("submitted") and ctx.external_id:
-                data = self._poll(client, ctx, workflow_id, ctx.external_id)
-            elif self.mode == "async":
-                answer = self._post(client, "/v1/workflow/run", {**body, "is_async": True})
-                execute_id = str(answer.get("execute_id") or "")
-                if not execute_id:
-                    raise _error("Coze gave no execute_id for an async run.", permanent=False)
-                ctx.save_external(execute_id, submitted=True, workflowId=workflow_id)
-                data = self._poll(client, ctx, workflow_id, execute_id)
-            else:
-                ctx.check()
-                answer = self._post(client, "/v1/workflow/run", body)
-                if answer.get("execute_id"):
-                    ctx.save_external(str(answer["execute_id"]), workflowId=workflow_id)
-                data = _parse_data(answer.get("data"))
+        self._run_headers = {"Authorization": f"Bearer {self._token()}"}
+        client = shared_client(
+            self.executor, base_url=self.base_url, timeout=self.timeout, headers=self.headers
+        )
+        if ctx.state.get("submitted") and ctx.external_id:
+            data = self._poll(client, ctx, workflow_id, ctx.external_id)
+        elif self.mode == "async":
+            answer = self._post(client, "/v1/workflow/run", {**body, "is_async": True})
+            execute_id = str(answer.get("execute_id") or "")
+            if not execute_id:
+                raise _error("Coze gave no execute_id for an async run.", permanent=False)
+            ctx.save_external(execute_id, submitted=True, workflowId=workflow_id)
+            data = self._poll(client, ctx, workflow_id, execute_id)
+        else:
+            ctx.check()
+            answer = self._post(client, "/v1/workflow/run", body)
+            if answer.get("execute_id"):
+                ctx.save_external(str(answer["execute_id"]), workflowId=workflow_id)
+            data = _parse_data(answer.get("data"))
         result = {"data": data}
         allowed_host = urlsplit(self.base_url).hostname
         outputs = []

@@ -37,6 +37,7 @@ import httpx
 from django.conf import settings
 
 from integrations.executors.base import ExecutorError
+from integrations.executors.clients import shared_client
 from integrations.executors.keys import api_key_pick, api_key_record_use
 from integrations.executors.runtime import (
     OutputFile,
@@ -45,7 +46,6 @@ from integrations.executors.runtime import (
     bytes_stream,
     download_opener,
     pointer_values,
-    ssl_context,
 )
 from integrations.validation import executor_headers
 
@@ -72,6 +72,7 @@ class HttpRunner:
             connect=float(config.get("connect_timeout") or 5),
         )
         self.headers = executor_headers(config)
+        self._run_headers: dict[str, str] = {}  # this run's key and template headers
 
     @classmethod
     def from_executor(cls, executor) -> HttpRunner:
@@ -99,7 +100,7 @@ class HttpRunner:
 
     def _send(self, client: httpx.Client, method: str, url: str, **kwargs) -> Any:
         try:
-            response = client.request(method, url, **kwargs)
+            response = client.request(method, url, headers=self._run_headers, **kwargs)
         except httpx.TimeoutException as exc:
             raise _error(f"{url} timed out", permanent=False) from exc
         except httpx.HTTPError as exc:
@@ -124,22 +125,21 @@ class HttpRunner:
             raise _error("The HTTP definition must be an object.", permanent=True)
         method = str(template.get("method") or "POST").upper()
         target = self._same_origin(str(template.get("path") or template.get("url") or ""))
-        headers = {
-            **self.headers,
+        self._run_headers = {
             **self._auth_headers(),
             **{str(k): str(v) for k, v in (template.get("headers") or {}).items()},
         }
-        with httpx.Client(
-            base_url=self.base_url, timeout=self.timeout, headers=headers, verify=ssl_context()
-        ) as client:
-            ctx.check()
-            kwargs: dict[str, Any] = {"params": template.get("query") or None}
-            if "body" in template and method != "GET":
-                kwargs["json"] = template["body"]
-            body = self._send(client, method, target, **kwargs)
-            poll = self.config.get("poll")
-            if poll:
-                body = self._poll(client, ctx, poll, body)
+        client = shared_client(
+            self.executor, base_url=self.base_url, timeout=self.timeout, headers=self.headers
+        )
+        ctx.check()
+        kwargs: dict[str, Any] = {"params": template.get("query") or None}
+        if "body" in template and method != "GET":
+            kwargs["json"] = template["body"]
+        body = self._send(client, method, target, **kwargs)
+        poll = self.config.get("poll")
+        if poll:
+            body = self._poll(client, ctx, poll, body)
         return self._outcome(template.get("result") or {}, body)
 
     def _poll(self, client: httpx.Client, ctx: RunContext, poll: dict, first: Any) -> Any:
