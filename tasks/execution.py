@@ -163,7 +163,7 @@ class TaskRunContext:
         self.external_id = external_id
         self.state.update(state)
         task_set_external(
-            task_id=self.task_id, attempt=self.attempt, external_id=external_id, **state
+            task_id=self.task_id, attempt=self.attempt, external_id=external_id, state=self.state
         )
 
     def progress(self, percent: float, detail: dict[str, Any] | None = None) -> None:
@@ -279,7 +279,10 @@ class _Attempt:
 def _task_run(*, task_id: str, attempt: int) -> str:
     task = (
         Task.objects.select_related(
-            "executor", "binding__workflow", "binding__workflow_version", "ability"
+            "executor",
+            "binding__workflow__active_version",
+            "binding__workflow_version",
+            "ability",
         )
         .filter(public_id=task_id)
         .first()

@@ -890,19 +890,14 @@ def task_run_claim(*, task_id: str, attempt: int, worker: str) -> bool:
     return True
 
 
-def task_set_external(*, task_id: str, attempt: int, external_id: str, **state: Any) -> None:
-    """Persist the executor-side id of an attempt before it is submitted (idempotent submit)."""
-    with transaction.atomic():
-        task = (
-            Task.objects.select_for_update()
-            .filter(public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING)
-            .first()
-        )
-        if task is None:
-            return
-        task.external_id = external_id
-        task.executor_state = {**task.executor_state, **state}
-        task.save(update_fields=["external_id", "executor_state", "updated_at"])
+def task_set_external(*, task_id: str, attempt: int, external_id: str, state: dict) -> None:
+    """Persist the executor-side id of an attempt before it is submitted (idempotent submit).
+
+    ``state`` is the attempt's whole executor state as its runner holds it (loaded with the
+    attempt, after its claim): one guarded update, a no-op for an attempt no longer current."""
+    Task.objects.filter(public_id=task_id, attempts=attempt, status=TaskStatus.RUNNING).update(
+        external_id=external_id, executor_state=state, updated_at=timezone.now()
+    )
 
 
 def _asset_dict(asset: TaskAsset) -> dict[str, Any]:

@@ -4,20 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integrations', '0005_seal_executor_headers'),
+        ("integrations", "0005_seal_executor_headers"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='executor',
-            name='in_flight',
-            field=models.PositiveIntegerField(default=0, editable=False, help_text='Runs PODI has on this executor now: claimed by one guarded update at dispatch, given back when the run ends; the reconciler recounts it from the running tasks.'),
+            model_name="executor",
+            name="in_flight",
+            field=models.PositiveIntegerField(
+                default=0,
+                editable=False,
+                help_text="Runs PODI has on this executor now: claimed by one guarded update at dispatch, given back when the run ends; the reconciler recounts it from the running tasks.",
+            ),
         ),
         migrations.AlterField(
-            model_name='executor',
-            name='max_concurrency',
-            field=models.PositiveIntegerField(default=1, help_text='Runs in flight on this executor at most (prompts in its queue).'),
+            model_name="executor",
+            name="max_concurrency",
+            field=models.PositiveIntegerField(
+                default=1,
+                help_text="Runs in flight on this executor at most (prompts in its queue).",
+            ),
         ),
     ]
