@@ -231,6 +231,7 @@ class ExecutorAdmin(ServiceAdminMixin, admin.ModelAdmin):
         "enabled",
         "health",
         "last_error",
+        "in_flight",
         "max_concurrency",
         "weight",
         "binding_count",
@@ -241,10 +242,16 @@ class ExecutorAdmin(ServiceAdminMixin, admin.ModelAdmin):
     actions = ["check_now", "enable", "disable"]
     filter_horizontal = ["api_keys"]
     inlines = [BindingForExecutorInline]
-    readonly_fields = ["health", "health_checked_at", "health_error", "health_details_pretty"]
+    readonly_fields = [
+        "health",
+        "health_checked_at",
+        "health_error",
+        "health_details_pretty",
+        "in_flight",
+    ]
     fieldsets = [
         (None, {"fields": ["name", "kind", "base_url", "enabled"]}),
-        ("Capacity", {"fields": ["max_concurrency", "weight"]}),
+        ("Capacity", {"fields": ["max_concurrency", "in_flight", "weight"]}),
         ("Settings", {"fields": ["config", "api_keys"]}),
         (
             "Health",
