@@ -798,9 +798,9 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
     async def phases() -> dict:
         direct = DirectClient(comfy_url, limit)
         client = PodiClient(base, token, limit)
-        await direct.open()
-        await client.open()
         try:
+            await direct.open()
+            await client.open()
             progress("warm-up: 3 jobs each way")
             for index in range(3):
                 await direct.job(f"warm{index}")
