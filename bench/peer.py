@@ -406,32 +406,52 @@ class PodiClient:
         self.reader = None
         self.count = 0
         self.retried: dict[str, int] = {}
+        self.event_timeout = 60.0
+        self.events_missed: list[str] = []
+        self.last_seq = 0
+        self.reconnects: list[str] = []
 
     async def open(self) -> None:
         self.http = session(self.limit)
+        await self._connect()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _connect(self) -> None:
         url = self.base.replace("http", "ws", 1) + f"/api/notify/v1/stream?token={self.token}"
+        if self.last_seq:
+            url += f"&after={self.last_seq}"  # replay what was missed, then live (README)
         self.ws = await self.http.ws_connect(url, max_msg_size=0, heartbeat=None)
         hello = json.loads((await asyncio.wait_for(self.ws.receive(), 20)).data)
         if hello.get("type") != "hello":
             raise RuntimeError(f"stream: {hello}")
-        self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
+        """Follow the stream; when PODI closes it (e.g. 1011 after a database error), reconnect
+        with ``?after=<last seq>`` as a client should, and count it."""
         import aiohttp
 
-        async for raw in self.ws:
-            if raw.type != aiohttp.WSMsgType.TEXT:
-                continue
-            message = json.loads(raw.data)
-            payload = message.get("payload") or {}
-            if message.get("type") != "task.status" or payload.get("status") not in TERMINAL:
-                continue
-            seen = (payload["status"], time.time(), message)
-            future = self.waiting.get(payload.get("taskId"))
-            if future and not future.done():
-                future.set_result(seen)
-            else:
-                self.early[payload.get("taskId")] = seen
+        while True:
+            async for raw in self.ws:
+                if raw.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                message = json.loads(raw.data)
+                self.last_seq = max(self.last_seq, message.get("seq") or 0)
+                payload = message.get("payload") or {}
+                if message.get("type") != "task.status" or payload.get("status") not in TERMINAL:
+                    continue
+                seen = (payload["status"], time.time(), message)
+                future = self.waiting.get(payload.get("taskId"))
+                if future and not future.done():
+                    future.set_result(seen)
+                else:
+                    self.early[payload.get("taskId")] = seen
+            self.reconnects.append(f"{time.strftime('%H:%M:%S')} close {self.ws.close_code}")
+            while True:
+                try:
+                    await self._connect()
+                    break
+                except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError):
+                    await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         if self.reader:
@@ -450,6 +470,15 @@ class PodiClient:
                 return response.status, json.loads(text)
             except ValueError:
                 return response.status, text
+
+    async def _poll_terminal(self, task_id: str) -> str:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status, task = await self._get_json(f"/api/tasks/v1/{task_id}")
+            if status == 200 and task.get("status") in TERMINAL:
+                return task["status"]
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"PODI task {task_id} not terminal after the event timeout + 600 s")
 
     async def job(self, tag: str) -> dict:
         self.count += 1
@@ -472,7 +501,13 @@ class PodiClient:
         if task_id in self.early:
             future.set_result(self.early.pop(task_id))
         self.waiting[task_id] = future
-        outcome, seen_at, _event = await asyncio.wait_for(future, 600)
+        try:
+            outcome, seen_at, _event = await asyncio.wait_for(future, self.event_timeout)
+        except TimeoutError:
+            # the stream did not bring the terminal event: read the task as a client would
+            # (counted: a missing event is a realtime bug, but must not stall the bench)
+            self.events_missed.append(task_id)
+            outcome, seen_at = await self._poll_terminal(task_id), None
         self.waiting.pop(task_id, None)
         if outcome != "succeeded":
             detail = await self._get_json(f"/api/tasks/v1/{task_id}")
@@ -643,7 +678,8 @@ def comfy_to_event(podi_runs: list[dict], direct_runs: list[dict], comfy_url: st
             if done is None:
                 missing += 1
                 continue
-            podi.append(run["eventAt"] - done / 1000)
+            if run["eventAt"] is not None:
+                podi.append(run["eventAt"] - done / 1000)
     direct = [r["clientSawDone"] - r["comfyDone"] / 1000 for r in direct_runs
               if r.get("comfyDone") is not None and r.get("clientSawDone") is not None]  # fmt: skip
     return {
@@ -674,6 +710,8 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=8, help="the executor's")
     parser.add_argument("--worker-threads", type=int, default=8, help="WORKER_THREADS")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle CPU measurement")
+    parser.add_argument("--event-timeout", type=float, default=60.0,
+                        help="s to wait for a task's terminal event before reading the task")  # fmt: skip
     parser.add_argument("--tag", default="", help="added to the result's file name")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE",
@@ -798,6 +836,7 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
     async def phases() -> dict:
         direct = DirectClient(comfy_url, limit)
         client = PodiClient(base, token, limit)
+        client.event_timeout = args.event_timeout
         try:
             await direct.open()
             await client.open()
@@ -823,6 +862,8 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
             burst = await run_burst(direct, client, args.burst, args.burst_rounds, meter, idle_rate)
             return {"idle": idle, "sequential": sequential, "burst": burst,
                     "submitRetries": client.retried,
+                    "eventsMissed": client.events_missed,
+                    "streamReconnects": client.reconnects,
                     "directHistoryRetries": direct.history_retries}  # fmt: skip
         finally:
             await direct.close()
@@ -918,7 +959,10 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
             verdict = "MET" if met else "MISSED"
         print(f"  {what:<44} {left:<26} {right:<26} {figure:<12} {today:<12} {target} {verdict}")
     print(f"  end state: PODI tasks {state['byStatus']}, attempts {state['attempts']}; "
-          f"submit retries {result['submitRetries'] or 'none'}")  # fmt: skip
+          f"submit retries {result['submitRetries'] or 'none'}; terminal events missed by "
+          f"the stream (read from the task after {args.event_timeout:g} s): "
+          f"{len(result['eventsMissed'])}; stream reconnects (?after=): "
+          f"{result['streamReconnects'] or 'none'}")  # fmt: skip
     top = list(seq_meter["sql"]["byLabel"].items())[:6]
     print("  SQL by origin (sequential, per task): " + ", ".join(
         f"{label} {v['total'] / args.jobs:.1f}" for label, v in top))  # fmt: skip
@@ -955,13 +999,15 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
         "idle": result["idle"],
         "endState": state,
         "submitRetries": result["submitRetries"],
+        "terminalEventsMissed": result["eventsMissed"],
+        "streamReconnects": result["streamReconnects"],
         "directHistoryRetries": result["directHistoryRetries"],
         "serverErrors": server_errors,
         "runtimeSeconds": round(time.monotonic() - began, 1),
     }  # fmt: skip
     out.write_text(json.dumps(body, indent=2, default=str))
     print(f"  written: {out.relative_to(ROOT)}  (ran {time.monotonic() - began:.0f} s)")
-    ok = state["byStatus"].get("succeeded", 0) == len(all_podi)
+    ok = state["byStatus"].get("succeeded", 0) == len(all_podi) and not result["eventsMissed"]
     return 0 if ok else 1
 
 
