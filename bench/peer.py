@@ -592,6 +592,47 @@ def end_state(task_ids: list[str]) -> dict:
     return {"byStatus": by_status, "attempts": {str(k): v for k, v in attempts.items()}}
 
 
+class ConnectionSampler:
+    """Peak and mean PostgreSQL connections to PODI's database (pg_stat_activity, every 0.2 s)."""
+
+    def __init__(self, admin_url: str, db_name: str):
+        import threading
+
+        self.admin_url, self.db_name = admin_url, db_name
+        self.samples: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bench-pg-sampler", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        with contextlib.suppress(Exception), psycopg.connect(self.admin_url, autocommit=True) as db:
+            while not self.stop.wait(0.2):
+                row = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.db_name,)
+                ).fetchone()
+                self.samples.append(row[0])
+
+    def result(self) -> dict:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as db:
+            limit = db.execute("SHOW max_connections").fetchone()[0]
+            total = db.execute("SELECT count(*) FROM pg_stat_activity").fetchone()[0]
+        return {
+            "peak": max(self.samples, default=None),
+            "mean": round(statistics.fmean(self.samples), 1) if self.samples else None,
+            "samples": len(self.samples),
+            "maxConnections": int(limit),
+            "serverConnectionsAtEnd": total,
+            "note": "connections to PODI's own database; the server is shared with other "
+            "databases, which count against max_connections too",
+        }
+
+
 # --- phases -----------------------------------------------------------------------------------
 
 
@@ -831,6 +872,9 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
     progress(f"PODI up at {base} ({mode}) in {time.monotonic() - began:.1f} s")
     token = login(base)
     meter = Meter(podi.pid, SqlCounts(sql_dir), comfy_pid)
+    sampler = None
+    if args.config == "postgres":
+        sampler = ConnectionSampler(args.admin_url, env["DATABASE_URL"].rsplit("/", 1)[-1])
     limit = max(args.burst, 16)
 
     async def phases() -> dict:
@@ -879,6 +923,7 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
         comfy_url,
     )
     state = end_state([r["taskId"] for r in all_podi])
+    pg_connections = sampler.result() if sampler else None
     server_errors = {n: procs.error_summary(n) for n, _ in procs.started}
 
     d_seq = summary([r["seconds"] for r in seq["direct"]])
@@ -963,6 +1008,10 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
           f"the stream (read from the task after {args.event_timeout:g} s): "
           f"{len(result['eventsMissed'])}; stream reconnects (?after=): "
           f"{result['streamReconnects'] or 'none'}")  # fmt: skip
+    if pg_connections:
+        print(f"  PostgreSQL connections to PODI's database: peak {pg_connections['peak']}, mean "
+              f"{pg_connections['mean']} (max_connections {pg_connections['maxConnections']}, "
+              "shared with the other databases on the server)")  # fmt: skip
     top = list(seq_meter["sql"]["byLabel"].items())[:6]
     print("  SQL by origin (sequential, per task): " + ", ".join(
         f"{label} {v['total'] / args.jobs:.1f}" for label, v in top))  # fmt: skip
@@ -998,6 +1047,7 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
         "comfyDoneToClient": {"sequential": latency_seq, "burst": latency_burst},
         "idle": result["idle"],
         "endState": state,
+        "postgresConnections": pg_connections,
         "submitRetries": result["submitRetries"],
         "terminalEventsMissed": result["eventsMissed"],
         "streamReconnects": result["streamReconnects"],
