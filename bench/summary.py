@@ -7,6 +7,7 @@ of issue #13 before the rewrite ("today"), the target, this run's figure, whethe
 the file it comes from.
 
     .venv/bin/python bench/summary.py [--since 20261206T000000Z] [--results bench/results]
+        [--baseline] [--real-comfyui]
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def newest(results: Path, pattern: str, since: str, exclude: str = "") -> tuple[dict, str] | None:
-    """The newest ``pattern`` file whose timestamp (the name's last part) is ≥ ``since``."""
+def newest(results: Path, pattern: str, since: str, baseline: bool) -> tuple[dict, str] | None:
+    """The newest ``pattern`` file whose timestamp (the name's last part) is ≥ ``since``;
+    only the ``*-baseline-*`` ones with ``baseline``, else never those."""
     found = []
     for path in results.glob(pattern):
-        if exclude and exclude in path.name:
+        if ("-baseline-" in path.name) != baseline:
             continue
         stamp = path.stem.rsplit("-", 1)[-1]
         if stamp >= since:
@@ -57,14 +59,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--since", default="", help="only results stamped at or after this")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="the committed *-baseline-* results (before the rewrite)",
+    )
+    parser.add_argument(
+        "--real-comfyui",
+        action="store_true",
+        help="peer figures of the runs against a real ComfyUI (--comfyui)",
+    )
     args = parser.parse_args()
     results = Path(args.results)
 
-    peer_pg = newest(results, "peer-postgres-*.json", args.since, exclude="baseline")
-    peer_emb = newest(results, "peer-embedded-*.json", args.since, exclude="baseline")
-    tasks = newest(results, "tasks_bench-*.json", args.since)
-    wallet = newest(results, "wallet_bench-*.json", args.since)
-    fanout = newest(results, "ws_fanout-*.json", args.since)
+    b = args.baseline
+    comfy = "comfyui" if args.real_comfyui else "testserver"
+    peer_pg = newest(results, f"peer-postgres-{comfy}-*.json", args.since, b)
+    peer_emb = newest(results, f"peer-embedded-{comfy}-*.json", args.since, b)
+    tasks = newest(results, "tasks_bench-*.json", args.since, b)
+    wallet = newest(results, "wallet_bench-*.json", args.since, b)
+    fanout = newest(results, "ws_fanout-*.json", args.since, b)
 
     def body(found):
         return found[0] if found else None
@@ -194,9 +208,10 @@ def main() -> int:
     row("RSS per process, after load", "146 MB", "≤ 150 MB", after, le(after, 150), tasks, " MB")
 
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    head = ("what", "today (#13)", "target", "this run", "")
+    head = ("what", "today (#13)", "target", "figure", "")
     print()
-    print("Issue #13 targets — reference (before the rewrite) and this run, side by side")
+    run = "the baseline run" if b else "this run"
+    print(f"Issue #13 targets — the figures of the issue (before the rewrite) and {run}")
     print("  " + "  ".join(h.ljust(widths[i]) for i, h in enumerate(head)) + "  from")
     for r in rows:
         print("  " + "  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
