@@ -484,15 +484,18 @@ class PodiClient:
         self.count += 1
         body = {"action": ACTION, "params": JOB_PARAMS, "clientRef": f"{tag}-{self.count}"}
         began = time.perf_counter()
-        for _ in range(5):  # a 5xx rolled the submit back: send it again (counted)
+        for attempt in range(30):  # a 5xx rolled the submit back: send it again (counted)
             async with self.http.post(
                 f"{self.base}/api/tasks/v1/submit", json=body, headers=self.headers
             ) as response:
                 status, text = response.status, await response.text()
+                retry_after = response.headers.get("Retry-After", "")
             if status < 500:
                 break
             key = f"{status} {text[:80]}"
             self.retried[key] = self.retried.get(key, 0) + 1
+            wait = float(retry_after) if retry_after.isdigit() else 0.1 * (attempt + 1)
+            await asyncio.sleep(min(wait, 1.0))  # as a client honouring Retry-After, capped
         if status != 202:
             raise RuntimeError(f"PODI submit: {status} {text[:300]}")
         submitted = time.perf_counter()
