@@ -410,6 +410,7 @@ class PodiClient:
         self.events_missed: list[str] = []
         self.last_seq = 0
         self.reconnects: list[str] = []
+        self.frames = 0
 
     async def open(self) -> None:
         self.http = session(self.limit)
@@ -431,21 +432,31 @@ class PodiClient:
         import aiohttp
 
         while True:
-            async for raw in self.ws:
-                if raw.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                message = json.loads(raw.data)
-                self.last_seq = max(self.last_seq, message.get("seq") or 0)
-                payload = message.get("payload") or {}
-                if message.get("type") != "task.status" or payload.get("status") not in TERMINAL:
-                    continue
-                seen = (payload["status"], time.time(), message)
-                future = self.waiting.get(payload.get("taskId"))
-                if future and not future.done():
-                    future.set_result(seen)
-                else:
-                    self.early[payload.get("taskId")] = seen
-            self.reconnects.append(f"{time.strftime('%H:%M:%S')} close {self.ws.close_code}")
+            ended = "closed"
+            try:
+                async for raw in self.ws:
+                    if raw.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    self.frames += 1
+                    message = json.loads(raw.data)
+                    self.last_seq = max(self.last_seq, message.get("seq") or 0)
+                    payload = message.get("payload") or {}
+                    if message.get("type") != "task.status":
+                        continue
+                    if payload.get("status") not in TERMINAL:
+                        continue
+                    seen = (payload["status"], time.time(), message)
+                    future = self.waiting.get(payload.get("taskId"))
+                    if future and not future.done():
+                        future.set_result(seen)
+                    else:
+                        self.early[payload.get("taskId")] = seen
+            except (aiohttp.ClientError, ValueError) as exc:
+                ended = f"{type(exc).__name__}: {exc}"[:200]
+            self.reconnects.append(
+                f"{time.strftime('%H:%M:%S')} {ended}, close code {self.ws.close_code}, "
+                f"last seq {self.last_seq}"
+            )
             while True:
                 try:
                     await self._connect()
@@ -939,6 +950,13 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
                     "submitRetries": client.retried,
                     "eventsMissed": client.events_missed,
                     "streamReconnects": client.reconnects,
+                    "streamFrames": client.frames,
+                    "streamReaderEnded": (
+                        repr(client.reader.exception())
+                        if client.reader.done() and not client.reader.cancelled()
+                        else None
+                    ),
+                    "streamLastSeq": client.last_seq,
                     "directHistoryRetries": direct.history_retries}  # fmt: skip
         finally:
             await direct.close()
@@ -1046,7 +1064,8 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
           f"submit retries {result['submitRetries'] or 'none'}; terminal events missed by "
           f"the stream (read from the task after {args.event_timeout:g} s): "
           f"{len(result['eventsMissed'])}; stream reconnects (?after=): "
-          f"{result['streamReconnects'] or 'none'}")  # fmt: skip
+          f"{result['streamReconnects'] or 'none'}; stream frames {result['streamFrames']}, "
+          f"last seq {result['streamLastSeq']}, reader ended: {result['streamReaderEnded']}")  # fmt: skip
     if pg_connections:
         print(f"  PostgreSQL connections to PODI's database: peak {pg_connections['peak']}, mean "
               f"{pg_connections['mean']} (max_connections {pg_connections['maxConnections']}, "
@@ -1093,6 +1112,9 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
         "submitRetries": result["submitRetries"],
         "terminalEventsMissed": result["eventsMissed"],
         "streamReconnects": result["streamReconnects"],
+        "streamFrames": result["streamFrames"],
+        "streamReaderEnded": result["streamReaderEnded"],
+        "streamLastSeq": result["streamLastSeq"],
         "directHistoryRetries": result["directHistoryRetries"],
         "serverErrors": server_errors,
         "serverErrorMessages": error_lines,
