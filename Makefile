@@ -64,10 +64,19 @@ lock:
 	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
 	rm -rf .lock-venv
 
+# Every bench (not part of `make test`), then issue #13's targets table with this run's figures.
+# Each bench makes its own PostgreSQL databases (BENCH_PG_ADMIN_URL or DATABASE_URL's server,
+# default postgres://postgres@127.0.0.1:5432/postgres) and Redis prefix and removes them; the
+# peer bench runs once on PostgreSQL + Redis and once on the embedded defaults. A bench that
+# fails does not stop the others; the table shows its figures as missing. JSON: bench/results/.
+BENCH_SINCE := $(shell date -u +%Y%m%dT%H%M%SZ)
 bench: $(STAMP)
-	$(BIN)/python bench/wallet_bench.py
-	$(BIN)/python bench/tasks_bench.py
-	$(BIN)/python bench/ws_fanout.py
+	-$(BIN)/python bench/wallet_bench.py
+	-$(BIN)/python bench/tasks_bench.py
+	-$(BIN)/python bench/ws_fanout.py
+	-$(BIN)/python bench/peer.py --config postgres
+	-$(BIN)/python bench/peer.py --config embedded
+	$(BIN)/python bench/summary.py --since $(BENCH_SINCE)
 
 clean:
 	rm -rf $(VENV) var

@@ -106,6 +106,12 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# Benches only (bench/peer.py): count SQL statements per process into this directory
+# (podi/sqlcount.py). Off unless set.
+SQL_COUNT_DIR = env.str("PODI_SQL_COUNT_DIR", "")
+if SQL_COUNT_DIR:
+    MIDDLEWARE.insert(0, "podi.sqlcount.SqlCountMiddleware")
+
 ROOT_URLCONF = "podi.urls"
 # /api/abilities is mounted without a trailing slash, so its sub-routes start with "/".
 SILENCED_SYSTEM_CHECKS = ["urls.W002"]
