@@ -64,6 +64,8 @@ from podi.realtime import publisher, selectors
 from podi.realtime.events import Principal, followable
 
 logger = logging.getLogger("podi.realtime")
+# Pump failures in a row (with back-off, about 40 s) before the stream closes with 1011.
+PUMP_GIVE_UP = 12
 
 CLOSE_UNAUTHORIZED = 4401
 BEARER_PREFIX = "bearer."
@@ -528,8 +530,17 @@ class NotifyConsumer(AsyncWebsocketConsumer):
     # Sending: one task per socket, in order --------------------------------------------------
 
     async def _pump(self) -> None:
-        try:
-            while True:
+        """Send what the hub queued, replays and catch-ups, in seq order, one at a time.
+
+        A failure (the database refused a catch-up read during an outage or overload) does not
+        end the stream: every event of the user is persisted, so after a short back-off the pump
+        catches up from the last seq it sent and nothing is missed. Only a failure that lasts
+        (``PUMP_GIVE_UP`` in a row) closes the socket with 1011, and then for good: the client
+        reconnects with ``?after=``.
+        """
+        failures = 0
+        while True:
+            try:
                 await self._wake.wait()
                 self._wake.clear()
                 if self._resume_after is not None:
@@ -540,11 +551,31 @@ class NotifyConsumer(AsyncWebsocketConsumer):
                     await self._catch_up()
                 while self._inbox:
                     await self._deliver(self._inbox.popleft())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("notify stream failed for user %s", self.principal.user_id)
-            await self.close(code=1011)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                logger.exception(
+                    "notify stream failed for user %s (%s in a row)",
+                    self.principal.user_id,
+                    failures,
+                )
+                if failures >= PUMP_GIVE_UP:
+                    await self._close_for_good(1011)
+                    return
+                await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+                self._recheck = True
+                self._wake.set()
+
+    async def _close_for_good(self, code: int) -> None:
+        """Close the socket and stop this socket's other loops (the heartbeat keeps a closed
+        socket looking alive otherwise)."""
+        current = asyncio.current_task()
+        for task in getattr(self, "_tasks", []):
+            if task is not current:
+                task.cancel()
+        await self.close(code=code)
 
     async def _replay(self, after: int) -> None:
         """Send the persisted events after ``after`` that this socket has not sent yet."""
