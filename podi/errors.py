@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from psycopg.errors import TooManyConnections
+from psycopg_pool import PoolTimeout
 from redis import exceptions as redis_errors
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -124,6 +127,26 @@ def _bad_value(exc: Exception) -> AppError | None:
     return None
 
 
+# How PostgreSQL words a connection refused at a limit (connect errors carry no SQLSTATE):
+# max_connections, a database's or a role's CONNECTION LIMIT, the reserved superuser slots.
+_REFUSED_AT_LIMIT = ("too many clients", "too many connections", "remaining connection slots")
+
+
+def database_busy(exc: BaseException) -> bool:
+    """True for connection overload: a pool timeout, or PostgreSQL's "too many clients"
+    (SQLSTATE 53300; refused at connect) — Django wraps psycopg's error: the chain is searched."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, PoolTimeout | TooManyConnections):
+            return True
+        if isinstance(exc, OperationalError | psycopg.OperationalError) and any(
+            text in str(exc) for text in _REFUSED_AT_LIMIT
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def to_app_error(exc: Exception) -> AppError | None:
     if isinstance(exc, AppError):
         return exc
@@ -137,7 +160,12 @@ def to_app_error(exc: Exception) -> AppError | None:
         return AppError(codes.NOT_FOUND)
     if isinstance(exc, DjangoPermissionDenied):
         return AppError(codes.FORBIDDEN)
-    if isinstance(exc, OperationalError | InterfaceError):
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        if database_busy(exc):
+            # Overload: the pool stayed empty past its timeout, or the server is at
+            # max_connections. Shed the request; the client retries.
+            logger.warning("database busy: %s", exc)
+            return AppError(codes.DATABASE_BUSY, headers={"Retry-After": "1"})
         # The database restarting or unreachable: a temporary condition, not a bug.
         logger.warning("database unavailable: %s", exc)
         return AppError(codes.DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})
