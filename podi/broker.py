@@ -71,13 +71,21 @@ class DoorbellConsumer(_RedisConsumer):
                 return MessageProxy(message)
             # Empty queue: wait for a bell (or the backoff, growing to the worker timeout).
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-            if self.pubsub.get_message(timeout=backoff_ms / 1000) is not None:
+            if self._wait_for_bell(backoff_ms / 1000):
                 self.misses = 0
                 while self.pubsub.get_message(timeout=0) is not None:  # drain other bells
                     pass
             return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _wait_for_bell(self, seconds: float) -> bool:
+        # get_message also returns None for a (skipped) subscribe confirmation: wait out the rest.
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.pubsub.get_message(timeout=remaining) is not None:
+                return True
+        return False
 
     def close(self):
         try:
