@@ -120,7 +120,8 @@ def database_unavailable(exc: BaseException | None) -> bool:
 
 class DatabaseBusyRetry(dramatiq.Middleware):
     """Dramatiq middleware: re-enqueue (with a delay) a message that failed for want of a
-    database connection. Listed after ``Retries``, so it acts only on a message Retries failed."""
+    database connection. Listed before ``Retries`` (Dramatiq runs after_* hooks in reverse), so
+    it acts only on a message that Retries has failed."""
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
         if not message.failed or not database_unavailable(exception):

@@ -222,9 +222,10 @@ _dramatiq_middleware = [
     "dramatiq.middleware.AgeLimit",
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
+    # Before Retries: after_* hooks run in reverse order, so it sees what Retries gave up on.
+    "podi.runtime.DatabaseBusyRetry",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "podi.runtime.DatabaseBusyRetry",
     "podi.runtime.WorkerLiveness",
 ]
 if BROKER_URL and BROKER_URL.startswith("amqp"):
