@@ -6,13 +6,15 @@ Services raise ``AppError(SOME_CODE, …)``; views never build error responses b
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import psycopg
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db import DataError, InterfaceError, OperationalError
+from django.db import DEFAULT_DB_ALIAS, DataError, InterfaceError, OperationalError, connections
 from django.http import Http404, JsonResponse
 from psycopg.errors import TooManyConnections
 from psycopg_pool import PoolTimeout
@@ -132,19 +134,51 @@ def _bad_value(exc: Exception) -> AppError | None:
 _REFUSED_AT_LIMIT = ("too many clients", "too many connections", "remaining connection slots")
 
 
+def _refused_at_limit(exc: BaseException) -> bool:
+    return isinstance(exc, TooManyConnections) or (
+        isinstance(exc, OperationalError | psycopg.OperationalError)
+        and any(text in str(exc) for text in _REFUSED_AT_LIMIT)
+    )
+
+
 def database_busy(exc: BaseException) -> bool:
-    """True for connection overload: a pool timeout, or PostgreSQL's "too many clients"
-    (SQLSTATE 53300; refused at connect) — Django wraps psycopg's error: the chain is searched."""
+    """True for connection overload, False for an outage. Overload: PostgreSQL refused a
+    connection at its limit ("too many clients"; no SQLSTATE at connect), or the pool stayed empty
+    (``PoolTimeout``) while the server is up. The pool also times out while the server is down —
+    it keeps retrying in the background — so a timeout is told apart by one direct connection
+    attempt (``_server_answers``). Django wraps psycopg's errors: the chain is searched."""
     seen = 0
     while exc is not None and seen < 5:
-        if isinstance(exc, PoolTimeout | TooManyConnections):
+        if _refused_at_limit(exc):
             return True
-        if isinstance(exc, OperationalError | psycopg.OperationalError) and any(
-            text in str(exc) for text in _REFUSED_AT_LIMIT
-        ):
-            return True
+        if isinstance(exc, PoolTimeout):
+            return _server_answers()
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+_probe_lock = threading.Lock()
+_probe: tuple[float, bool] = (0.0, False)  # (monotonic time, result): one probe per second
+PROBE_CONNECT_TIMEOUT = 2
+
+
+def _server_answers() -> bool:
+    """Whether PostgreSQL accepts (or refuses at its limit) a connection right now."""
+    global _probe
+    with _probe_lock:
+        checked_at, answers = _probe
+        if time.monotonic() - checked_at < 1.0:
+            return answers
+        params = connections[DEFAULT_DB_ALIAS].get_connection_params()
+        params["connect_timeout"] = PROBE_CONNECT_TIMEOUT
+        try:
+            psycopg.connect(**params).close()
+        except psycopg.Error as error:
+            answers = _refused_at_limit(error)
+        else:
+            answers = True
+        _probe = (time.monotonic(), answers)
+        return answers
 
 
 def to_app_error(exc: Exception) -> AppError | None:

@@ -200,13 +200,25 @@ IS_POSTGRES = bool(_postgres)
 BROKER_URL = env.url("BROKER_URL", ("redis", "rediss", "amqp", "amqps"), REDIS_URL)
 REDIS_PREFIX = env.str("REDIS_PREFIX", "podi")
 
-if REDIS_URL:
+# With Redis: channels_redis's pub/sub layer (one PUBLISH per message, pushed to every web
+# process's subscription) by default; CHANNEL_LAYER=core for the list-based layer
+# (docs/adr/0014-platform-plumbing.md).
+CHANNEL_LAYER = env.choice("CHANNEL_LAYER", ("pubsub", "core"), "pubsub")
+if REDIS_URL and CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi"},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 1000},
         }
     }
+if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
