@@ -71,7 +71,7 @@ def declare(broker, queue: str, results_key: str, redis_url: str):
 
     @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"probe_{queue}")
     def probe(enqueued_at: float) -> None:
-        client.rpush(results_key, f"{time.time() - enqueued_at:.6f}")
+        client.rpush(results_key, f"{enqueued_at:.6f} {time.time():.6f}")
 
     return probe
 
@@ -99,7 +99,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def summary(latencies: list[float]) -> dict:
+def summary(pairs: list[tuple[float, float]]) -> dict:
+    latencies = [start - enqueued for enqueued, start in pairs]
+    if not latencies:  # nothing arrived (the Redis db flushed under the run?)
+        return {"n": 0, "p50": None, "p95": None, "max": None}
     ms = [v * 1000 for v in latencies]
     return {
         "n": len(ms),
@@ -109,11 +112,12 @@ def summary(latencies: list[float]) -> dict:
     }
 
 
-def collect(client, key: str, n: int, timeout: float) -> list[float]:
+def collect(client, key: str, n: int, timeout: float) -> list[tuple[float, float]]:
+    """(enqueued at, started at) wall-clock pairs, as the actor recorded them."""
     deadline = time.monotonic() + timeout
     while client.llen(key) < n and time.monotonic() < deadline:
         time.sleep(0.01)
-    return [float(v) for v in client.lrange(key, 0, -1)]
+    return [tuple(float(x) for x in v.split()) for v in client.lrange(key, 0, -1)]
 
 
 def run_kind(kind: str, args) -> dict:
@@ -146,7 +150,7 @@ def run_kind(kind: str, args) -> dict:
         for _ in range(args.burst):
             probe.send(time.time())
         burst = collect(client, results_key, args.burst, 30)
-        wall = max(started + v for v in burst) - started if burst else float("nan")
+        wall = max(start for _, start in burst) - started if burst else float("nan")
         client.delete(results_key)
         broker.close()
     finally:
