@@ -142,43 +142,55 @@ def _refused_at_limit(exc: BaseException) -> bool:
 
 
 def database_busy(exc: BaseException) -> bool:
-    """True for connection overload, False for an outage. Overload: PostgreSQL refused a
-    connection at its limit ("too many clients"; no SQLSTATE at connect), or the pool stayed empty
-    (``PoolTimeout``) while the server is up. The pool also times out while the server is down —
-    it keeps retrying in the background — so a timeout is told apart by one direct connection
-    attempt (``_server_answers``). Django wraps psycopg's errors: the chain is searched."""
+    """True for connection overload, False for an outage. Django wraps psycopg's errors: the
+    chain is searched.
+
+    Overload: PostgreSQL refused a connection at its limit ("too many clients"; connect errors
+    carry no SQLSTATE, so the message is matched), or the pool timed out with every one of its
+    connections lent out while the server answers. The pool also times out while the server is
+    down or restarting — it keeps reconnecting in the background, its connections not all there —
+    so a ``PoolTimeout`` is judged by the pool's size and one direct connection attempt."""
     seen = 0
     while exc is not None and seen < 5:
         if _refused_at_limit(exc):
             return True
         if isinstance(exc, PoolTimeout):
-            return _server_answers()
+            server = _server_state()
+            return server == "limit" or (server == "up" and _pool_full())
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
 
+def _pool_full() -> bool:
+    pool = getattr(connections[DEFAULT_DB_ALIAS], "pool", None)
+    if pool is None:
+        return False
+    stats = pool.get_stats()
+    return stats.get("pool_size", 0) >= stats.get("pool_max", 1)
+
+
 _probe_lock = threading.Lock()
-_probe: tuple[float, bool] = (0.0, False)  # (monotonic time, result): one probe per second
+_probe: tuple[float, str] = (-1.0, "")  # (monotonic time, state): one probe per second
 PROBE_CONNECT_TIMEOUT = 2
 
 
-def _server_answers() -> bool:
-    """Whether PostgreSQL accepts (or refuses at its limit) a connection right now."""
+def _server_state() -> str:
+    """``up``, ``limit`` (refuses at a connection limit) or ``down``, by one direct attempt."""
     global _probe
     with _probe_lock:
-        checked_at, answers = _probe
-        if time.monotonic() - checked_at < 1.0:
-            return answers
+        checked_at, state = _probe
+        if checked_at >= 0 and time.monotonic() - checked_at < 1.0:
+            return state
         params = connections[DEFAULT_DB_ALIAS].get_connection_params()
         params["connect_timeout"] = PROBE_CONNECT_TIMEOUT
         try:
             psycopg.connect(**params).close()
         except psycopg.Error as error:
-            answers = _refused_at_limit(error)
+            state = "limit" if _refused_at_limit(error) else "down"
         else:
-            answers = True
-        _probe = (time.monotonic(), answers)
-        return answers
+            state = "up"
+        _probe = (time.monotonic(), state)
+        return state
 
 
 def to_app_error(exc: Exception) -> AppError | None:
