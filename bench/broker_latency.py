@@ -131,6 +131,7 @@ def run_kind(kind: str, args) -> dict:
          "--redis-url", args.redis_url, "--amqp-url", args.amqp_url],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    broker = None
     try:
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{kind}: the worker did not start")
@@ -152,14 +153,15 @@ def run_kind(kind: str, args) -> dict:
         burst = collect(client, results_key, args.burst, 30)
         wall = max(start for _, start in burst) - started if burst else float("nan")
         client.delete(results_key)
-        broker.close()
     finally:
         child.stdin.close()
         child.wait(timeout=20)
+        if broker is not None:
+            if kind == "rabbitmq":  # once its consumer is gone
+                cleanup_rabbit(broker, queue)
+            broker.close()
         for key in client.scan_iter(f"{namespace}:*"):
             client.delete(key)
-    if kind == "rabbitmq":
-        cleanup_rabbit(args.amqp_url, queue)
     return {
         "broker": kind,
         "workerTimeoutMs": KINDS[kind][1],
@@ -170,14 +172,9 @@ def run_kind(kind: str, args) -> dict:
     }
 
 
-def cleanup_rabbit(amqp_url: str, queue: str) -> None:
-    import pika  # noqa: PLC0415
-
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
+def cleanup_rabbit(broker, queue: str) -> None:
     for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-        channel.queue_delete(name)
-    connection.close()
+        broker.channel.queue_delete(name)
 
 
 def main() -> None:
