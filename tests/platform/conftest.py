@@ -63,6 +63,7 @@ def up_env(tmp_path, fresh_database):
     for name in ("PUBLIC_BASE_URL", "OSS_CALLBACK_URL", "HOST", "PORT", "WEB_CONCURRENCY"):
         env.pop(name, None)
     env["DATABASE_URL"] = fresh_database[1]
+    env["DATABASE_POOL"] = "true"  # production's default (the in-process suite turns it off)
     env["REDIS_PREFIX"] = f"podi-platform-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     env["PODI_ADMIN_PASSWORD"] = "platform test passphrase"
     return env
