@@ -243,6 +243,7 @@ class HealthApi(APIView):
                 "Health",
                 {
                     "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+                    "pid": serializers.IntegerField(),
                     "checks": serializers.DictField(child=serializers.DictField()),
                 },
             ),
@@ -250,6 +251,7 @@ class HealthApi(APIView):
                 "HealthDown",
                 {
                     "status": serializers.ChoiceField(choices=["degraded"]),
+                    "pid": serializers.IntegerField(),
                     "checks": serializers.DictField(child=serializers.DictField()),
                 },
             ),

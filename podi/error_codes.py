@@ -47,3 +47,8 @@ SERVICE_UNAVAILABLE = ErrorCode("SERVICE_UNAVAILABLE", 503, "Service unavailable
 DATABASE_UNAVAILABLE = ErrorCode(
     "DATABASE_UNAVAILABLE", 503, "The database is not reachable right now; retry in a few seconds."
 )
+# Every pooled connection is busy past DATABASE_POOL_TIMEOUT, or PostgreSQL refused a connection
+# at max_connections ("too many clients"): overload, not an outage.
+DATABASE_BUSY = ErrorCode(
+    "DATABASE_BUSY", 503, "The server is at its database connection limit; retry in a moment."
+)

@@ -6,13 +6,18 @@ Services raise ``AppError(SOME_CODE, …)``; views never build error responses b
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db import DataError, InterfaceError, OperationalError
+from django.db import DEFAULT_DB_ALIAS, DataError, InterfaceError, OperationalError, connections
 from django.http import Http404, JsonResponse
+from psycopg.errors import TooManyConnections
+from psycopg_pool import PoolTimeout
 from redis import exceptions as redis_errors
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -124,6 +129,70 @@ def _bad_value(exc: Exception) -> AppError | None:
     return None
 
 
+# How PostgreSQL words a connection refused at a limit (connect errors carry no SQLSTATE):
+# max_connections, a database's or a role's CONNECTION LIMIT, the reserved superuser slots.
+_REFUSED_AT_LIMIT = ("too many clients", "too many connections", "remaining connection slots")
+
+
+def _refused_at_limit(exc: BaseException) -> bool:
+    return isinstance(exc, TooManyConnections) or (
+        isinstance(exc, OperationalError | psycopg.OperationalError)
+        and any(text in str(exc) for text in _REFUSED_AT_LIMIT)
+    )
+
+
+def database_busy(exc: BaseException) -> bool:
+    """True for connection overload, False for an outage. Django wraps psycopg's errors: the
+    chain is searched.
+
+    Overload: PostgreSQL refused a connection at its limit ("too many clients"; connect errors
+    carry no SQLSTATE, so the message is matched), or the pool timed out with every one of its
+    connections lent out while the server answers. The pool also times out while the server is
+    down or restarting — it keeps reconnecting in the background, its connections not all there —
+    so a ``PoolTimeout`` is judged by the pool's size and one direct connection attempt."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if _refused_at_limit(exc):
+            return True
+        if isinstance(exc, PoolTimeout):
+            server = _server_state()
+            return server == "limit" or (server == "up" and _pool_full())
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _pool_full() -> bool:
+    pool = getattr(connections[DEFAULT_DB_ALIAS], "pool", None)
+    if pool is None:
+        return False
+    stats = pool.get_stats()
+    return stats.get("pool_size", 0) >= stats.get("pool_max", 1)
+
+
+_probe_lock = threading.Lock()
+_probe: tuple[float, str] = (-1.0, "")  # (monotonic time, state): one probe per second
+PROBE_CONNECT_TIMEOUT = 2
+
+
+def _server_state() -> str:
+    """``up``, ``limit`` (refuses at a connection limit) or ``down``, by one direct attempt."""
+    global _probe
+    with _probe_lock:
+        checked_at, state = _probe
+        if checked_at >= 0 and time.monotonic() - checked_at < 1.0:
+            return state
+        params = connections[DEFAULT_DB_ALIAS].get_connection_params()
+        params["connect_timeout"] = PROBE_CONNECT_TIMEOUT
+        try:
+            psycopg.connect(**params).close()
+        except psycopg.Error as error:
+            state = "limit" if _refused_at_limit(error) else "down"
+        else:
+            state = "up"
+        _probe = (time.monotonic(), state)
+        return state
+
+
 def to_app_error(exc: Exception) -> AppError | None:
     if isinstance(exc, AppError):
         return exc
@@ -137,7 +206,12 @@ def to_app_error(exc: Exception) -> AppError | None:
         return AppError(codes.NOT_FOUND)
     if isinstance(exc, DjangoPermissionDenied):
         return AppError(codes.FORBIDDEN)
-    if isinstance(exc, OperationalError | InterfaceError):
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        if database_busy(exc):
+            # Overload: the pool stayed empty past its timeout, or the server is at
+            # max_connections. Shed the request; the client retries.
+            logger.warning("database busy: %s", exc)
+            return AppError(codes.DATABASE_BUSY, headers={"Retry-After": "1"})
         # The database restarting or unreachable: a temporary condition, not a bug.
         logger.warning("database unavailable: %s", exc)
         return AppError(codes.DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})

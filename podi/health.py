@@ -12,6 +12,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connections
+from dramatiq.brokers.redis import RedisBroker
 
 CHECK_TIMEOUT = 3.0
 
@@ -45,10 +46,9 @@ def check_channel_layer() -> None:
 
 def check_broker() -> None:
     broker = dramatiq.get_broker()
-    name = type(broker).__name__
-    if name == "RedisBroker":
+    if isinstance(broker, RedisBroker):  # DoorbellRedisBroker too
         broker.client.ping()
-    elif name == "RabbitmqBroker":
+    elif type(broker).__name__ == "RabbitmqBroker":
         broker.channel  # noqa: B018 - opens (or reuses) a channel, raising when unreachable
     # The StubBroker lives in this process: if we are answering, it is up.
 
@@ -89,4 +89,5 @@ def run_checks() -> dict:
                 "latencyMs": round((time.perf_counter() - started) * 1000, 1),
             }
     healthy = all(item["status"] == "ok" for item in results.values())
-    return {"status": "ok" if healthy else "degraded", "checks": results}
+    # The process that answered: with several web processes (WEB_CONCURRENCY) each has its own.
+    return {"status": "ok" if healthy else "degraded", "pid": os.getpid(), "checks": results}

@@ -14,7 +14,8 @@ import uuid
 import dramatiq
 from django.apps import apps
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
+from psycopg_pool import PoolTimeout
 
 logger = logging.getLogger("podi.runtime")
 
@@ -113,3 +114,46 @@ class WorkerLiveness(dramatiq.Middleware):
             logger.warning("renewing the worker lease failed", exc_info=True)
         finally:
             connection.close()
+
+
+# --- Database busy or down ---------------------------------------------------------------------
+# An actor that fails because the database had no connection for it (the pool stayed empty past
+# DATABASE_POOL_TIMEOUT, PostgreSQL at max_connections, or restarting) did nothing wrong, and its
+# message must not be lost: once the Retries middleware has given up on it, it is enqueued again
+# after a growing delay, a few times. Whatever is still undone after that, the reconciler finds
+# in the database (queued tasks are dispatched, stale runs resumed), as after any worker crash.
+
+DB_RETRY_OPTION = "podi_db_retries"
+DB_RETRY_LIMIT = 5
+DB_RETRY_MAX_DELAY_MS = 30_000
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+
+
+class DatabaseBusyRetry(dramatiq.Middleware):
+    """Dramatiq middleware: re-enqueue (with a delay) a message that failed for want of a
+    database connection. Listed before ``Retries`` (Dramatiq runs after_* hooks in reverse), so
+    it acts only on a message that Retries has failed."""
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        if not message.failed or not database_unavailable(exception):
+            return
+        done = int(message.options.get(DB_RETRY_OPTION, 0))
+        if done >= DB_RETRY_LIMIT:
+            logger.warning(
+                "%s: database still unavailable after %d retries; the reconciler takes over",
+                message.actor_name,
+                done,
+            )
+            return
+        delay = min(DB_RETRY_MAX_DELAY_MS, 1000 * 2**done)
+        logger.warning(
+            "%s: database unavailable (%s); retrying in %d ms", message.actor_name, exception, delay
+        )
+        retry = message.copy(options={DB_RETRY_OPTION: done + 1, "retries": 0})
+        try:
+            broker.enqueue(retry, delay=delay)
+        except Exception:  # the broker is down too: the reconciler covers it
+            logger.warning("re-enqueueing %s failed", message.actor_name, exc_info=True)

@@ -133,13 +133,57 @@ TEMPLATES = [
     },
 ]
 
+# --- Processes ------------------------------------------------------------------------------
+REDIS_URL = env.url("REDIS_URL", ("redis", "rediss", "unix"))
+# Web (Daphne) processes `manage.py up` runs on one listening socket. Several need Redis: the
+# in-memory channel layer and the in-process stub broker do not cross processes.
+WEB_CONCURRENCY = env.int(
+    "WEB_CONCURRENCY", (os.cpu_count() or 1) if REDIS_URL else 1, min_value=1, max_value=64
+)
+if WEB_CONCURRENCY > 1 and not REDIS_URL:
+    raise ImproperlyConfigured(
+        "WEB_CONCURRENCY > 1 needs REDIS_URL: the embedded channel layer and broker live in one "
+        "process"
+    )
+
 # --- Database -------------------------------------------------------------------------------
 _database = env.database("DATABASE_URL")
 _postgres = _database if _database and _database["ENGINE"].endswith("postgresql") else None
+# A bounded psycopg pool per process on PostgreSQL. All PODI processes together open at most
+# DATABASE_MAX_CONNECTIONS × DATABASE_POOL_SHARE % connections: each process gets that budget
+# divided by DATABASE_POOL_PROCESSES (default: what `manage.py up` runs on this host, the web
+# processes + the worker + the reconciler), or DATABASE_POOL_MAX if set. See .env.example.
+DATABASE_POOL = env.bool("DATABASE_POOL", True) and bool(_postgres)
+DATABASE_MAX_CONNECTIONS = env.int("DATABASE_MAX_CONNECTIONS", 100, min_value=2)
+DATABASE_POOL_SHARE = env.int("DATABASE_POOL_SHARE", 80, min_value=1, max_value=100)
+DATABASE_POOL_PROCESSES = env.int("DATABASE_POOL_PROCESSES", WEB_CONCURRENCY + 2, min_value=1)
+DATABASE_POOL_MAX = env.int(
+    "DATABASE_POOL_MAX",
+    max(
+        2,
+        DATABASE_MAX_CONNECTIONS * DATABASE_POOL_SHARE // 100 // DATABASE_POOL_PROCESSES,
+    ),
+    min_value=1,
+)
+DATABASE_POOL_MIN = env.int("DATABASE_POOL_MIN", min(2, DATABASE_POOL_MAX), min_value=0)
+if DATABASE_POOL_MIN > DATABASE_POOL_MAX:
+    raise ImproperlyConfigured("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+# Seconds a request or actor waits for a pooled connection before giving up (HTTP 503).
+DATABASE_POOL_TIMEOUT = env.int("DATABASE_POOL_TIMEOUT", 5, min_value=1, max_value=300)
 if _postgres:
-    _postgres["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", 0, min_value=0)
     _postgres["CONN_HEALTH_CHECKS"] = True
     _postgres["OPTIONS"].setdefault("connect_timeout", "5")
+    if DATABASE_POOL:
+        # Django hands connections back to the pool at the end of each request or message.
+        _postgres["CONN_MAX_AGE"] = 0
+        _postgres["OPTIONS"]["pool"] = {
+            "min_size": DATABASE_POOL_MIN,
+            "max_size": DATABASE_POOL_MAX,
+            "timeout": DATABASE_POOL_TIMEOUT,
+            "name": "podi",
+        }
+    else:
+        _postgres["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", 0, min_value=0)
     DATABASES = {"default": _postgres}
 else:
     DATABASES = {
@@ -159,17 +203,28 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_POSTGRES = bool(_postgres)
 
 # --- Redis, channel layer, cache, broker ----------------------------------------------------
-REDIS_URL = env.url("REDIS_URL", ("redis", "rediss", "unix"))
 BROKER_URL = env.url("BROKER_URL", ("redis", "rediss", "amqp", "amqps"), REDIS_URL)
 REDIS_PREFIX = env.str("REDIS_PREFIX", "podi")
 
-if REDIS_URL:
+# With Redis: channels_redis's pub/sub layer (one PUBLISH per message, pushed to every web
+# process's subscription) by default; CHANNEL_LAYER=core for the list-based layer
+# (docs/adr/0014-platform-plumbing.md).
+CHANNEL_LAYER = env.choice("CHANNEL_LAYER", ("pubsub", "core"), "pubsub")
+if REDIS_URL and CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi"},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 1000},
         }
     }
+if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -185,6 +240,8 @@ _dramatiq_middleware = [
     "dramatiq.middleware.AgeLimit",
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
+    # Before Retries: after_* hooks run in reverse order, so it sees what Retries gave up on.
+    "podi.runtime.DatabaseBusyRetry",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "podi.runtime.WorkerLiveness",
@@ -196,8 +253,10 @@ if BROKER_URL and BROKER_URL.startswith("amqp"):
         "MIDDLEWARE": _dramatiq_middleware,
     }
 elif BROKER_URL:
+    # Dramatiq's Redis broker, plus a pub/sub doorbell that wakes an idle worker at once
+    # (docs/adr/0014-platform-plumbing.md).
     DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "BROKER": "podi.broker.DoorbellRedisBroker",
         "OPTIONS": {"url": BROKER_URL, "namespace": f"{REDIS_PREFIX}:dramatiq"},
         "MIDDLEWARE": _dramatiq_middleware,
     }

@@ -14,9 +14,17 @@ def test_health_ok(anon):
     assert all(check["status"] == "ok" for check in body["checks"].values())
 
 
+def close_connection_and_pool():
+    """Close the connection, and on PostgreSQL the process's pool, which holds the settings it
+    was made with."""
+    connection.close()
+    if connection.vendor == "postgresql" and connection.pool is not None:
+        connection.close_pool()
+
+
 def test_health_503_names_the_database_when_it_is_down(anon):
     original = dict(connection.settings_dict)
-    connection.close()
+    close_connection_and_pool()
     if connection.vendor == "sqlite":
         connection.settings_dict["NAME"] = "/nonexistent-dir/podi.sqlite3"
     else:
@@ -25,7 +33,7 @@ def test_health_503_names_the_database_when_it_is_down(anon):
     try:
         response = anon.get("/health")
     finally:
-        connection.close()
+        close_connection_and_pool()
         connection.settings_dict.clear()
         connection.settings_dict.update(original)
     assert response.status_code == 503

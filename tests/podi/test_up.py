@@ -32,6 +32,7 @@ def up_env(tmp_path, django_db_blocker):
     for name in ("PUBLIC_BASE_URL", "OSS_CALLBACK_URL", "HOST", "PORT"):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("DATABASE_POOL", None)  # production's default: the pool on PostgreSQL
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         # A database of its own, dropped afterwards.
@@ -231,6 +232,7 @@ def test_an_unreachable_database_answers_503_with_a_code(tmp_path):
         database_url = f"sqlite:///{tmp_path}/no/such/dir/db.sqlite3"  # cannot be opened
     env = {**os.environ, "DATABASE_URL": database_url, "PODI_DATA_DIR": str(tmp_path)}
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("DATABASE_POOL", None)  # with the pool, which keeps retrying in the background
     port = free_port()
     web = _start(["--role", "web", "--port", str(port)], env)
     try:

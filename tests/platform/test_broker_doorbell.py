@@ -1,0 +1,113 @@
+"""The Redis broker's doorbell: an idle consumer that has backed off to its full timeout still
+takes a new message at once, because enqueue rings the bell it waits on (docs/adr/0014)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import dramatiq
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+
+from podi.broker import DoorbellRedisBroker
+
+# The consumers here back off for a minute when idle: only a bell can wake them sooner.
+IDLE_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def broker():
+    namespace = f"podi-test-doorbell-{uuid.uuid4().hex[:8]}"
+    broker = DoorbellRedisBroker(url=os.environ["REDIS_URL"], namespace=namespace, middleware=[])
+    broker.declare_queue("q")
+    yield broker
+    for key in broker.client.scan_iter(f"{namespace}:*"):
+        broker.client.delete(key)
+    broker.close()
+
+
+def message(queue: str = "q") -> dramatiq.Message:
+    return dramatiq.Message(queue_name=queue, actor_name="probe", args=(), kwargs={}, options={})
+
+
+def next_message(consumer, deadline: float):
+    while time.monotonic() < deadline:
+        found = next(consumer)
+        if found is not None:
+            return found
+    return None
+
+
+def test_a_backed_off_consumer_wakes_on_the_bell(broker):
+    consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
+    try:
+        consumer.misses = 30  # backed off to the full minute
+        sent = message()
+        threading.Timer(0.5, broker.enqueue, args=(sent,)).start()
+        # Empty queue: the consumer waits on the bell, which rings with the message. A wait that
+        # ends without a bell (the minute elapsed) leaves the miss count growing instead.
+        assert next(consumer) is None
+        assert consumer.misses == 0
+        got = next(consumer)
+        assert got is not None and got.message_id == sent.message_id
+        consumer.ack(got)
+    finally:
+        consumer.close()
+
+
+def test_a_bell_rung_before_the_wait_is_not_lost(broker):
+    """Enqueued between the consumer's fetch and its wait: the subscription holds the bell."""
+    consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
+    try:
+        assert next(consumer) is None  # subscribed; nothing queued yet
+        consumer.misses = 30
+        sent = broker.enqueue(message())  # rings while nobody waits
+        got = next(consumer)  # the next call fetches and finds it
+        assert got is not None and got.message_id == sent.message_id
+        consumer.ack(got)
+        # That bell is still queued on the subscription: the next wait reads it at once.
+        consumer.misses = 30
+        assert next(consumer) is None
+        assert consumer.misses == 0
+    finally:
+        consumer.close()
+
+
+def test_plain_redis_broker_messages_are_still_consumed(broker):
+    """A publisher on dramatiq's RedisBroker (no bell) is still served, by polling."""
+    plain = RedisBroker(url=os.environ["REDIS_URL"], namespace=broker.namespace, middleware=[])
+    consumer = broker.consume("q", prefetch=2, timeout=200)
+    try:
+        plain.enqueue(message())
+        got = next_message(consumer, time.monotonic() + 25)
+        assert got is not None
+        consumer.ack(got)
+    finally:
+        consumer.close()
+        plain.close()
+
+
+def test_a_worker_on_the_doorbell_broker_runs_actors_and_delayed_messages(broker):
+    ran = []
+    done = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name=f"probe_{uuid.uuid4().hex[:6]}")
+    def probe(value):
+        ran.append(value)
+        if len(ran) == 3:
+            done.set()
+
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=IDLE_TIMEOUT_MS)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        probe.send(1)
+        probe.send(2)
+        probe.send_with_options(args=(3,), delay=300)
+        assert done.wait(25), ran
+        assert sorted(ran) == [1, 2, 3]
+    finally:
+        worker.stop(timeout=5000)

@@ -1,0 +1,102 @@
+"""The bounded PostgreSQL pool under overload: requests past it answer 503 DATABASE_BUSY with
+Retry-After, never 500; a server that refuses connections at its limit reads the same."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import httpx
+import psycopg
+import pytest
+from django.db import OperationalError, connection
+
+from podi import error_codes as codes
+from podi.errors import database_busy, to_app_error
+from tests.platform.conftest import admin_url, free_port, read_until, start_up, stop
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_an_exhausted_pool_answers_503_database_busy_never_500(up_env, fresh_database):
+    port = free_port()
+    up_env.update(
+        WEB_CONCURRENCY="1", DATABASE_POOL_MAX="2", DATABASE_POOL_MIN="0", DATABASE_POOL_TIMEOUT="1"
+    )
+    web = start_up(["--role", "web", "--migrate", "--port", str(port)], up_env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        text = read_until(web, "PODI is up")
+        assert "PODI is up" in text, text
+        login = httpx.post(
+            f"{base}/api/auth/v1/login",
+            json={"username": "admin", "password": "platform test passphrase"},
+            timeout=30,
+        )
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+
+        # Hold a lock every authenticated request waits on: the first two requests keep both
+        # pooled connections while they wait; the others find the pool empty for a second.
+        with psycopg.connect(fresh_database[1]) as blocker:
+            blocker.execute("LOCK TABLE auth_user IN ACCESS EXCLUSIVE MODE")
+
+            def me():
+                return httpx.get(f"{base}/api/auth/v1/me", headers=bearer, timeout=120)
+
+            with ThreadPoolExecutor(12) as pool:
+                futures = [pool.submit(me) for _ in range(12)]
+                # The refused ones answer after the pool timeout; the two holders cannot.
+                done, _ = wait(futures, timeout=90, return_when=FIRST_COMPLETED)
+                assert done, "no request answered while the pool was held"
+                wait(futures, timeout=10)
+                answered_while_held = sum(future.done() for future in futures)
+                blocker.rollback()  # release the lock: the holders go through
+                responses = [future.result() for future in futures]
+        statuses = [response.status_code for response in responses]
+        assert set(statuses) <= {200, 503}, statuses
+        assert 500 not in statuses
+        refused = [response for response in responses if response.status_code == 503]
+        assert refused, statuses
+        for response in refused:
+            assert response.json()["code"] == codes.DATABASE_BUSY.code, response.text
+            assert response.headers["Retry-After"] == "1"
+        # The requests that held the pool's connections went through once the lock was gone.
+        assert statuses.count(200) >= 1, statuses
+        assert answered_while_held <= 12 - statuses.count(200)
+        after = httpx.get(f"{base}/api/auth/v1/me", headers=bearer, timeout=30)
+        assert after.status_code == 200, after.text
+    finally:
+        rest = stop(web)
+    assert "Traceback" not in rest, rest
+
+
+@pytest.fixture
+def limited_database():
+    """A database that admits no connection of a non-superuser role (``CONNECTION LIMIT 0``)."""
+    suffix = f"{threading.get_native_id()}"
+    name, role = f"podi_platform_limit_{suffix}", f"podi_platform_limited_{suffix}"
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'CREATE DATABASE "{name}" CONNECTION LIMIT 0')
+    yield admin_url().rsplit("/", 1)[0].replace("postgres@", f"{role}@", 1) + f"/{name}"
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_connection_refused_at_the_limit_reads_as_busy(limited_database):
+    """PostgreSQL's refusal at a connection limit (as at max_connections, "too many clients")
+    maps to 503 DATABASE_BUSY through Django's error wrapper; an unreachable server does not."""
+    with pytest.raises(OperationalError) as refused, connection.wrap_database_errors:
+        psycopg.connect(limited_database, connect_timeout=5)
+    assert database_busy(refused.value)
+    error = to_app_error(refused.value)
+    assert (error.code, error.status) == (codes.DATABASE_BUSY.code, 503)
+
+    with pytest.raises(OperationalError) as down, connection.wrap_database_errors:
+        psycopg.connect(f"postgres://postgres@127.0.0.1:{free_port()}/x", connect_timeout=5)
+    assert not database_busy(down.value)
+    assert to_app_error(down.value).code == codes.DATABASE_UNAVAILABLE.code
