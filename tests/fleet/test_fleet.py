@@ -88,7 +88,11 @@ def assert_fleet_consistent(fleet, load, *, all_succeed: bool = True, timeout: f
         assert sub.gaps == [], f"{name}: gaps {sub.gaps}"
         assert sub.duplicates == 0, f"{name}: {sub.duplicates} duplicates"
         assert sub.seqs == list(range(1, len(sub.seqs) + 1)), f"{name}: seqs not 1..N"
-    assert sorted(mine - set(seen)) == [], "terminal events the streams never delivered"
+    streams = {
+        name: f"got seq {sub.last} of {report['latestSeq'].get(name)}, {sub.connects} connects"
+        for name, sub in load.subscribers.items()
+    }
+    assert sorted(mine - set(seen)) == [], f"terminal events never streamed: {streams}"
     assert {seen[t] for t in mine} == {1}
     return report
 
