@@ -4,6 +4,13 @@ Apps register steps with ``@reconcile_step``; a pass runs each under one fleet-w
 running ``manage.py up`` or ``manage.py reconcile --loop`` on several machines is safe. The lease
 is renewed every third of its lifetime while a pass runs; a pass that loses it (a stall longer
 than the lease, a clock jump) runs no further step.
+
+The lease lives ``RECONCILE_LEASE_TTL`` seconds: a reconciler killed mid-pass (``kill -9``, a host
+lost) blocks the others for at most that long. A release the database refused (it was down) is
+retried before the next pass, so an outage does not hold the lease until it expires. Every pass
+logs ``reconcile pass started`` and ``reconcile pass ended`` (INFO, with its ``holder`` and
+``startedAt``/``endedAt`` in epoch seconds): an operator (and tests/fleet/) can see that no two
+passes overlapped.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
 from podi.services import lease_acquire, lease_release, lease_renew
@@ -25,6 +33,9 @@ logger = logging.getLogger("podi.reconcile")
 LEASE_NAME = "reconciler"
 _steps: list[tuple[str, Callable[[], object]]] = []
 HOLDER = f"{socket.gethostname()[:32]}:{os.getpid()}"
+# Holders of passes whose release failed (the database was down); released before the next pass.
+_unreleased: list[str] = []
+_unreleased_lock = threading.Lock()
 
 
 def reconcile_step(func: Callable[[], object]) -> Callable[[], object]:
@@ -71,14 +82,35 @@ class LeaseKeeper(threading.Thread):
         self.join(timeout=max(self.ttl, 5))
 
 
-def run_pass(*, lease_ttl: float = 60.0) -> dict[str, object] | None:
+def _release(holder: str) -> None:
+    try:
+        lease_release(name=LEASE_NAME, holder=holder)
+    except DatabaseError:
+        logger.warning("releasing lease %s of %s failed; retried next pass", LEASE_NAME, holder)
+        with _unreleased_lock:
+            _unreleased.append(holder)
+
+
+def _release_leftovers() -> None:
+    with _unreleased_lock:
+        holders = list(_unreleased)
+        _unreleased.clear()
+    for holder in holders:
+        _release(holder)
+
+
+def run_pass(*, lease_ttl: float | None = None) -> dict[str, object] | None:
     """Run every step once. Returns step results, or None when another process holds the lease.
 
     Steps left when the lease is lost are reported as ``"skipped: lease lost"`` and not run.
     """
+    lease_ttl = lease_ttl or settings.RECONCILE_LEASE_TTL
+    _release_leftovers()
     holder = f"{HOLDER}:{uuid.uuid4().hex[:8]}"[:64]  # one per pass, even within a process
     if not lease_acquire(name=LEASE_NAME, holder=holder, ttl=lease_ttl):
         return None
+    started = time.time()
+    logger.info("reconcile pass started", extra={"holder": holder, "startedAt": started})
     keeper = LeaseKeeper(name=LEASE_NAME, holder=holder, ttl=lease_ttl)
     keeper.start()
     results: dict[str, object] = {}
@@ -94,7 +126,17 @@ def run_pass(*, lease_ttl: float = 60.0) -> dict[str, object] | None:
                 results[name] = f"error: {exc}"
     finally:
         keeper.stop()
-        lease_release(name=LEASE_NAME, holder=holder)
+        # Logged before the release: the interval it shows is inside the time the lease was held.
+        logger.info(
+            "reconcile pass ended",
+            extra={
+                "holder": holder,
+                "startedAt": started,
+                "endedAt": time.time(),
+                "leaseLost": keeper.lost.is_set(),
+            },
+        )
+        _release(holder)
         close_old_connections()
     return results
 

@@ -272,6 +272,9 @@ DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 WORKER_THREADS = env.int("WORKER_THREADS", 8, min_value=1, max_value=256)
 RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", 5, min_value=1, max_value=3600)
+# The reconciler lease: renewed every third of this while a pass runs; a reconciler killed
+# mid-pass keeps the others waiting at most this long (docs/adr/0012-fleet.md).
+RECONCILE_LEASE_TTL = env.int("RECONCILE_LEASE_TTL", 15, min_value=3, max_value=3600)
 # A worker process renews a liveness lease every third of this; once it has been silent this
 # long the reconciler hands the tasks it was running to another worker (docs/adr/0012-fleet.md).
 WORKER_LEASE_TTL = env.int("WORKER_LEASE_TTL", 15, min_value=3, max_value=3600)

@@ -513,7 +513,11 @@ def tasks_resume_silent(*, now=None) -> int:
 def tasks_resume_orphaned(*, now=None) -> int:
     """Running attempts whose worker process died (its liveness lease lapsed): resume them on
     another worker now, without waiting for ``HEARTBEAT_STALE``. Guarded like
-    ``tasks_resume_silent``; the resumed run claims the attempt for its own worker."""
+    ``tasks_resume_silent``; the resumed run claims the attempt for its own worker.
+
+    An attempt no worker ever claimed for ``WORKER_LEASE_TTL`` is rung again too: its run message
+    was lost (sent while the broker was down, or the broker restarted without its queues). A
+    duplicate message is harmless: the claim lets one run through."""
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.WORKER_LEASE_TTL)
@@ -523,9 +527,9 @@ def tasks_resume_orphaned(*, now=None) -> int:
             status=TaskStatus.RUNNING, heartbeat_at__lt=cutoff
         ).values_list("public_id", "attempts", "heartbeat_at", "executor_state")[:500]
     ]
-    holders = {worker for *_, worker in rows if worker}
-    if not holders:
+    if not rows:
         return 0
+    holders = {worker for *_, worker in rows if worker}
     alive = set(
         Lease.objects.filter(
             name__in=[worker_lease_name(w) for w in holders], expires_at__gt=now
@@ -533,7 +537,7 @@ def tasks_resume_orphaned(*, now=None) -> int:
     )
     resumed = 0
     for task_id, attempt, beat, worker in rows:
-        if not worker or worker in alive:
+        if worker in alive:
             continue
         with transaction.atomic():
             claimed = Task.objects.filter(
@@ -543,7 +547,7 @@ def tasks_resume_orphaned(*, now=None) -> int:
                 enqueue_on_commit(actor_named(RUN_ACTOR), task_id, attempt)
                 resumed += 1
     if resumed:
-        logger.warning("resumed %s attempts of dead workers", resumed)
+        logger.warning("resumed %s attempts of dead workers or lost run messages", resumed)
     return resumed
 
 

@@ -12,7 +12,7 @@ db       .10         a private PostgreSQL (initdb into a temp dir, own cluster)
 redis    .11         a private Redis
 web1/2   .21/.22     ``manage.py up --role web``
 worker1/2 .31/.32    ``manage.py up --role worker``
-recon    .40         ``manage.py up --role reconciler``
+recon/2  .40/.41     ``manage.py up --role reconciler`` (two, sharing one lease)
 lb       .50         nginx with deploy/nginx/podi.conf rendered with test values (TLS on 443)
 exec1/2  .61/.62     the protocol-faithful ComfyUI test server (tests/servers/comfyui.py)
 hook     .70         a webhook receiver that logs every delivery
@@ -109,6 +109,7 @@ class Fleet:
         "worker1": 31,
         "worker2": 32,
         "recon": 40,
+        "recon2": 41,
         "lb": 50,
         "exec1": 61,
         "exec2": 62,
@@ -320,10 +321,55 @@ class Fleet:
         self.wait_for(proc, lambda: "PODI worker is up" in proc.tail(), "worker up")
         return proc
 
-    def start_reconciler(self) -> Proc:
-        proc = self.spawn("recon", "recon", [PYTHON, "manage.py", "up", "--role", "reconciler"])
+    def start_reconciler(self, host: str = "recon") -> Proc:
+        # INFO: each pass logs its start and end with its holder (reconcile_passes reads them).
+        proc = self.spawn(
+            host,
+            host,
+            [PYTHON, "manage.py", "up", "--role", "reconciler"],
+            env={**self.env, "LOG_LEVEL": "info"},
+        )
         self.wait_for(proc, lambda: "PODI reconciler is up" in proc.tail(), "reconciler up")
         return proc
+
+    def reconcile_passes(self) -> list[dict]:
+        """Every reconciler pass the recon hosts logged, in start order: ``host``, ``pid``,
+        ``holder``, ``start``, ``end`` (None while running, or when its process was killed)."""
+        passes: dict[str, dict] = {}
+        for log in sorted(self.logs.glob("recon*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if '"reconcile pass ' not in line:
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by kill -9
+                if item.get("message") not in ("reconcile pass started", "reconcile pass ended"):
+                    continue
+                entry = passes.setdefault(
+                    item["holder"],
+                    {
+                        "host": log.stem,
+                        "pid": int(item["holder"].split(":")[1]),
+                        "holder": item["holder"],
+                        "start": item["startedAt"],
+                        "end": None,
+                    },
+                )
+                if item["message"] == "reconcile pass ended":
+                    entry["end"] = item["endedAt"]
+        return sorted(passes.values(), key=lambda p: p["start"])
+
+    def reconciler_mid_pass(self, host: str) -> bool:
+        """Whether ``host``'s reconciler has logged a pass start and not yet its end."""
+        log = self.logs / f"{host}.log"
+        if not log.exists():
+            return False
+        with open(log, "rb") as handle:
+            handle.seek(max(0, log.stat().st_size - 8192))
+            tail = handle.read().decode(errors="replace").splitlines()
+        lines = [line for line in tail if '"reconcile pass ' in line]
+        return bool(lines) and '"reconcile pass started"' in lines[-1]
 
     def start_executor(self, host: str) -> Proc:
         proc = self.spawn(
@@ -474,7 +520,8 @@ http {{
         self.start_web("web2")
         self.start_worker("worker1")
         self.start_worker("worker2")
-        self.start_reconciler()
+        self.start_reconciler("recon")
+        self.start_reconciler("recon2")
         self.start_nginx()
 
     def errors_in_logs(self) -> dict[str, list[str]]:

@@ -100,7 +100,10 @@ def check(task_file: str) -> dict:
         )
     )
     invariants = {}
+    latest_seq = {}
     for user in get_user_model().objects.filter(username__in=USERS):
+        last = Event.objects.filter(user=user).order_by("-seq").values_list("seq", flat=True)
+        latest_seq[user.username] = last.first() or 0
         try:
             assert_wallet_invariants(user)
             invariants[user.username] = "ok"
@@ -123,6 +126,7 @@ def check(task_file: str) -> dict:
         "holdMismatch": hold_mismatch,
         "deliveries": deliveries,
         "invariants": invariants,
+        "latestSeq": latest_seq,
     }
 
 

@@ -1,8 +1,11 @@
+import contextlib
+import logging
 import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.conf import settings
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from podi import reconcile
@@ -129,3 +132,46 @@ def test_a_pass_that_loses_its_lease_runs_no_further_step():
     # The other machine's lease is untouched by our release.
     lease = Lease.objects.get(name=LEASE_NAME)
     assert lease.holder == "other-machine"
+
+
+def test_each_pass_logs_its_holder_start_and_end_and_holds_a_short_lease(caplog):
+    """Operators (and the fleet test) see every pass as an interval with its holder; the lease
+    lives RECONCILE_LEASE_TTL, so a reconciler killed mid-pass blocks the others only that long."""
+
+    expiries = []
+
+    @reconcile_step
+    def read_lease():
+        lease = Lease.objects.get(name=LEASE_NAME)
+        expiries.append((lease.expires_at - timezone.now()).total_seconds())
+
+    with caplog.at_level(logging.INFO, logger="podi.reconcile"):
+        run_pass()
+        run_pass()
+    started = [r for r in caplog.records if r.getMessage() == "reconcile pass started"]
+    ended = [r for r in caplog.records if r.getMessage() == "reconcile pass ended"]
+    assert [r.holder for r in started] == [r.holder for r in ended]
+    assert len({r.holder for r in started}) == 2  # one holder per pass
+    for start, end in zip(started, ended, strict=True):
+        assert start.startedAt == end.startedAt <= end.endedAt
+        assert end.leaseLost is False
+    assert ended[0].endedAt <= started[1].startedAt
+    assert all(0 < left <= settings.RECONCILE_LEASE_TTL for left in expiries), expiries
+
+
+@pytest.mark.postgres
+def test_a_release_the_database_refused_is_retried_before_the_next_pass():
+    """Fleet fault 4: the pass's connection dies before it can release the lease. The next pass
+    of this process releases it first, instead of every reconciler waiting for it to expire."""
+
+    @reconcile_step
+    def connection_cut():
+        with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    assert run_pass() is not None
+    stuck = Lease.objects.get(name=LEASE_NAME)
+    assert stuck.holder != ""  # the release did not reach the database
+    reconcile._steps.remove((f"{__name__}.connection_cut", connection_cut))
+    assert run_pass() is not None  # not None: the lease was freed, not left to expire
+    assert lease_acquire(name=LEASE_NAME, holder="other-machine", ttl=60) is True

@@ -129,3 +129,30 @@ def test_a_silent_attempt_of_a_live_worker_is_released_to_any_worker(funded, com
     assert tasks_resume_silent() == 0  # handed over once
     assert task_run_claim(task_id=task.public_id, attempt=1, worker="b:2:y") is True
     assert Task.objects.get(pk=task.pk).executor_state["worker"] == "b:2:y"
+
+
+def test_a_run_message_lost_with_the_broker_is_rung_again_after_the_lease_ttl(
+    funded, comfy, settings, worker
+):
+    """Fleet fault 5: a run message sent while Redis was down (or lost with its queues) leaves
+    an attempt running that no worker claimed; the reconciler rings it again once it is
+    WORKER_LEASE_TTL old, not after the 60 s HEARTBEAT_STALE, and it runs once."""
+
+    settings.WORKER_LEASE_TTL = 3
+    executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=6)
+    worker.pause()
+    try:
+        task = task_submit(user=funded, action="sleep", params={"seconds": 0.2})
+        assert tasks_dispatch_pending() == 1
+        dramatiq.get_broker().flush_all()  # the doorbells are lost
+        assert tasks_resume_orphaned() == 0  # young: its message may still be on its way
+        Task.objects.filter(pk=task.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=4))
+        assert tasks_resume_orphaned() == 1
+        assert tasks_resume_orphaned() == 0  # rung once per WORKER_LEASE_TTL
+    finally:
+        worker.resume()
+    wait_for(lambda: Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED, timeout=20)
+    task = Task.objects.get(pk=task.pk)
+    assert task.attempts == 1
+    assert len(comfy.prompts) == 1
