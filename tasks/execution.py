@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from integrations.executors.base import ExecutorError
@@ -340,9 +340,45 @@ def _ended(session, run: _Attempt, entry, prompt_id: str, found, error) -> None:
                 raise error
             return session.runner.outcome(run.context, prompt_id, found)
 
-        _conclude(run, outcome)
+        _conclude_when_the_database_answers(run, outcome)
     finally:
         followers.unfollow(entry)
+
+
+# While the database is out (restarted, failed over), a finisher retries the conclusion instead of
+# dropping it: ComfyUI's answer is in hand, and the next reconciler path would only come after
+# HEARTBEAT_STALE. Storing outputs and finishing are idempotent for the attempt.
+DATABASE_OUT = (OperationalError, InterfaceError)
+CONCLUDE_RETRY_FOR = 120.0
+
+
+def _conclude_when_the_database_answers(run: _Attempt, produce) -> str | None:
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return _conclude(run, produce)
+        except DATABASE_OUT as exc:
+            if waited >= CONCLUDE_RETRY_FOR:
+                logger.error(
+                    "task %s attempt %s: the database stayed out for %.0f s (%s); left to the "
+                    "reconciler",
+                    run.task.public_id,
+                    run.attempt,
+                    waited,
+                    exc,
+                )
+                return None
+            logger.warning(
+                "task %s attempt %s: database out while concluding (%s); retrying in %.1f s",
+                run.task.public_id,
+                run.attempt,
+                exc,
+                delay,
+            )
+            connection.close()  # a broken connection is not reused
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 8.0)
 
 
 def _stopped(session, run: _Attempt, entry, prompt_id: str, reason: str) -> None:
@@ -398,6 +434,8 @@ def _conclude(run: _Attempt, produce) -> str:
             error_message=str(exc),
         )
         return "requeued"
+    except DATABASE_OUT:
+        raise  # the database is out, not the run: the caller retries or the reconciler resumes
     except Exception as exc:
         # A bug or an unexpected answer: recorded and treated as transient, never silent.
         logger.exception("task %s attempt %s crashed", task_id, attempt)
