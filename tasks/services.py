@@ -731,8 +731,9 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
 def _dispatch_one(pk: int, now, bindings: dict) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
     with transaction.atomic():
+        # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
         task = (
-            Task.objects.select_for_update(of=("self",))
+            Task.objects.select_for_update(of=("self",), skip_locked=True)
             .select_related("ability")
             .filter(pk=pk, status=TaskStatus.QUEUED)
             .first()
@@ -936,6 +937,9 @@ def task_finish(
         )
         if task.is_terminal or (attempt is not None and task.attempts != attempt):
             return task
+        # The run slot first: every transaction that touches an executor row does so before
+        # the wallet and event rows (dispatch: task, executor, hold, cursor), or the two deadlock.
+        _release_slot(task)
         # Settle first: a success whose hold expired ends failed, deterministically.
         if task.hold_id:
             hold = hold_get(hold_id=task.hold_id)
@@ -946,7 +950,6 @@ def task_finish(
             if status != TaskStatus.SUCCEEDED:
                 hold_release(hold=hold)
         now = timezone.now()
-        _release_slot(task)
         task.status = status
         task.finished_at = now
         task.result = result
