@@ -101,13 +101,19 @@ def idempotent(method):
             return response
         lookup = IdempotencyRecord.objects.filter(principal=principal, route=route, key=key)
         try:
-            response = method(view, request, *args, **kwargs)
+            # The work and its record commit together: a process that dies after the commit
+            # leaves a completed record (a retry replays the answer), one that dies before it
+            # leaves no work (a retry after STALE_AFTER runs it once). Never both, never twice.
+            with transaction.atomic():
+                response = method(view, request, *args, **kwargs)
+                if 200 <= response.status_code < 300:
+                    lookup.update(
+                        completed=True, status_code=response.status_code, response=response.data
+                    )
         except BaseException:
             lookup.filter(completed=False).delete()
             raise
-        if 200 <= response.status_code < 300:
-            lookup.update(completed=True, status_code=response.status_code, response=response.data)
-        else:
+        if not 200 <= response.status_code < 300:
             lookup.filter(completed=False).delete()
         return response
 

@@ -191,7 +191,7 @@ class TaskSubmitApi(APIView):
                 {"priority": [f"Must be between -{bound} and {bound} (wider for staff only)."]}
             )
         user = acting_user(request, values.get("userId"))
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             task = task_submit(
                 user=user,
                 action=values["action"],
@@ -317,7 +317,7 @@ class TaskRetryApi(APIView):
     @idempotent
     def post(self, request, task_id: str):
         original = task_get_for_principal(principal_of(request), task_id, action=WRITE)
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             task = task_retry(task=original)
         return Response(
             self.OutputSerializer(
@@ -443,7 +443,7 @@ class BatchSubmitApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         user = acting_user(request, values.get("userId"))
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             batch, tasks = batch_submit(
                 user=user,
                 action=values["action"],
@@ -537,7 +537,7 @@ class TemplateCreateTaskApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = acting_user(request, data.validated_data.get("userId"))
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             batch, tasks = template_create_batch(
                 user=user, template=template, overrides=data.validated_data.get("overrides")
             )
@@ -582,7 +582,7 @@ class AbilityInvokeApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         user = acting_user(request, values.get("userId"))
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             task = task_submit(
                 user=user,
                 action=ability.code,

@@ -148,7 +148,7 @@ class WalletGrantApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         user = acting_user(request, values["userId"])
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             entry = wallet_grant(
                 user=user,
                 points=values["points"],
@@ -198,7 +198,7 @@ class HoldFreezeApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         user = acting_user(request, values.get("userId"))
-        with transaction.atomic(durable=True):
+        with transaction.atomic():
             hold, created = hold_freeze(
                 user=user,
                 task_id=values["taskId"],

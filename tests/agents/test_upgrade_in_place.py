@@ -36,11 +36,23 @@ T2 = datetime(2026, 1, 3, 0, 0, 0, tzinfo=UTC)
 def before_the_move(executor: MigrationExecutor) -> list[tuple[str, str | None]]:
     """Every app at its leaf, except ``integrations`` at 0002_agents and no ``agents`` at all:
     the migration state of the code before the move."""
-    targets: list[tuple[str, str | None]] = [
-        node
-        for node in executor.loader.graph.leaf_nodes()
-        if node[0] not in ("integrations", "agents")
-    ]
+    graph = executor.loader.graph
+    then = set(graph.forwards_plan(("integrations", "0002_agents")))
+
+    def fits(node) -> bool:  # needs no integrations or agents migration of after the move
+        return all(
+            n in then or n[0] not in ("integrations", "agents") for n in graph.forwards_plan(node)
+        )
+
+    targets: list[tuple[str, str | None]] = []
+    for leaf in graph.leaf_nodes():
+        if leaf[0] in ("integrations", "agents"):
+            continue
+        node = leaf  # later migrations of other apps may build on later integrations ones
+        while node is not None and not fits(node):
+            parents = [p for p in graph.node_map[node].parents if p.key[0] == node[0]]
+            node = parents[0].key if parents else None
+        targets.append(node or (leaf[0], None))
     return [*targets, ("integrations", "0002_agents"), ("agents", None)]
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.db import OperationalError, connections
+from django.db.backends.signals import connection_created
 
 from integrations.models import Ability
 from media_app.models import MediaObject
 from media_app.services import media_store_output
 from podi.ids import new_id
+from podi.models import IdempotencyRecord
 from podi.realtime.models import Event
 from tasks.models import Task, TaskBatch, TaskStatus, TaskTemplate
 from tasks.services import task_token, tasks_dispatch_pending
@@ -397,3 +400,46 @@ def test_priority_is_bounded_for_users_but_not_for_staff_or_admin_keys(
         )
         assert top.status_code == 202, top.text
     assert sorted(Task.objects.values_list("priority", flat=True)) == [10, 100, 100]
+
+
+def test_a_submit_commits_with_its_idempotency_record(ability, funded, api):
+    """The database refuses to mark the key completed (the process could as well die there):
+    the submit must roll back with it, so the retry runs it once; before, the task stayed, the
+    key stayed "in progress" (409 for 2 min) and a later retry made a second task."""
+    table = IdempotencyRecord._meta.db_table
+    refusing = [True]  # the server thread's connection keeps the wrapper: switched off below
+
+    def refuse_completion(execute, sql, params, many, context):
+        if refusing[0] and sql.startswith(f'UPDATE "{table}"') and "completed" in sql:
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    def install(connection, **_):
+        if refuse_completion not in connection.execute_wrappers:
+            connection.execute_wrappers.append(refuse_completion)
+
+    def uninstall():
+        refusing[0] = False
+        connection_created.disconnect(install)
+        for each in connections.all():
+            if refuse_completion in each.execute_wrappers:
+                each.execute_wrappers.remove(refuse_completion)
+
+    client = api(funded)
+    headers = {"Idempotency-Key": "order-43"}
+    connection_created.connect(install)
+    for each in connections.all():
+        install(each)
+    try:
+        failed = client.post("/api/tasks/v1/submit", json={"action": "sleep"}, headers=headers)
+    finally:
+        uninstall()
+    assert failed.status_code == 503, failed.text
+    assert Task.objects.count() == 0
+    assert Hold.objects.count() == 0
+    retried = client.post("/api/tasks/v1/submit", json={"action": "sleep"}, headers=headers)
+    assert retried.status_code == 202, retried.text
+    again = client.post("/api/tasks/v1/submit", json={"action": "sleep"}, headers=headers)
+    assert again.json() == retried.json()
+    assert Task.objects.count() == 1
+    assert Hold.objects.count() == 1
