@@ -72,6 +72,7 @@ from tasks_bench import (
     admin_execute,
     default_admin_url,
     free_port,
+    pct,
     wait_http,
     with_database,
 )
@@ -101,21 +102,13 @@ TARGETS = {
 # --- small helpers --------------------------------------------------------------------------
 
 
-def ms_pct(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of seconds, in ms."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
-
-
 def summary(values: list[float]) -> dict | None:
     if not values:
         return None
     return {
         "n": len(values),
-        "p50": ms_pct(values, 0.50),
-        "p95": ms_pct(values, 0.95),
+        "p50": pct(values, 0.50),
+        "p95": pct(values, 0.95),
         "max": round(max(values) * 1000, 2),
         "mean": round(statistics.fmean(values) * 1000, 2),
     }
@@ -285,7 +278,25 @@ def session(limit: int):
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300))
 
 
-class DirectClient:
+class _SocketClient:
+    """An aiohttp session, its WebSocket and the task reading it; ``close`` ends all three."""
+
+    http = None
+    ws = None
+    reader = None
+
+    async def close(self) -> None:
+        if self.reader:
+            self.reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self.reader
+        if self.ws is not None:
+            await self.ws.close()
+        if self.http is not None:
+            await self.http.close()
+
+
+class DirectClient(_SocketClient):
     """A plain ComfyUI client: one socket, POST /prompt, wait on the socket, /history, /view."""
 
     def __init__(self, url: str, limit: int):
@@ -328,16 +339,6 @@ class DirectClient:
                 future = self.waiting.get(prompt_id)
                 if future and not future.done():
                     future.set_result("execution_success")
-
-    async def close(self) -> None:
-        if self.reader:
-            self.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self.reader
-        if self.ws is not None:
-            await self.ws.close()
-        if self.http is not None:
-            await self.http.close()
 
     async def job(self, tag: str) -> dict:
         graph = copy.deepcopy(INVERT_GRAPH)
@@ -391,7 +392,7 @@ def comfy_done_ms(entry: dict) -> float | None:
     return None
 
 
-class PodiClient:
+class PodiClient(_SocketClient):
     """A PODI user: one stream socket, submit, wait for ``succeeded``, signed download."""
 
     def __init__(self, base: str, token: str, limit: int):
@@ -463,16 +464,6 @@ class PodiClient:
                     break
                 except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError):
                     await asyncio.sleep(0.5)
-
-    async def close(self) -> None:
-        if self.reader:
-            self.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self.reader
-        if self.ws is not None:
-            await self.ws.close()
-        if self.http is not None:
-            await self.http.close()
 
     async def _get_json(self, path: str) -> tuple[int, dict | str]:
         async with self.http.get(self.base + path, headers=self.headers) as response:
@@ -716,8 +707,8 @@ async def run_sequential(direct: DirectClient, podi: PodiClient, jobs: int, mete
         if (index + 1) % 10 == 0 or index + 1 == jobs:
             progress(
                 f"sequential {index + 1}/{jobs}: direct p50 "
-                f"{ms_pct([r['seconds'] for r in d_runs], 0.5)} ms, PODI p50 "
-                f"{ms_pct([r['seconds'] for r in p_runs], 0.5)} ms"
+                f"{pct([r['seconds'] for r in d_runs], 0.5)} ms, PODI p50 "
+                f"{pct([r['seconds'] for r in p_runs], 0.5)} ms"
             )
     after = meter.mark(settle=True)
     return {"direct": d_runs, "podi": p_runs,

@@ -97,6 +97,13 @@ def _link(url: str, text) -> str:
     return format_html('<a href="{}">{}</a>', url, text)
 
 
+def _change_link(model: str, pk, label) -> str:
+    """A link to ``model``'s change page for ``pk`` (``label()`` read only then), or "—"."""
+    if pk is None:
+        return "—"
+    return _link(reverse(f"admin:{model}_change", args=[pk]), label())
+
+
 def _json_block(value):
     if value in (None, "", [], {}):
         return "—"
@@ -270,24 +277,17 @@ class TaskAdmin(ReadableLabelsMixin, admin.ModelAdmin):
 
     @admin.display(description="executor")
     def executor_link(self, task: Task):
-        if task.executor_id is None:
-            return "—"
-        url = reverse("admin:integrations_executor_change", args=[task.executor_id])
-        return _link(url, task.executor)
+        return _change_link("integrations_executor", task.executor_id, lambda: task.executor)
 
     @admin.display(description="binding")
     def binding_link(self, task: Task):
-        if task.binding_id is None:
-            return "—"
-        url = reverse("admin:integrations_workflowbinding_change", args=[task.binding_id])
-        return _link(url, task.binding)
+        return _change_link("integrations_workflowbinding", task.binding_id, lambda: task.binding)
 
     @admin.display(description="retry of")
     def original_task_link(self, task: Task):
-        if task.original_task_id is None:
-            return "—"
-        url = reverse("admin:tasks_task_change", args=[task.original_task_id])
-        return _link(url, task.original_task.public_id)
+        return _change_link(
+            "tasks_task", task.original_task_id, lambda: task.original_task.public_id
+        )
 
     @admin.display(description="hold")
     def hold(self, task: Task):

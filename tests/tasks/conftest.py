@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -48,17 +49,25 @@ SLEEP_SCHEMA = {
 }
 
 
-@pytest.fixture
-def worker(transactional_db):
+@contextlib.contextmanager
+def running_worker(threads: int):
     """A real Dramatiq worker on the configured broker (stub or Redis), in this process."""
     broker = dramatiq.get_broker()
     import_actor_modules()
     broker.flush_all()
-    worker = dramatiq.Worker(broker, worker_threads=6, worker_timeout=50)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
     worker.start()
-    yield worker
-    worker.stop(timeout=10_000)
-    broker.flush_all()
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=10_000)
+        broker.flush_all()
+
+
+@pytest.fixture
+def worker(transactional_db):
+    with running_worker(6) as running:
+        yield running
 
 
 @pytest.fixture

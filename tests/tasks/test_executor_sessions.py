@@ -6,17 +6,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import dramatiq
 import pytest
 from django.utils import timezone
 
 from integrations.executors.registry import sessions_open
 from podi.realtime.models import Event
-from podi.runtime import import_actor_modules
 from tasks import followers
 from tasks.execution import tasks_resume_silent
 from tasks.models import Task, TaskStatus
-from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, wait_for
+from tests.tasks.conftest import (
+    SLEEP_GRAPH,
+    SLEEP_SCHEMA,
+    make_ability,
+    make_executor,
+    running_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,14 +29,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def one_thread_worker(transactional_db):
     """A worker with ONE thread (WORKER_THREADS=1): dispatch and every run share it."""
-    broker = dramatiq.get_broker()
-    import_actor_modules()
-    broker.flush_all()
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    yield worker
-    worker.stop(timeout=10_000)
-    broker.flush_all()
+    with running_worker(1) as running:
+        yield running
 
 
 def submit(client, action: str, **params) -> str:
