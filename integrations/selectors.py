@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -32,9 +34,57 @@ from podi.errors import AppError, validation_error
 EMPTY_SCHEMA: dict = {"type": "object", "properties": {}}
 
 
+class _CatalogCache:
+    """What submits and dispatch passes read of the catalog, kept per process for
+    ``CATALOG_CACHE_SECONDS``: an active ability with its bindings, an ability's bindings.
+
+    A change saved through the ORM in this process (console, admin API, services) clears it at
+    once (``catalog_changed``, connected to the catalog models' save and delete signals);
+    another process sees it within ``CATALOG_CACHE_SECONDS``. Executor capacity and health are
+    never taken from here: every claim re-checks them in its guarded update (ADR 0018). Entries
+    are shared between threads and read-only.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple[float, Any]] = {}
+
+    def get(self, key: tuple, load):
+        ttl = settings.CATALOG_CACHE_SECONDS
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = load()
+        if ttl > 0:
+            with self._lock:
+                self._entries[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_catalog = _CatalogCache()
+
+
+def catalog_changed(**_: Any) -> None:
+    """Forget this process's cached catalog (a signal receiver; also callable directly)."""
+    _catalog.clear()
+
+
 def ability_get_active(*, code: str) -> Ability:
-    """The active ability ``code`` with what a submit needs in two statements: its bindings
-    (ordered, with versions and executors) and its base preset's params."""
+    """The active ability ``code`` with what a submit needs: its bindings (ordered, with
+    versions and executors) and its base preset's params. Two statements, or none while this
+    process has it cached (``_CatalogCache``). Callers treat it as read-only."""
+    ability = _catalog.get(("active", code), lambda: _ability_load_active(code))
+    if ability is None:
+        raise AppError(codes.ABILITY_NOT_FOUND, f"No active ability {code!r}.")
+    return ability
+
+
+def _ability_load_active(code: str) -> Ability | None:
     base_params = Preset.objects.filter(ability=OuterRef("pk"), is_base=True).values("params")
     ability = (
         Ability.objects.filter(code=code, status=Ability.Status.ACTIVE)
@@ -42,8 +92,6 @@ def ability_get_active(*, code: str) -> Ability:
         .prefetch_related(_bindings_prefetch())
         .first()
     )
-    if ability is None:
-        raise AppError(codes.ABILITY_NOT_FOUND, f"No active ability {code!r}.")
     return ability
 
 
@@ -220,8 +268,18 @@ def bindings_for_ability(ability: Ability) -> list[WorkflowBinding]:
         return [
             b for b in cached if b.enabled and b.executor.enabled and not b.missing_node_classes
         ]
+    return _bindings_load(ability.pk)
+
+
+def bindings_for_ability_id(ability_id: int) -> list[WorkflowBinding]:
+    """``bindings_for_ability`` by the ability's id, whatever its status, for dispatch passes:
+    cached per process like ``ability_get_active`` (read-only; copy before changing one)."""
+    return _catalog.get(("bindings", ability_id), lambda: _bindings_load(ability_id))
+
+
+def _bindings_load(ability_id: int) -> list[WorkflowBinding]:
     return list(
-        WorkflowBinding.objects.filter(ability=ability, enabled=True, executor__enabled=True)
+        WorkflowBinding.objects.filter(ability_id=ability_id, enabled=True, executor__enabled=True)
         .filter(missing_node_classes=[])
         .select_related("workflow", "workflow__active_version", "workflow_version", "executor")
         .order_by("-priority", "id")

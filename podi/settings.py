@@ -478,6 +478,11 @@ TASK_HOLD_MARGIN = env.int("TASK_HOLD_MARGIN", 900, min_value=1)
 # --- Tasks ----------------------------------------------------------------------------------
 # Users and non-admin service keys may set a task priority within ±this; staff and admin-scope
 # keys the full -100…100.
+# Seconds a process keeps the catalog (abilities, bindings) it read; changes made in the same
+# process clear it at once (ADR 0018). 0 reads it every time.
+CATALOG_CACHE_SECONDS = env.int("CATALOG_CACHE_SECONDS", 2, min_value=0)
+# A task that finds a free slot and nobody waiting starts in its submit (ADR 0018).
+TASK_START_AT_SUBMIT = env.bool("TASK_START_AT_SUBMIT", True)
 TASK_USER_PRIORITY_MAX = env.int("TASK_USER_PRIORITY_MAX", 10, min_value=0, max_value=100)
 
 # --- Webhooks -------------------------------------------------------------------------------

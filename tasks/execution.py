@@ -259,9 +259,7 @@ def task_run(*, task_id: str, attempt: int) -> str:
             if worker:
                 task_run_claim(task_id=task_id, attempt=attempt, worker=worker)
             return "skipped"
-        if worker and not task_run_claim(task_id=task_id, attempt=attempt, worker=worker):
-            return "skipped"
-        return _task_run(task_id=task_id, attempt=attempt)
+        return _task_run(task_id=task_id, attempt=attempt, worker=worker)
     finally:
         with _running_lock:
             _running_here.discard((task_id, attempt))
@@ -276,8 +274,8 @@ class _Attempt:
         self.context: TaskRunContext | None = None
 
 
-def _task_run(*, task_id: str, attempt: int) -> str:
-    task = (
+def _load(task_id: str) -> Task | None:
+    return (
         Task.objects.select_related(
             "executor",
             "binding__workflow__active_version",
@@ -287,8 +285,20 @@ def _task_run(*, task_id: str, attempt: int) -> str:
         .filter(public_id=task_id)
         .first()
     )
+
+
+def _task_run(*, task_id: str, attempt: int, worker: str | None) -> str:
+    """Load the attempt, claim it for this worker (in a worker process), and run it."""
+    task = _load(task_id)
     if task is None or task.status != TaskStatus.RUNNING or task.attempts != attempt:
         return "skipped"
+    if worker:
+        if not task_run_claim(task_id=task_id, attempt=attempt, worker=worker, loaded=task):
+            return "skipped"
+        if task.executor_state.get("worker") != worker:
+            task = _load(task_id)  # claimed on the locked path: read what it wrote
+            if task is None or task.status != TaskStatus.RUNNING or task.attempts != attempt:
+                return "skipped"
     run = _Attempt(task, attempt)
 
     def start() -> RunResult | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
 import io
 import logging
 from datetime import UTC, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from integrations.models import Executor, HealthStatus, WorkflowBinding
@@ -26,6 +27,7 @@ from integrations.selectors import (
     ability_media_params,
     ability_validate_params,
     bindings_for_ability,
+    bindings_for_ability_id,
 )
 from media_app.paths import output_object_key
 from media_app.selectors import media_get_uploaded_for_user
@@ -41,7 +43,7 @@ from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
 from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.models import Lease
-from podi.realtime.events import Webhook, emit
+from podi.realtime.events import Emitted, Webhook, emit, emit_several
 from podi.runtime import worker_lease_name
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
@@ -100,6 +102,15 @@ def _emit_status(task: Task, *, outputs: list[dict] | None = None) -> None:
         type="task.status",
         payload=task_status_payload(task, outputs=outputs),
         task_id=task.public_id,
+        webhook=_callback(task, f"task.{task.status}"),
+    )
+
+
+def _status_event(task: Task) -> Emitted:
+    """The ``task.status`` event of the task as it is now, for ``emit_several``."""
+    return Emitted(
+        type="task.status",
+        payload=task_status_payload(task),
         webhook=_callback(task, f"task.{task.status}"),
     )
 
@@ -427,6 +438,9 @@ def task_submit(
     # No savepoint: a failure anywhere below fails the whole submit (the caller's transaction
     # or this one rolls back), so none is needed; two statements fewer.
     with _discarded_on_failure(staged), transaction.atomic(savepoint=False):
+        # A free slot with nobody waiting for it: the task starts in this transaction, claimed
+        # before the wallet and event rows like every executor claim (ADR 0018).
+        started = _claim_at_submit(bindings) if settings.TASK_START_AT_SUBMIT else None
         task = Task(
             public_id=public_id,
             user=user,
@@ -450,6 +464,8 @@ def task_submit(
             queue_deadline=now + timedelta(seconds=first.queue_timeout),
             created_at=now,
         )
+        if started is not None:
+            task.run_timeout = started.run_timeout  # before the hold's lifetime is computed
         if task.points > 0:
             # Freeze first (the hold names the task by its public id), then insert the task
             # with its hold: one statement fewer on the hot path.
@@ -463,6 +479,10 @@ def task_submit(
                 new_task=True,
             )
             task.hold_id = hold.public_id
+        if started is not None:
+            queued = _status_event(task)  # as every task's stream begins
+            _start(task, started, now)
+            _observe_dispatch(task, now)
         task.save(force_insert=True)
         media_publish(object_keys=staged)
         for item in normalised_inputs:
@@ -474,10 +494,73 @@ def task_submit(
                     mime_type=item.get("mimeType") or "",
                     size=item.get("size"),
                 )
-        _emit_status(task)
-        _enqueue_dispatch()
+        if started is not None:
+            emit_several(
+                user_id=task.user_id,
+                task_id=task.public_id,
+                events=[queued, _status_event(task)],
+            )
+            enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
+        else:
+            _emit_status(task)
+            _enqueue_dispatch()
     task.staged_inputs = staged
     return task
+
+
+def _claim_at_submit(bindings: list) -> WorkflowBinding | None:
+    """Claim a run slot for a task being submitted, on the best of ``bindings`` whose executor
+    has one free and no queued task that could run there: a queued task is always first to a
+    freed slot, so starting here never jumps the queue (ADR 0018). One guarded update per
+    binding tried; None leaves the task to the dispatch pass."""
+    waiting = Task.objects.filter(
+        status=TaskStatus.QUEUED,
+        ability__bindings__executor_id=OuterRef("pk"),
+        ability__bindings__enabled=True,
+    )
+    usable = [b for b in bindings if b.executor.is_dispatchable and not b.missing_node_classes]
+    usable.sort(
+        key=lambda b: (
+            -b.priority,
+            b.executor.in_flight / max(b.executor.max_concurrency, 1),
+            -b.weight,
+            -b.executor.weight,
+            b.executor.pk,
+        )
+    )
+    for binding in usable:
+        claimed = (
+            Executor.objects.filter(
+                pk=binding.executor_id, enabled=True, in_flight__lt=F("max_concurrency")
+            )
+            .exclude(health_status=HealthStatus.UNHEALTHY)
+            .filter(~Exists(waiting))
+            .update(in_flight=F("in_flight") + 1)
+        )
+        if claimed:
+            return binding
+    return None
+
+
+def _start(task: Task, binding: WorkflowBinding, now) -> None:
+    """Move ``task`` (queued, in memory) to its first attempt on ``binding``, whose executor's
+    slot the caller claimed. The caller saves the row and emits the status."""
+    task.status = TaskStatus.RUNNING
+    task.binding = binding
+    task.executor = binding.executor
+    task.attempts += 1
+    task.started_at = task.started_at or now
+    task.heartbeat_at = now
+    task.dispatched_at = now
+    task.run_timeout = binding.run_timeout
+    task.run_deadline = now + timedelta(seconds=binding.run_timeout)
+
+
+def _observe_dispatch(task: Task, now) -> None:
+    if task.attempts == 1:
+        observe_on_commit(
+            TASK_DISPATCH_SECONDS, (now - task.created_at).total_seconds(), ability=task.action
+        )
 
 
 def batch_submit(
@@ -604,8 +687,16 @@ def _candidate_bindings(task: Task, cache: dict) -> list:
                 )
             )
         else:
-            cache[key] = bindings_for_ability(task.ability)
+            # The pass changes its bindings' executors (the in-flight counts it ranks by): its
+            # own copies, not the process's cached catalog.
+            cache[key] = [_own_copy(b) for b in bindings_for_ability_id(task.ability_id)]
     return cache[key]
+
+
+def _own_copy(binding: WorkflowBinding) -> WorkflowBinding:
+    mine = copy.copy(binding)
+    mine.executor = copy.copy(binding.executor)
+    return mine
 
 
 def _claim_executor(task: Task, cache: dict):
@@ -746,16 +837,8 @@ def _dispatch_one(pk: int, now, bindings: dict) -> str:
         claim = _claim_executor(task, bindings)
         if claim is None:
             return "blocked"
-        binding, executor = claim
-        task.status = TaskStatus.RUNNING
-        task.binding = binding
-        task.executor = executor
-        task.attempts += 1
-        task.started_at = task.started_at or now
-        task.heartbeat_at = now
-        task.dispatched_at = now
-        task.run_timeout = binding.run_timeout
-        task.run_deadline = now + timedelta(seconds=binding.run_timeout)
+        binding, _ = claim
+        _start(task, binding, now)
         if not _hold_outlives(task, task.run_deadline):
             # Never run what can no longer be charged (docs/adr/0011-money-holes.md).
             _release_slot(task)
@@ -772,12 +855,7 @@ def _dispatch_one(pk: int, now, bindings: dict) -> str:
         state.pop("submitted", None)
         task.executor_state = state
         task.save()
-        if task.attempts == 1:
-            observe_on_commit(
-                TASK_DISPATCH_SECONDS,
-                (now - task.created_at).total_seconds(),
-                ability=task.action,
-            )
+        _observe_dispatch(task, now)
         _emit_status(task)
         enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
     return "started"
@@ -866,10 +944,25 @@ def task_heartbeat(*, task_id: str, attempt: int) -> str | None:
     return row[0]
 
 
-def task_run_claim(*, task_id: str, attempt: int, worker: str) -> bool:
+def task_run_claim(*, task_id: str, attempt: int, worker: str, loaded: Task | None = None) -> bool:
     """Record ``worker`` as the process running this attempt. False when the attempt is no longer
-    current, or another worker that is still alive holds it (a duplicate or late message)."""
+    current, or another worker that is still alive holds it (a duplicate or late message).
 
+    ``loaded``: the task row as the caller just read it. When no other worker holds it, the
+    claim is one statement guarded by the row's ``updated_at`` (nothing changed it since it was
+    read) and ``loaded`` gets the new state; otherwise, the locked path below (ADR 0018)."""
+
+    if loaded is not None and loaded.executor_state.get("worker") in (None, "", worker):
+        now = timezone.now()
+        state = {**loaded.executor_state, "worker": worker}
+        if Task.objects.filter(
+            pk=loaded.pk,
+            attempts=attempt,
+            status=TaskStatus.RUNNING,
+            updated_at=loaded.updated_at,
+        ).update(executor_state=state, heartbeat_at=now, updated_at=now):
+            loaded.executor_state, loaded.heartbeat_at, loaded.updated_at = state, now, now
+            return True
     with transaction.atomic():
         task = (
             Task.objects.select_for_update()

@@ -10,6 +10,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from integrations.selectors import catalog_changed
 from podi.services import service_key_create
 
 PASSWORD = "correct horse battery staple"
@@ -29,6 +30,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _isolated_media(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_catalog():
+    """The per-process catalog cache (ADR 0018) starts empty: databases are rolled back between
+    tests, and codes and ids come round again."""
+    catalog_changed()
+    yield
+    catalog_changed()
+
+
+@pytest.fixture
+def queued_submits(settings):
+    """Every submit leaves its task queued for a dispatch pass (ADR 0018's start at submit off):
+    for tests of the queue and of the dispatch pass themselves."""
+    settings.TASK_START_AT_SUBMIT = False
 
 
 @pytest.fixture(autouse=True)

@@ -45,8 +45,8 @@ def done(worker, comfy, funded, settings):
 
 
 @pytest.fixture
-def queued(comfy, funded):
-    """A task nobody runs (no worker): queued, its points held."""
+def queued(comfy, funded, queued_submits):
+    """A task nobody runs (no worker, no start at submit): queued, its points held."""
     make_ability(
         "sleep", [make_executor("gpu-1", comfy.url)], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA
     )

@@ -254,6 +254,7 @@ def test_template_creates_a_batch(ability, funded, api):
     assert missing.json()["code"] == "TEMPLATE_NOT_FOUND"
 
 
+@pytest.mark.usefixtures("queued_submits")
 def test_complete_receipt_with_the_task_token(ability, funded, api):
     client = api(funded)
     task_id = client.post("/api/tasks/v1/submit", json={"action": "sleep"}).json()["taskId"]

@@ -8,7 +8,8 @@ from tasks.models import Task, TaskStatus
 from tasks.services import task_submit, tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# These tests examine the queue and the dispatch pass: tasks stay queued at submit (ADR 0018).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
 
 
 def test_a_long_queue_of_a_busy_ability_does_not_starve_another(funded):

@@ -21,6 +21,9 @@ from tasks.services import (
 )
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
 
+# These tests examine the queue and the dispatch pass: tasks stay queued at submit (ADR 0018).
+pytestmark = pytest.mark.usefixtures("queued_submits")
+
 
 def in_flight(executor: Executor) -> int:
     return Executor.objects.get(pk=executor.pk).in_flight

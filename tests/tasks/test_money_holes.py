@@ -142,6 +142,7 @@ def test_outputs_become_downloadable_with_the_charge(worker, comfy, funded, api)
 # --- 2. The hold outlives the task ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("queued_submits")
 def test_hold_outlives_a_longer_binding_picked_at_dispatch(comfy, comfy2, funded, api):
     quick, slow = make_executor("quick", comfy.url), make_executor("slow", comfy2.url)
     ability = make_ability("invert", [quick], queue_timeout=5, run_timeout=5, max_attempts=1)
@@ -171,6 +172,7 @@ def test_hold_outlives_a_longer_binding_picked_at_dispatch(comfy, comfy2, funded
     assert balance(funded) == (990, 0)
 
 
+@pytest.mark.usefixtures("queued_submits")
 def test_requeue_moves_the_hold_with_the_queue_deadline(comfy, funded, api, settings):
     settings.TASK_HOLD_MARGIN = 2
     make_ability(
@@ -194,6 +196,7 @@ def test_requeue_moves_the_hold_with_the_queue_deadline(comfy, funded, api, sett
     assert hold.expires_at > first
 
 
+@pytest.mark.usefixtures("queued_submits")
 def test_a_live_tasks_hold_never_expires_and_an_overdue_hold_ends_the_task(
     comfy, funded, api, settings
 ):
@@ -242,6 +245,7 @@ def test_a_confirm_after_the_hold_expired_fails_the_run_once(worker, comfy, fund
 # --- 3. A callback token is bound to its attempt ------------------------------------------------
 
 
+@pytest.mark.usefixtures("queued_submits")
 def test_a_token_of_an_earlier_attempt_cannot_finish_the_current_one(comfy, funded, api):
     make_ability("invert", [make_executor("gpu", comfy.url)], points=10)
     client, executor = api(funded), api()

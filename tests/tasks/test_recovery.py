@@ -22,7 +22,8 @@ from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_e
 from wallet.models import LedgerEntry
 from wallet.selectors import account_for_user
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# These tests examine the queue and the dispatch pass: tasks stay queued at submit (ADR 0018).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
 ROOT = Path(__file__).resolve().parents[2]
 
 

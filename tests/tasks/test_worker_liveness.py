@@ -24,7 +24,8 @@ from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_e
 from tests.tasks.test_recovery import ROOT, database_url
 from wallet.models import LedgerEntry
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# These tests examine the queue and the dispatch pass: tasks stay queued at submit (ADR 0018).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
 
 VICTIM = """
 import django; django.setup()
