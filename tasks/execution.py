@@ -316,7 +316,11 @@ def _follow_on(session, run: _Attempt) -> None:
     """Submit (unless a resumed attempt already did) and hand the prompt to the session."""
     context = run.context
     runner = session.runner
-    resumed = bool(context.state.get("submitted") and context.external_id)
+    # A saved prompt id is followed when ComfyUI has it (the POST went through before this
+    # attempt's worker died), and submitted afresh when it has not.
+    resumed = bool(context.external_id) and (
+        bool(context.state.get("submitted")) or runner.knows(context.external_id)
+    )
     if resumed:
         prompt_id = context.external_id
     else:

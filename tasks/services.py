@@ -518,9 +518,11 @@ def _claim_at_submit(bindings: list) -> WorkflowBinding | None:
         ability__bindings__executor_id=OuterRef("pk"),
         ability__bindings__enabled=True,
     )
-    usable = [b for b in bindings if b.executor.is_dispatchable and not b.missing_node_classes]
+    # As in ``_claim_executor``: what the cache says of an executor only ranks it.
+    usable = [b for b in bindings if not b.missing_node_classes]
     usable.sort(
         key=lambda b: (
+            not b.executor.is_dispatchable,
             -b.priority,
             b.executor.in_flight / max(b.executor.max_concurrency, 1),
             -b.weight,
@@ -706,11 +708,9 @@ def _claim_executor(task: Task, cache: dict):
     goes up while below ``max_concurrency`` and the executor is dispatchable), not by counting
     running tasks; the counter is given back when the run ends (``_release_slot``).
     """
-    bindings = [
-        b
-        for b in _candidate_bindings(task, cache)
-        if b.executor.is_dispatchable and not b.missing_node_classes
-    ]
+    # Capacity, health and enablement as read (possibly from the process's catalog cache) only
+    # rank the candidates; the guarded update below decides on the row as it is now.
+    bindings = [b for b in _candidate_bindings(task, cache) if not b.missing_node_classes]
     if not bindings:
         return None
     tried = set(task.executor_state.get("triedExecutors", []))
@@ -718,6 +718,7 @@ def _claim_executor(task: Task, cache: dict):
     def rank(binding):
         executor = binding.executor
         return (
+            not executor.is_dispatchable,
             executor.pk in tried,
             -binding.priority,
             executor.in_flight / max(executor.max_concurrency, 1),

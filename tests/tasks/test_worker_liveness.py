@@ -61,7 +61,8 @@ def test_dead_workers_attempt_is_resumed_once_its_lease_lapses(
     )
     try:
         wait_for(lambda: comfy.queue_snapshot()["queue_running"], timeout=20)
-        wait_for(lambda: Task.objects.get(public_id=task_id).executor_state.get("submitted"))
+        # ComfyUI has the prompt whose id the attempt saved (nothing is saved after the POST).
+        wait_for(lambda: Task.objects.get(public_id=task_id).external_id in comfy.prompts)
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)

@@ -224,9 +224,12 @@ class ComfyUIRunner:
         return graph
 
     def submit(self, ctx: RunContext, graph: dict, client_id: str) -> str:
-        """``POST /prompt`` with a prompt id saved first (idempotent submit, §1.10 rule 1)."""
+        """``POST /prompt`` with a prompt id saved first (idempotent submit, §1.10 rule 1).
+
+        Nothing is saved after an accepted ``POST``: an attempt resumed with a saved prompt id
+        asks ComfyUI whether it has that prompt (``knows``) before submitting again."""
         prompt_id = str(uuid.uuid4())
-        ctx.save_external(prompt_id, clientId=client_id, submitted=False)
+        ctx.save_external(prompt_id, clientId=client_id, submitted=False, nodes=list(graph))
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         with self._http() as client:
             try:
@@ -258,8 +261,11 @@ class ComfyUIRunner:
             raise executor_error(
                 _node_error_message(answer), permanent=True, code="WORKFLOW_REJECTED"
             )
-        ctx.save_external(prompt_id, clientId=client_id, submitted=True, nodes=list(graph))
         return prompt_id
+
+    def knows(self, prompt_id: str) -> bool:
+        """Whether ComfyUI has ``prompt_id``: queued, running, or in its history."""
+        return prompt_id in self.queued_ids() or self.history(prompt_id) is not None
 
     # --- Outcome -------------------------------------------------------------------------
 
