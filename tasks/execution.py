@@ -26,6 +26,7 @@ from integrations.executors.base import ExecutorError
 from integrations.executors.registry import run_adapter_for, session_for
 from integrations.executors.runtime import InputFile, RunResult, RunStopped, download_opener
 from integrations.models import Executor
+from integrations.selectors import bindings_for_ability_id
 from integrations.templating import fill_template
 from integrations.validation import media_params
 from media_app.selectors import media_staged
@@ -275,6 +276,22 @@ class _Attempt:
 
 
 def _load(task_id: str) -> Task | None:
+    """The task row, its binding (workflow, versions) and executor from the process's catalog
+    cache (ADR 0018) when they are there, read with the row when they are not."""
+    task = Task.objects.filter(public_id=task_id).first()
+    if task is None or not task.binding_id:
+        return task
+    binding = next(
+        (b for b in bindings_for_ability_id(task.ability_id) if b.pk == task.binding_id), None
+    )
+    if binding is None or binding.executor_id != task.executor_id:
+        return _load_joined(task_id)
+    task.binding = binding
+    task.executor = binding.executor
+    return task
+
+
+def _load_joined(task_id: str) -> Task | None:
     return (
         Task.objects.select_related(
             "executor",

@@ -1087,8 +1087,16 @@ def task_finish(
                 TaskAsset.objects.bulk_create(assets)
             output_items = [_asset_dict(asset) for asset in assets]
         _emit_status(task, outputs=output_items)
-        _enqueue_dispatch()
+        # The freed slot goes to a queued task, if any: looked for after the commit, so a
+        # submit that found the executor full and queued meanwhile is seen either here or by
+        # the dispatch pass its own commit rings (ADR 0018).
+        transaction.on_commit(_dispatch_if_queued, robust=True)
     return task
+
+
+def _dispatch_if_queued() -> None:
+    if Task.objects.filter(status=TaskStatus.QUEUED).exists():
+        _enqueue_dispatch()  # outside a transaction: sent now
 
 
 def task_requeue_or_fail(
