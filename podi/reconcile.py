@@ -110,7 +110,7 @@ def run_pass(*, lease_ttl: float | None = None) -> dict[str, object] | None:
     if not lease_acquire(name=LEASE_NAME, holder=holder, ttl=lease_ttl):
         return None
     started = time.time()
-    logger.info("reconcile pass started", extra={"holder": holder, "startedAt": started})
+    _log_pass("reconcile pass started", holder=holder, startedAt=started)
     keeper = LeaseKeeper(name=LEASE_NAME, holder=holder, ttl=lease_ttl)
     keeper.start()
     results: dict[str, object] = {}
@@ -127,18 +127,23 @@ def run_pass(*, lease_ttl: float | None = None) -> dict[str, object] | None:
     finally:
         keeper.stop()
         # Logged before the release: the interval it shows is inside the time the lease was held.
-        logger.info(
+        _log_pass(
             "reconcile pass ended",
-            extra={
-                "holder": holder,
-                "startedAt": started,
-                "endedAt": time.time(),
-                "leaseLost": keeper.lost.is_set(),
-            },
+            holder=holder,
+            startedAt=started,
+            endedAt=time.time(),
+            leaseLost=keeper.lost.is_set(),
         )
         _release(holder)
         close_old_connections()
     return results
+
+
+def _log_pass(message: str, **extra: object) -> None:
+    """A pass's start and end: at INFO with ``RECONCILE_LOG_PASSES`` (the evidence that passes
+    never overlap, docs/adr/0012-fleet.md), at DEBUG otherwise (two lines every few seconds)."""
+    level = logging.INFO if settings.RECONCILE_LOG_PASSES else logging.DEBUG
+    logger.log(level, message, extra=extra)
 
 
 class ReconcilerThread(threading.Thread):

@@ -271,10 +271,15 @@ else:
 DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 WORKER_THREADS = env.int("WORKER_THREADS", 8, min_value=1, max_value=256)
+# Threads per worker process that conclude followed ComfyUI prompts (read history, store outputs,
+# finish the task; ADR 0015). Each may hold a database connection while it works.
+FINISHER_THREADS = env.int("FINISHER_THREADS", 4, min_value=1, max_value=64)
 RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", 5, min_value=1, max_value=3600)
 # The reconciler lease: renewed every third of this while a pass runs; a reconciler killed
 # mid-pass keeps the others waiting at most this long (docs/adr/0012-fleet.md).
 RECONCILE_LEASE_TTL = env.int("RECONCILE_LEASE_TTL", 15, min_value=3, max_value=3600)
+# Log each reconciler pass's start and end (holder, times) at INFO instead of DEBUG.
+RECONCILE_LOG_PASSES = env.bool("RECONCILE_LOG_PASSES", False)
 # A worker process renews a liveness lease every third of this; once it has been silent this
 # long the reconciler hands the tasks it was running to another worker (docs/adr/0012-fleet.md).
 WORKER_LEASE_TTL = env.int("WORKER_LEASE_TTL", 15, min_value=3, max_value=3600)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
@@ -37,7 +38,6 @@ logger = logging.getLogger("podi.tasks.followers")
 
 HEARTBEAT_EVERY = 5.0
 PROGRESS_EVERY = 0.5
-FINISHER_THREADS = 4
 
 
 @dataclass(eq=False)
@@ -123,7 +123,9 @@ def spawn(fn: Callable[..., Any], *args: Any) -> None:
             logger.info("worker stopping: %s not run", getattr(fn, "__name__", fn))
             return
         if _pool is None:
-            _pool = ThreadPoolExecutor(FINISHER_THREADS, thread_name_prefix="podi-finisher")
+            _pool = ThreadPoolExecutor(
+                settings.FINISHER_THREADS, thread_name_prefix="podi-finisher"
+            )
         pool = _pool
     pool.submit(_in_pool, fn, *args)
 

@@ -327,7 +327,7 @@ class Fleet:
             host,
             host,
             [PYTHON, "manage.py", "up", "--role", "reconciler"],
-            env={**self.env, "LOG_LEVEL": "info"},
+            env={**self.env, "LOG_LEVEL": "info", "RECONCILE_LOG_PASSES": "true"},
         )
         self.wait_for(proc, lambda: "PODI reconciler is up" in proc.tail(), "reconciler up")
         return proc

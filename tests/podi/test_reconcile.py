@@ -4,7 +4,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
@@ -134,9 +133,11 @@ def test_a_pass_that_loses_its_lease_runs_no_further_step():
     assert lease.holder == "other-machine"
 
 
-def test_each_pass_logs_its_holder_start_and_end_and_holds_a_short_lease(caplog):
-    """Operators (and the fleet test) see every pass as an interval with its holder; the lease
-    lives RECONCILE_LEASE_TTL, so a reconciler killed mid-pass blocks the others only that long."""
+def test_each_pass_logs_its_holder_start_and_end_and_holds_a_short_lease(caplog, settings):
+    """With RECONCILE_LOG_PASSES, operators (and the fleet test) see every pass as an interval
+    with its holder; the lease lives RECONCILE_LEASE_TTL, so a reconciler killed mid-pass blocks
+    the others only that long."""
+    settings.RECONCILE_LOG_PASSES = True
 
     expiries = []
 
@@ -157,6 +158,16 @@ def test_each_pass_logs_its_holder_start_and_end_and_holds_a_short_lease(caplog)
         assert end.leaseLost is False
     assert ended[0].endedAt <= started[1].startedAt
     assert all(0 < left <= settings.RECONCILE_LEASE_TTL for left in expiries), expiries
+
+
+def test_passes_are_logged_at_debug_unless_asked(caplog):
+    with caplog.at_level(logging.INFO, logger="podi.reconcile"):
+        run_pass()
+    assert not [r for r in caplog.records if r.getMessage().startswith("reconcile pass ")]
+    with caplog.at_level(logging.DEBUG, logger="podi.reconcile"):
+        run_pass()
+    passes = [r for r in caplog.records if r.getMessage().startswith("reconcile pass ")]
+    assert [r.levelno for r in passes] == [logging.DEBUG, logging.DEBUG]
 
 
 @pytest.mark.postgres
