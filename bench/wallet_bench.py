@@ -363,6 +363,9 @@ def main() -> int:
         RATE_LIMIT="1000000/s",  # the throttle keeps one window of timestamps: keep it short
         LOG_LEVEL="warning",
         DJANGO_SETTINGS_MODULE="podi.settings",
+        # The client processes are forked from this one: each opens a connection of its own,
+        # which an inherited connection pool would hand out to several of them at once.
+        DATABASE_POOL="false",
     )
     os.environ.clear()
     os.environ.update(env)
