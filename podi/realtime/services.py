@@ -30,13 +30,18 @@ def event_record(event: Event, webhook: Webhook | None = None) -> Event:
     if user_id is None:
         return event
     if webhook is not None:
-        delivery = webhook_delivery_create(
-            webhook=webhook, user_id=user_id, task_id=event.get("taskId")
-        )
-        webhook_send_on_commit(delivery_id=delivery.pk)
+        _record_webhook(webhook, user_id=user_id, event=event)
     now = timezone.now()
     seq = _insert(event, user_id=user_id, now=now)
     return {**event, "seq": seq, "timestamp": now.isoformat().replace("+00:00", "Z")}
+
+
+def _record_webhook(webhook: Webhook, *, user_id: int, event: Event) -> None:
+    """Record the delivery of ``webhook`` (outbox) and send it after commit."""
+    delivery = webhook_delivery_create(
+        webhook=webhook, user_id=user_id, task_id=event.get("taskId")
+    )
+    webhook_send_on_commit(delivery_id=delivery.pk)
 
 
 def events_record(made: list[tuple[Event, Webhook | None]]) -> list[Event]:
@@ -47,10 +52,7 @@ def events_record(made: list[tuple[Event, Webhook | None]]) -> list[Event]:
         return [event_record(event, webhook) for event, webhook in made]
     for event, webhook in made:
         if webhook is not None:
-            delivery = webhook_delivery_create(
-                webhook=webhook, user_id=user_id, task_id=event.get("taskId")
-            )
-            webhook_send_on_commit(delivery_id=delivery.pk)
+            _record_webhook(webhook, user_id=user_id, event=event)
     now = timezone.now()
     events = [event for event, _ in made]
     last = _insert_several(events, user_id=user_id, now=now)
@@ -63,21 +65,7 @@ def _insert_several(events: list[Event], *, user_id: int, now) -> int:
     """Insert ``events`` with the user's next seqs in order; returns the last seq."""
     if connection.vendor != "postgresql":
         return _insert_several_apart(events, user_id=user_id, now=now)
-    quote = connection.ops.quote_name
-    cursor_table = quote(EventCursor._meta.db_table)
-    event_table = quote(EventRow._meta.db_table)
-    columns = ", ".join(
-        quote(name)
-        for name in (
-            "public_id",
-            "user_id",
-            "seq",
-            "task_public_id",
-            "type",
-            "payload",
-            "created_at",
-        )
-    )
+    cursor_table, event_table, columns = _names()
     rows = ", ".join(["(%s::int, %s, %s, %s, %s::jsonb)"] * len(events))
     sql = (
         f"WITH bumped AS (UPDATE {cursor_table} SET last_seq = last_seq + %s "  # noqa: S608
@@ -131,12 +119,10 @@ def _insert_several_apart(events: list[Event], *, user_id: int, now) -> int:
 
 
 @functools.cache
-def _sql() -> tuple[str, str, str]:
-    """(bump the cursor, insert the event, both in one statement). Only our own table and column
-    names are interpolated; values are parameters."""
+def _names() -> tuple[str, str, str]:
+    """(the cursor table, the event table, the event columns), quoted. Only these, our own
+    names, are interpolated into the event statements; values are parameters."""
     quote = connection.ops.quote_name
-    cursor_table = quote(EventCursor._meta.db_table)
-    event_table = quote(EventRow._meta.db_table)
     columns = ", ".join(
         quote(name)
         for name in (
@@ -149,6 +135,13 @@ def _sql() -> tuple[str, str, str]:
             "created_at",
         )
     )
+    return quote(EventCursor._meta.db_table), quote(EventRow._meta.db_table), columns
+
+
+@functools.cache
+def _sql() -> tuple[str, str, str]:
+    """(bump the cursor, insert the event, both in one statement)."""
+    cursor_table, event_table, columns = _names()
     bump = (
         f"UPDATE {cursor_table} SET last_seq = last_seq + 1 WHERE user_id = %s RETURNING last_seq"  # noqa: S608
     )
