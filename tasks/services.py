@@ -43,7 +43,7 @@ from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
 from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.models import Lease
-from podi.realtime.events import Emitted, Webhook, emit, emit_several
+from podi.realtime.events import Webhook, emit, events_batched
 from podi.runtime import worker_lease_name
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
@@ -102,15 +102,6 @@ def _emit_status(task: Task, *, outputs: list[dict] | None = None) -> None:
         type="task.status",
         payload=task_status_payload(task, outputs=outputs),
         task_id=task.public_id,
-        webhook=_callback(task, f"task.{task.status}"),
-    )
-
-
-def _status_event(task: Task) -> Emitted:
-    """The ``task.status`` event of the task as it is now, for ``emit_several``."""
-    return Emitted(
-        type="task.status",
-        payload=task_status_payload(task),
         webhook=_callback(task, f"task.{task.status}"),
     )
 
@@ -437,7 +428,8 @@ def task_submit(
     now = timezone.now()
     # No savepoint: a failure anywhere below fails the whole submit (the caller's transaction
     # or this one rolls back), so none is needed; two statements fewer.
-    with _discarded_on_failure(staged), transaction.atomic(savepoint=False):
+    # Events recorded together at the end of the block (one statement on PostgreSQL).
+    with _discarded_on_failure(staged), transaction.atomic(savepoint=False), events_batched():
         # A free slot with nobody waiting for it: the task starts in this transaction, claimed
         # before the wallet and event rows like every executor claim (ADR 0018).
         started = _claim_at_submit(bindings) if settings.TASK_START_AT_SUBMIT else None
@@ -480,7 +472,7 @@ def task_submit(
             )
             task.hold_id = hold.public_id
         if started is not None:
-            queued = _status_event(task)  # as every task's stream begins
+            _emit_status(task)  # "queued", as every task's stream begins
             _start(task, started, now)
             _observe_dispatch(task, now)
         task.save(force_insert=True)
@@ -494,15 +486,10 @@ def task_submit(
                     mime_type=item.get("mimeType") or "",
                     size=item.get("size"),
                 )
+        _emit_status(task)
         if started is not None:
-            emit_several(
-                user_id=task.user_id,
-                task_id=task.public_id,
-                events=[queued, _status_event(task)],
-            )
             enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
         else:
-            _emit_status(task)
             _enqueue_dispatch()
     task.staged_inputs = staged
     return task
@@ -1023,7 +1010,7 @@ def task_finish(
 
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
-    with transaction.atomic():
+    with transaction.atomic(), events_batched():
         task = (
             Task.objects.select_for_update(of=("self",))
             .select_related("executor")

@@ -16,8 +16,10 @@ See docs/adr/0006-live-events.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +62,8 @@ _recorder: list[EventRecorder] = []
 _several: list[SeveralRecorder] = []
 _followable: dict[str, Followable] = {}
 _webhook_body_hooks: list[WebhookBodyHook] = []
+# The events raised inside ``events_batched`` in this thread, waiting to be recorded.
+_batch = threading.local()
 
 
 # --- Registration (AppConfig.ready) ------------------------------------------------------------
@@ -77,7 +81,7 @@ def unregister_sink(sink: EventSink) -> None:
 
 def set_recorder(recorder: EventRecorder | None, several: SeveralRecorder | None = None) -> None:
     """Wired once by ``RealtimeConfig.ready``; ``None`` publishes unpersisted (benchmarks).
-    ``several`` records a user's events at once (``emit_several``); without it they are
+    ``several`` records a user's events at once (``events_batched``); without it they are
     recorded one by one."""
     _recorder[:] = [recorder] if recorder else []
     _several[:] = [several] if recorder and several else []
@@ -132,38 +136,53 @@ def emit(
     webhook: Webhook | None = None,
     using: str = "default",
 ) -> Event:
-    """Record an event (and its webhook) in the current transaction; publish it after commit."""
+    """Record an event (and its webhook) in the current transaction; publish it after commit.
+
+    Inside ``events_batched`` it is recorded when the block ends (its ``seq`` is filled in then)."""
     event = _new_event(user_id, type, payload, task_id)
-    if _recorder:
+    pending = getattr(_batch, "pending", None)
+    if pending is not None:
+        pending.append((event, webhook))
+    elif _recorder:
         event = _recorder[0](event, webhook)
     publish_on_commit(event, using=using)
     return event
 
 
-@dataclass(frozen=True)
-class Emitted:
-    """One of the events ``emit_several`` raises."""
+@contextlib.contextmanager
+def events_batched() -> Iterator[None]:
+    """Record the events raised in the block at its end, still in the caller's transaction: each
+    user's in order on consecutive seqs, in one statement per user where the database allows
+    (``several`` of ``set_recorder``), instead of one (or two) per event. Use it inside ``transaction.atomic``
+    around a write that raises several events; a block left by an exception records nothing
+    (its transaction rolls back). Nested blocks join the outermost one."""
+    if getattr(_batch, "pending", None) is not None:
+        yield
+        return
+    _batch.pending = []
+    try:
+        yield
+        pending = _batch.pending
+    finally:
+        _batch.pending = None
+    _record_batch(pending)
 
-    type: str
-    payload: dict[str, Any]
-    webhook: Webhook | None = None
 
-
-def emit_several(
-    *, user_id: int, task_id: str | None, events: list[Emitted], using: str = "default"
-) -> list[Event]:
-    """Record several events of one user, in order, as ``emit`` would one by one (consecutive
-    seqs), in as few statements as the database allows; publish them after commit."""
-    made = [(_new_event(user_id, e.type, e.payload, task_id), e.webhook) for e in events]
-    if _several:
-        recorded = _several[0](made)
-    elif _recorder:
-        recorded = [_recorder[0](event, webhook) for event, webhook in made]
-    else:
-        recorded = [event for event, _ in made]
-    for event in recorded:
-        publish_on_commit(event, using=using)
-    return recorded
+def _record_batch(pending: list[tuple[Event, Webhook | None]]) -> None:
+    """Record ``pending`` per user, in order; the events' dicts (already handed to the publisher)
+    get their ``seq`` and ``timestamp`` in place."""
+    if not pending or not _recorder:
+        return
+    by_user: dict[int | None, list[tuple[Event, Webhook | None]]] = {}
+    for event, webhook in pending:
+        by_user.setdefault(event.get("userId"), []).append((event, webhook))
+    for made in by_user.values():
+        if _several:
+            recorded = _several[0](made)
+        else:
+            recorded = [_recorder[0](event, webhook) for event, webhook in made]
+        for (event, _), done in zip(made, recorded, strict=True):
+            event.update(done)
 
 
 def _new_event(user_id: int | None, type: str, payload: dict[str, Any], task_id) -> Event:

@@ -45,7 +45,7 @@ def _record_webhook(webhook: Webhook, *, user_id: int, event: Event) -> None:
 
 
 def events_record(made: list[tuple[Event, Webhook | None]]) -> list[Event]:
-    """``event_record`` for several events of one user at once (``emit_several``): consecutive
+    """``event_record`` for several events of one user at once (``events_batched``): consecutive
     seqs, one statement on PostgreSQL for all of them."""
     user_id = made[0][0].get("userId")
     if user_id is None or len(made) == 1:
