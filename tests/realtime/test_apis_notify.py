@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from podi.realtime.events import register_sink, unregister_sink
 from podi.realtime.models import Event
 from tests.realtime.conftest import make_task
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/notify/v1/event"
-
-
-@pytest.fixture
-def published():
-    seen: list[dict] = []
-    register_sink(seen.append)
-    yield seen
-    unregister_sink(seen.append)
 
 
 def test_staff_pushes_an_event_to_a_user(

@@ -6,18 +6,10 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from podi.realtime.events import emit, events_batched, register_sink, unregister_sink
+from podi.realtime.events import emit, events_batched
 from podi.realtime.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def published():
-    seen: list[dict] = []
-    register_sink(seen.append)
-    yield seen
-    unregister_sink(seen.append)
 
 
 def test_a_batch_records_each_users_events_in_order_at_its_end(owner, teammate, published):
