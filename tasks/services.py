@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -807,8 +807,9 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
     return started
 
 
-def _dispatch_one(pk: int, now, bindings: dict) -> str:
-    """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped"."""
+def _dispatch_one(pk: int, now, bindings: dict, *, started_on: list | None = None) -> str:
+    """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped".
+    ``started_on`` gets the executor's id when it started."""
     with transaction.atomic():
         # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
         task = (
@@ -846,7 +847,33 @@ def _dispatch_one(pk: int, now, bindings: dict) -> str:
         _observe_dispatch(task, now)
         _emit_status(task)
         enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
+    if started_on is not None:
+        started_on.append(task.executor_id)
     return "started"
+
+
+def _hand_off(executor_id: int, now) -> bool:
+    """Start, in the finishing transaction, the queued task first in line (priority, then age)
+    among those that could run on the executor whose slot the finish just freed; True when the
+    slot was taken that way (ADR 0018). Its own savepoint: a failure here never fails the
+    finish, which then rings the dispatch doorbell instead."""
+    first = (
+        Task.objects.filter(
+            status=TaskStatus.QUEUED,
+            ability__bindings__executor_id=executor_id,
+            ability__bindings__enabled=True,
+        )
+        .order_by("-priority", "created_at", "pk")
+        .values_list("pk", flat=True)[:1]
+    )
+    started_on: list[int] = []
+    try:
+        for pk in first:
+            _dispatch_one(pk, now, {}, started_on=started_on)
+    except DatabaseError as exc:
+        logger.warning("handing executor %s's freed slot on failed: %s", executor_id, exc)
+        return False
+    return executor_id in started_on
 
 
 def queue_position(task: Task) -> int | None:
@@ -1021,6 +1048,7 @@ def task_finish(
         # The run slot first: every transaction that touches an executor row does so before
         # the wallet and event rows (dispatch: task, executor, hold, cursor), or the two deadlock.
         _release_slot(task)
+        freed = task.status == TaskStatus.RUNNING and task.executor_id
         # Settle first: a success whose hold expired ends failed, deterministically.
         if task.hold_id:
             hold = hold_get(hold_id=task.hold_id)
@@ -1074,10 +1102,12 @@ def task_finish(
                 TaskAsset.objects.bulk_create(assets)
             output_items = [_asset_dict(asset) for asset in assets]
         _emit_status(task, outputs=output_items)
-        # The freed slot goes to a queued task, if any: looked for after the commit, so a
-        # submit that found the executor full and queued meanwhile is seen either here or by
-        # the dispatch pass its own commit rings (ADR 0018).
-        transaction.on_commit(_dispatch_if_queued, robust=True)
+        # The freed slot goes to the queued task first in line for it, in this transaction.
+        # When none took it, a queued task is looked for after the commit, so a submit that
+        # found the executor full and queued meanwhile is seen either there or by the dispatch
+        # pass its own commit rings (ADR 0018).
+        if not (freed and _hand_off(task.executor_id, now)):
+            transaction.on_commit(_dispatch_if_queued, robust=True)
     return task
 
 

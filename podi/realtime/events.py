@@ -176,7 +176,9 @@ def _record_batch(pending: list[tuple[Event, Webhook | None]]) -> None:
     by_user: dict[int | None, list[tuple[Event, Webhook | None]]] = {}
     for event, webhook in pending:
         by_user.setdefault(event.get("userId"), []).append((event, webhook))
-    for made in by_user.values():
+    # Cursor rows are locked in one order (by user id) in every batch, so two writes that each
+    # raise events for the same two users never wait on each other in a circle.
+    for _, made in sorted(by_user.items(), key=lambda item: (item[0] is None, item[0] or 0)):
         if _several:
             recorded = _several[0](made)
         else:

@@ -33,11 +33,10 @@ def in_flight(executor: Executor) -> int:
 def test_each_way_out_of_running_gives_the_slot_back(funded, comfy):
     executor = make_executor("gpu-1", comfy.url, max_concurrency=2)
     make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=1)
-    tasks = [task_submit(user=funded, action="sleep", params={"seconds": 1}) for _ in range(3)]
+    tasks = [task_submit(user=funded, action="sleep", params={"seconds": 1}) for _ in range(2)]
     assert tasks_dispatch_pending() == 2
     assert in_flight(executor) == 2
     running = list(Task.objects.filter(status=TaskStatus.RUNNING).order_by("pk"))
-    queued = Task.objects.get(status=TaskStatus.QUEUED)
 
     task_finish(task_id=running[0].public_id, status=TaskStatus.SUCCEEDED, attempt=1)
     assert in_flight(executor) == 1
@@ -47,12 +46,13 @@ def test_each_way_out_of_running_gives_the_slot_back(funded, comfy):
     task_requeue_or_fail(
         task_id=running[1].public_id, attempt=1, error_code="EXECUTOR_ERROR", error_message="x"
     )
-    assert Task.objects.get(pk=running[1].pk).status == TaskStatus.QUEUED
+    requeued = Task.objects.get(pk=running[1].pk)
+    assert requeued.status == TaskStatus.QUEUED
     assert in_flight(executor) == 0
 
-    task_cancel(task=queued)  # a queued task holds no slot
+    task_cancel(task=requeued)  # a queued task holds no slot
     assert in_flight(executor) == 0
-    assert len(tasks) == 3
+    assert len(tasks) == 2
 
 
 @pytest.mark.django_db
@@ -64,11 +64,11 @@ def test_a_full_executor_is_not_claimed_and_a_canceled_run_frees_it(funded, comf
     assert tasks_dispatch_pending() == 1
     assert tasks_dispatch_pending() == 0  # full
     assert Task.objects.get(pk=second.pk).status == TaskStatus.QUEUED
+    # The canceled run's slot goes straight to the queued task (ADR 0018), no pass needed.
     task_cancel(task=Task.objects.get(pk=first.pk))
-    assert in_flight(executor) == 0
-    assert tasks_dispatch_pending() == 1
     assert Task.objects.get(pk=second.pk).status == TaskStatus.RUNNING
     assert in_flight(executor) == 1
+    assert tasks_dispatch_pending() == 0
 
 
 @pytest.mark.django_db

@@ -13,10 +13,10 @@ from django.db import close_old_connections
 from integrations.models import Executor, WorkflowBinding
 from podi.realtime.models import Event
 from tasks.models import Task, TaskStatus
-from tasks.services import task_finish, task_submit, tasks_dispatch_pending
+from tasks.services import task_cancel, task_finish, task_submit, tasks_dispatch_pending
 from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
 from wallet.models import Hold
-from wallet.services import holds_expire
+from wallet.services import holds_expire, wallet_grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,10 +75,51 @@ def test_a_full_executor_queues_the_task(funded, comfy):
     second = task_submit(user=funded, action="sleep", params={"seconds": 1})
     assert (first.status, second.status) == (TaskStatus.RUNNING, TaskStatus.QUEUED)
     assert Executor.objects.get(pk=executor.pk).in_flight == 1
-    # The slot comes back with the first task's end, and the queued one takes it.
+    # The slot comes back with the first task's end, and the queued one takes it at once.
     task_finish(task_id=first.public_id, status=TaskStatus.SUCCEEDED, attempt=1)
-    assert tasks_dispatch_pending() == 1
     assert Task.objects.get(pk=second.pk).status == TaskStatus.RUNNING
+    assert Executor.objects.get(pk=executor.pk).in_flight == 1
+
+
+def test_a_finish_hands_its_slot_to_the_first_in_line(funded, teammate, comfy, comfy2):
+    one, other = (
+        make_executor("gpu-1", comfy.url, max_concurrency=1),
+        make_executor("gpu-2", comfy2.url, max_concurrency=1),
+    )
+    sleep_ability(one)
+    make_ability("elsewhere", [other], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=0)
+    wallet_grant(user=teammate, points=100, reason="test")
+    running = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    older = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    urgent = task_submit(user=teammate, action="sleep", params={"seconds": 1}, priority=5)
+    busy = task_submit(user=funded, action="elsewhere", params={"seconds": 1})
+    unrelated = task_submit(user=funded, action="elsewhere", params={"seconds": 1})
+    assert [t.status for t in (running, older, urgent, busy, unrelated)] == [
+        "running",
+        "queued",
+        "queued",
+        "running",
+        "queued",
+    ]
+    # No dispatch pass: the finish itself starts the queued task first in line for its slot
+    # (priority first), in its own transaction; a task of another executor is not touched.
+    task_finish(task_id=running.public_id, status=TaskStatus.SUCCEEDED, attempt=1)
+    current = {t.pk: Task.objects.get(pk=t.pk) for t in (older, urgent, unrelated)}
+    assert current[urgent.pk].status == TaskStatus.RUNNING
+    assert current[urgent.pk].executor_id == one.pk
+    assert current[older.pk].status == TaskStatus.QUEUED
+    assert current[unrelated.pk].status == TaskStatus.QUEUED
+    assert Executor.objects.get(pk=one.pk).in_flight == 1
+    statuses = list(
+        Event.objects.filter(task_public_id=urgent.public_id, type="task.status")
+        .order_by("seq")
+        .values_list("payload__status", flat=True)
+    )
+    assert statuses == ["queued", "running"]
+    # A canceled run hands its slot on the same way.
+    task_cancel(task=Task.objects.get(pk=urgent.pk))
+    assert Task.objects.get(pk=older.pk).status == TaskStatus.RUNNING
+    assert Executor.objects.get(pk=one.pk).in_flight == 1
 
 
 def test_an_unhealthy_or_disabled_executor_is_never_started_from_the_cache(funded, comfy, comfy2):
