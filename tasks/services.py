@@ -868,8 +868,10 @@ def _hand_off(executor_id: int, now) -> bool:
     )
     started_on: list[int] = []
     try:
-        for pk in first:
-            _dispatch_one(pk, now, {}, started_on=started_on)
+        # Its events are dropped with its savepoint if it fails.
+        with events_batched():
+            for pk in first:
+                _dispatch_one(pk, now, {}, started_on=started_on)
     except DatabaseError as exc:
         logger.warning("handing executor %s's freed slot on failed: %s", executor_id, exc)
         return False

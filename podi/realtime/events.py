@@ -155,9 +155,16 @@ def events_batched() -> Iterator[None]:
     user's in order on consecutive seqs, in one statement per user where the database allows
     (``several`` of ``set_recorder``), instead of one (or two) per event. Use it inside ``transaction.atomic``
     around a write that raises several events; a block left by an exception records nothing
-    (its transaction rolls back). Nested blocks join the outermost one."""
-    if getattr(_batch, "pending", None) is not None:
-        yield
+    (its transaction rolls back). Nested blocks join the outermost one; one left by an exception
+    (a savepoint rolled back, say) drops the events raised inside it."""
+    outer = getattr(_batch, "pending", None)
+    if outer is not None:
+        mark = len(outer)
+        try:
+            yield
+        except BaseException:
+            del outer[mark:]
+            raise
         return
     _batch.pending = []
     try:

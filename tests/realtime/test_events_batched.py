@@ -46,3 +46,16 @@ def test_a_batch_left_by_an_exception_records_and_publishes_nothing(owner, publi
     with transaction.atomic():
         event = emit(user_id=owner.pk, type="test.batch", payload={"n": 2})
         assert event["seq"] is not None
+
+
+def test_a_nested_block_left_by_an_exception_drops_only_its_own_events(owner, published):
+    with transaction.atomic(), events_batched():
+        kept = emit(user_id=owner.pk, type="test.batch", payload={"n": 1})
+        with pytest.raises(RuntimeError), transaction.atomic(), events_batched():
+            emit(user_id=owner.pk, type="test.batch", payload={"n": 2})
+            raise RuntimeError("the savepoint rolls back")
+        also = emit(user_id=owner.pk, type="test.batch", payload={"n": 3})
+    rows = list(Event.objects.filter(user_id=owner.pk, type="test.batch").order_by("seq"))
+    assert [row.payload["n"] for row in rows] == [1, 3]
+    assert [kept["seq"], also["seq"]] == [row.seq for row in rows]
+    assert [e["payload"]["n"] for e in published if e["type"] == "test.batch"] == [1, 3]
