@@ -225,6 +225,8 @@ class ExecutorAdmin(ServiceAdminMixin, admin.ModelAdmin):
     delete_service = executor_delete
     # api_keys (many-to-many) is saved by the form after the row.
     service_fields = ["name", "kind", "base_url", "enabled", "max_concurrency", "weight", "config"]
+    # Explicit: their list querysets are grouped (counts), which drops the model's ordering.
+    ordering = ["name", "id"]
     list_display = [
         "name",
         "kind",
@@ -656,6 +658,8 @@ class WorkflowAdmin(ServiceAdminMixin, admin.ModelAdmin):
     }
     service_error_field = "new_definition"
     form = WorkflowForm
+    # Explicit: their list querysets are grouped (counts), which drops the model's ordering.
+    ordering = ["name", "id"]
     list_display = ["name", "kind", "active", "version_count", "binding_count", "updated_at"]
     list_filter = ["kind", WorkflowHasActiveFilter]
     search_fields = ["name", "description"]
@@ -1036,6 +1040,8 @@ class AbilityAdmin(ServiceAdminMixin, admin.ModelAdmin):
     delete_service = ability_delete
     service_fields = AbilityForm.Meta.fields
     form = AbilityForm
+    # Explicit: their list querysets are grouped (counts), which drops the model's ordering.
+    ordering = ["code", "id"]
     list_display = [
         "code",
         "display_name",
