@@ -495,6 +495,21 @@ def task_submit(
     return task
 
 
+def _binding_rank(binding: WorkflowBinding, tried: frozenset = frozenset()) -> tuple:
+    """Claim order: dispatchable executors as last read, executors not yet tried by the task,
+    binding priority, least loaded, then weights."""
+    executor = binding.executor
+    return (
+        not executor.is_dispatchable,
+        executor.pk in tried,
+        -binding.priority,
+        executor.in_flight / max(executor.max_concurrency, 1),
+        -binding.weight,
+        -executor.weight,
+        executor.pk,
+    )
+
+
 def _claim_at_submit(bindings: list) -> WorkflowBinding | None:
     """Claim a run slot for a task being submitted, on the best of ``bindings`` whose executor
     has one free and no queued task that could run there: a queued task is always first to a
@@ -507,17 +522,7 @@ def _claim_at_submit(bindings: list) -> WorkflowBinding | None:
     )
     # As in ``_claim_executor``: what the cache says of an executor only ranks it.
     usable = [b for b in bindings if not b.missing_node_classes]
-    usable.sort(
-        key=lambda b: (
-            not b.executor.is_dispatchable,
-            -b.priority,
-            b.executor.in_flight / max(b.executor.max_concurrency, 1),
-            -b.weight,
-            -b.executor.weight,
-            b.executor.pk,
-        )
-    )
-    for binding in usable:
+    for binding in sorted(usable, key=_binding_rank):
         claimed = (
             Executor.objects.filter(
                 pk=binding.executor_id, enabled=True, in_flight__lt=F("max_concurrency")
@@ -700,21 +705,8 @@ def _claim_executor(task: Task, cache: dict):
     bindings = [b for b in _candidate_bindings(task, cache) if not b.missing_node_classes]
     if not bindings:
         return None
-    tried = set(task.executor_state.get("triedExecutors", []))
-
-    def rank(binding):
-        executor = binding.executor
-        return (
-            not executor.is_dispatchable,
-            executor.pk in tried,
-            -binding.priority,
-            executor.in_flight / max(executor.max_concurrency, 1),
-            -binding.weight,
-            -executor.weight,
-            executor.pk,
-        )
-
-    for binding in sorted(bindings, key=rank):
+    tried = frozenset(task.executor_state.get("triedExecutors", []))
+    for binding in sorted(bindings, key=lambda b: _binding_rank(b, tried)):
         claimed = (
             Executor.objects.filter(
                 pk=binding.executor_id, enabled=True, in_flight__lt=F("max_concurrency")
