@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """WebSocket fan-out benchmark (README "Fan-out benchmark"): 1,000 subscribers, latency from commit to receipt.
 
-Production layout on one machine: PostgreSQL + Redis, the web tier a separate Daphne process
-serving ``podi.asgi:application``, this process the "worker" that commits events (``emit`` inside
+Production layout on one machine: PostgreSQL + Redis, the web tier separate Daphne processes
+(``--web-processes``, sharing one listening socket as ``manage.py up`` does) serving
+``podi.asgi:application``, this process the "worker" that commits events (``emit`` inside
 ``transaction.atomic``), and the subscribers real WebSocket clients spread over a few client
 processes. Latency is measured per receipt: the client's clock when the frame arrives minus the
 clock right after the event's transaction committed (the first on-commit callback).
@@ -19,7 +20,7 @@ them at the end, raises ``ulimit -n`` for itself and its children, bounds its ru
 (``--deadline``), prints the figures and writes them as JSON to ``bench/results/``.
 
     .venv/bin/python bench/ws_fanout.py [--subscribers 1000] [--rate 100] [--seconds 10]
-        [--broadcast 20] [--client-procs 4] [--layer configured|pubsub]
+        [--broadcast 20] [--client-procs 4] [--web-processes 1] [--layer configured|pubsub]
         [--admin-url postgres://postgres@127.0.0.1:5432/postgres] [--redis-url redis://…]
 
 ``--layer pubsub`` runs the same code on channels_redis's pub/sub layer instead of the configured
@@ -240,6 +241,31 @@ def drain(pipes, expected: int, commit_times: dict, settle: float, timeout: floa
     return [(eid, at) for eid, at in got if eid in commit_times]
 
 
+class Webs:
+    """The web processes, measured together: CPU summed, RSS of the largest."""
+
+    def __init__(self, processes: list[subprocess.Popen]):
+        self.processes = processes
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def rss_bytes(self) -> int:
+        return max(rss_bytes(p.pid) for p in self.processes)
+
+    def terminate(self) -> None:
+        for process in self.processes:
+            process.terminate()
+
+    def wait(self, timeout: float) -> None:
+        for process in self.processes:
+            process.wait(timeout)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+
 def run(args, env: dict, url: str) -> dict:
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
@@ -260,20 +286,34 @@ def run(args, env: dict, url: str) -> dict:
     tokens = [str(AccessToken.for_user(u)) for u in users]
 
     log_path = Path(env["PODI_DATA_DIR"]) / "web.log"
-    port = free_port()
+    # One listening socket shared by every web process, as ``manage.py up`` serves it
+    # (WEB_CONCURRENCY): the kernel hands each new connection to one of them.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
     with open(log_path, "w") as log:
-        web = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
-            + ["podi.asgi:application"],
-            cwd=ROOT,
-            env={**env, "DATABASE_CONN_MAX_AGE": "60"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        webs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-v", "0", "--fd", str(fd)]
+                + ["podi.asgi:application"],
+                cwd=ROOT,
+                env={**env, "DATABASE_CONN_MAX_AGE": "60"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(fd,),
+            )
+            for _ in range(args.web_processes)
+        ]
+    web = Webs(webs)
     context = mp.get_context("spawn")
     processes, pipes = [], []
     try:
-        wait_for_port(port, web)
+        for each in webs:
+            wait_for_port(port, each)
         started = time.monotonic()
         share = [tokens[i :: args.client_procs] for i in range(args.client_procs)]
         for part in share:
@@ -292,14 +332,14 @@ def run(args, env: dict, url: str) -> dict:
         connect_seconds = time.monotonic() - started
         print(f"{connected} subscribers connected in {connect_seconds:.1f} s")
         time.sleep(1)
-        cpu_before, idle_began = cpu_seconds(web.pid), time.monotonic()
+        cpu_before, idle_began = web.cpu_seconds(), time.monotonic()
         time.sleep(args.idle)
         idle = {
             "seconds": args.idle,
             "webCpuPercent": round(
-                100 * (cpu_seconds(web.pid) - cpu_before) / (time.monotonic() - idle_began), 1
+                100 * (web.cpu_seconds() - cpu_before) / (time.monotonic() - idle_began), 1
             ),
-            "webRssMb": round(rss_bytes(web.pid) / 2**20, 1),
+            "webRssMb": round(web.rss_bytes() / 2**20, 1),
         }
         print(f"idle with {connected} sockets: {json.dumps(idle)}")
 
@@ -308,7 +348,7 @@ def run(args, env: dict, url: str) -> dict:
         total = args.rate * args.seconds
         interval = 1.0 / args.rate
         random.seed(7)
-        cpu_before = cpu_seconds(web.pid)
+        cpu_before = web.cpu_seconds()
         began = time.monotonic()
         for n in range(total):
             emit_timed(random.choice(users).pk, n, commit_times)
@@ -317,7 +357,7 @@ def run(args, env: dict, url: str) -> dict:
                 time.sleep(pause)
         emit_seconds = time.monotonic() - began
         receipts = drain(pipes, total, commit_times, settle=1.0, timeout=30)
-        cpu = cpu_seconds(web.pid) - cpu_before
+        cpu = web.cpu_seconds() - cpu_before
         targeted = summarise([(at - commit_times[eid]) * 1000 for eid, at in receipts], total)
         if os.environ.get("BENCH_DUMP"):
             rows = sorted(
@@ -338,13 +378,13 @@ def run(args, env: dict, url: str) -> dict:
         time.sleep(2)
         collect(pipes)
         commit_times = {}
-        cpu_before = cpu_seconds(web.pid)
+        cpu_before = web.cpu_seconds()
         for n in range(args.broadcast):
             emit_timed(source.pk, n, commit_times)
             time.sleep(args.broadcast_gap)
         expected = args.broadcast * connected
         receipts = drain(pipes, expected, commit_times, settle=1.0, timeout=60)
-        cpu = cpu_seconds(web.pid) - cpu_before
+        cpu = web.cpu_seconds() - cpu_before
         broadcast = summarise([(at - commit_times[eid]) * 1000 for eid, at in receipts], expected)
         broadcast["webCpuUsPerDelivery"] = round(cpu * 1e6 / max(len(receipts), 1), 1)
         broadcast["events"] = args.broadcast
@@ -389,6 +429,12 @@ def main() -> int:
     parser.add_argument("--broadcast", type=int, default=20, help="events sent to every socket")
     parser.add_argument("--broadcast-gap", type=float, default=0.5, help="seconds between them")
     parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="Daphne processes sharing the port (manage.py up runs WEB_CONCURRENCY, default cores)",
+    )
     parser.add_argument("--idle", type=float, default=5, help="seconds of idle CPU measurement")
     parser.add_argument(
         "--layer",
@@ -461,6 +507,7 @@ def main() -> int:
             "seconds": args.seconds,
             "broadcast": args.broadcast,
             "clientProcesses": args.client_procs,
+            "webProcesses": args.web_processes,
             "channelLayer": figures.pop("channelLayer"),
         },
         "target": {"p99_ms": TARGET_P99_MS},
@@ -475,7 +522,7 @@ def main() -> int:
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"ws_fanout-{stamp}.json"
+    out = RESULTS / f"ws_fanout-web{args.web_processes}-{stamp}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(f"{'phase':<10} {'received':>17} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  target p99")

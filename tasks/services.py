@@ -17,8 +17,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import DatabaseError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from integrations.models import Executor, HealthStatus, WorkflowBinding
@@ -55,8 +55,13 @@ from tasks.models import (
     TaskStatus,
     TaskTemplate,
 )
-from wallet.selectors import account_require_balance, hold_get
-from wallet.services import hold_confirm, hold_freeze, hold_outlive, hold_release
+from wallet.selectors import account_require_balance
+from wallet.services import (
+    hold_confirm_by_id,
+    hold_freeze,
+    hold_outlive,
+    hold_release_by_id,
+)
 
 logger = logging.getLogger("podi.tasks")
 
@@ -721,13 +726,37 @@ def _claim_executor(task: Task, cache: dict):
     return None
 
 
-def _release_slot(task: Task) -> None:
+def _release_slot(task: Task) -> bool | None:
     """Give back the run slot of a task that leaves ``running`` (called under the task's lock,
-    in the transaction that changes its status, so exactly once per claimed slot)."""
-    if task.status == TaskStatus.RUNNING and task.executor_id:
-        Executor.objects.filter(pk=task.executor_id, in_flight__gt=0).update(
-            in_flight=F("in_flight") - 1
+    in the transaction that changes its status, so exactly once per claimed slot).
+
+    On PostgreSQL the same statement tells whether a queued task could take the freed slot:
+    False when none could (a finish then skips its hand-off), None when not known."""
+    if task.status != TaskStatus.RUNNING or not task.executor_id:
+        return None
+    slot = Executor.objects.filter(pk=task.executor_id, in_flight__gt=0)
+    if connection.vendor != "postgresql":
+        slot.update(in_flight=F("in_flight") - 1)
+        return None
+    waiting, params = _queued_for(task.executor_id).values("pk")[:1].query.sql_with_params()
+    table = connection.ops.quote_name(Executor._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET in_flight = in_flight - 1 "  # noqa: S608 - our names only
+            f"WHERE id = %s AND in_flight > 0 RETURNING EXISTS ({waiting})",
+            [task.executor_id, *params],
         )
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _queued_for(executor_id: int) -> QuerySet[Task]:
+    """Queued tasks that could run on the executor (their ability has an enabled binding there)."""
+    return Task.objects.filter(
+        status=TaskStatus.QUEUED,
+        ability__bindings__executor_id=executor_id,
+        ability__bindings__enabled=True,
+    )
 
 
 def executors_recount_in_flight() -> int:
@@ -850,11 +879,7 @@ def _hand_off(executor_id: int, now) -> bool:
     slot was taken that way (ADR 0018). Its own savepoint: a failure here never fails the
     finish, which then rings the dispatch doorbell instead."""
     first = (
-        Task.objects.filter(
-            status=TaskStatus.QUEUED,
-            ability__bindings__executor_id=executor_id,
-            ability__bindings__enabled=True,
-        )
+        _queued_for(executor_id)
         .order_by("-priority", "created_at", "pk")
         .values_list("pk", flat=True)[:1]
     )
@@ -896,10 +921,10 @@ def _hold_outlives(task: Task, deadline) -> bool:
     )
 
 
-def _charge(hold) -> bool:
-    """Confirm the hold; False when it expired first (the task then fails, uncharged)."""
-    if hold_confirm(hold=hold, expired_ok=True) is None:
-        logger.error("hold %s expired before its task %s was charged", hold, hold.task_id)
+def _charge(task: Task) -> bool:
+    """Confirm the task's hold; False when it expired first (the task then fails, uncharged)."""
+    if hold_confirm_by_id(hold_id=task.hold_id, expired_ok=True) is None:
+        logger.error("hold %s expired before its task %s was charged", task.hold_id, task.public_id)
         return False
     return True
 
@@ -1041,17 +1066,17 @@ def task_finish(
             return task
         # The run slot first: every transaction that touches an executor row does so before
         # the wallet and event rows (dispatch: task, executor, hold, cursor), or the two deadlock.
-        _release_slot(task)
-        freed = task.status == TaskStatus.RUNNING and task.executor_id
+        waiting = _release_slot(task)
+        freed = task.status == TaskStatus.RUNNING and task.executor_id and waiting is not False
         # Settle first: a success whose hold expired ends failed, deterministically.
         if task.hold_id:
-            hold = hold_get(hold_id=task.hold_id)
-            if status == TaskStatus.SUCCEEDED and not _charge(hold):
+            # One statement each on PostgreSQL (ADR 0019).
+            if status == TaskStatus.SUCCEEDED and not _charge(task):
                 status = TaskStatus.FAILED
                 error_code = codes.TASK_HOLD_EXPIRED.code
                 error_message = "The task's hold expired before it could be charged."
             if status != TaskStatus.SUCCEEDED:
-                hold_release(hold=hold)
+                hold_release_by_id(hold_id=task.hold_id)
         now = timezone.now()
         task.status = status
         task.finished_at = now
@@ -1063,7 +1088,7 @@ def task_finish(
         else:
             task.error_code = error_code or codes.EXECUTOR_ERROR.code
             task.error_message = (error_message or "")[:4000]
-        task.save()
+        task.save(update_fields=_FINISHED_FIELDS)
         if task.dispatched_at is not None:
             observe_on_commit(
                 TASK_RUN_SECONDS,
@@ -1103,6 +1128,18 @@ def task_finish(
         if not (freed and _hand_off(task.executor_id, now)):
             transaction.on_commit(_dispatch_if_queued, robust=True)
     return task
+
+
+# The fields a finish changes: the update writes only these (not the task's JSON documents).
+_FINISHED_FIELDS = (
+    "status",
+    "finished_at",
+    "result",
+    "progress",
+    "error_code",
+    "error_message",
+    "updated_at",
+)
 
 
 def _dispatch_if_queued() -> None:

@@ -35,7 +35,7 @@ from podi.errors import AppError, validation_error
 from podi.realtime.events import emit
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
-from wallet.selectors import account_for_user
+from wallet.selectors import account_for_user, hold_get
 
 EVENT_TYPE = "wallet.points"
 MAX_POINTS = 10**12  # far above any real figure; keeps sums inside a 64-bit integer
@@ -469,11 +469,14 @@ def hold_confirm(*, hold: Hold, points: int | None = None, expired_ok: bool = Fa
     transaction). The returned hold's ``account`` carries the current figures.
 
     No savepoint of its own: a refusal writes nothing and is raised after the atomic block, so
-    the caller's transaction stays usable; a database error fails the caller's change.
+    the caller's transaction stays usable; a database error fails the caller's change. On
+    PostgreSQL a whole hold still held is confirmed in one statement (ADR 0019).
     """
     if points is not None:
         points = _points(points, allow_zero=True)
     charge = hold.points if points is None else points
+    if charge == hold.points and (settled := _settle_in_one(hold.public_id, HoldStatus.CONFIRMED)):
+        return _took(hold, settled)
     account = _account_of(hold)
     with transaction.atomic(savepoint=False):
         now = timezone.now()
@@ -514,9 +517,122 @@ def hold_confirm(*, hold: Hold, points: int | None = None, expired_ok: bool = Fa
     return hold
 
 
+def hold_confirm_by_id(*, hold_id: str, expired_ok: bool = False) -> Hold | None:
+    """``hold_confirm`` of all of the hold ``hold_id`` (a service's own hold, e.g. a task's),
+    without reading it first: on PostgreSQL a held, unexpired hold is settled, its account
+    changed and its entry written in one statement. Anything else (settled, expired, SQLite)
+    takes ``hold_confirm``'s path, with the same answers."""
+    settled = _settle_in_one(hold_id, HoldStatus.CONFIRMED)
+    if settled is not None:
+        return settled
+    return hold_confirm(hold=hold_get(hold_id=hold_id), expired_ok=expired_ok)
+
+
+def hold_release_by_id(*, hold_id: str) -> Hold:
+    """``hold_release`` of the hold ``hold_id``, in one statement on PostgreSQL when it is held."""
+    settled = _settle_in_one(hold_id, HoldStatus.RELEASED)
+    if settled is not None:
+        return settled
+    return hold_release(hold=hold_get(hold_id=hold_id))
+
+
+def _took(hold: Hold, settled: Hold) -> Hold:
+    """The caller's ``hold`` with the state ``settled`` (from the one statement) gave it."""
+    for name in ("status", "deducted", "released", "settled_at", "updated_at", "expires_at"):
+        setattr(hold, name, getattr(settled, name))
+    hold.account = settled.account
+    return hold
+
+
+@functools.cache
+def _settle_in_one_sql(status: str) -> tuple[str, list]:
+    """Settle a held hold (by public id), move its points on the account and append its entry,
+    in one statement: the hold's row lock first, then the account's (the module's order)."""
+    quote = connection.ops.quote_name
+    hold_table, account_table = quote(Hold._meta.db_table), quote(Account._meta.db_table)
+    hold_columns = ", ".join(f"h.{quote(f.column)}" for f in Hold._meta.concrete_fields)
+    confirm = status == HoldStatus.CONFIRMED
+    # What the entry's columns take: settled hold (s), moved account (m), or a parameter.
+    from_rows = {
+        "account_id": "m.id",
+        "points": "-s.points" if confirm else "0",
+        "amount": "s.points",
+        "balance_after": "m.balance",
+        "frozen_after": "m.frozen",
+        "hold_id": "s.id",
+        "task_id": "s.task_id",
+        "action": "s.action",
+        "channel": "s.channel",
+    }
+    fields = _entry_fields()
+    given = [f for f in fields if f.attname not in from_rows]  # parameters, in column order
+    items = [
+        from_rows.get(f.attname)
+        or f"%s::{'text' if isinstance(f, CharField) else f.cast_db_type(connection)}"
+        for f in fields
+    ]
+    entries = quote(LedgerEntry._meta.db_table)
+    overdue_guard = " AND h.expires_at > %s" if confirm else ""
+    # Only table and column names of our own models are interpolated; values are parameters.
+    settle = (
+        f"UPDATE {hold_table} h SET status = %s, deducted = {'h.points' if confirm else '0'}, "  # noqa: S608
+        f"released = {'0' if confirm else 'h.points'}, settled_at = %s, updated_at = %s "
+        f"WHERE h.public_id = %s AND h.status = %s{overdue_guard} RETURNING {hold_columns}"
+    )
+    move = (
+        f"UPDATE {account_table} a SET balance = a.balance + {'0' if confirm else 's.points'}, "  # noqa: S608
+        "frozen = a.frozen - s.points, updated_at = %s FROM s WHERE a.id = s.account_id "
+        "RETURNING a.id, a.user_id, a.balance, a.frozen"
+    )
+    append = (
+        f"INSERT INTO {entries} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"SELECT {', '.join(items)} FROM s CROSS JOIN m RETURNING id"
+    )
+    sql = (
+        f"WITH s AS ({settle}), m AS ({move}), e AS ({append}) "  # noqa: S608
+        "SELECT s.*, m.user_id, m.balance, m.frozen FROM s CROSS JOIN m CROSS JOIN e"
+    )
+    return sql, given
+
+
+def _settle_in_one(hold_id: str, status: str) -> Hold | None:
+    """The settled hold (its ``account`` with the new figures), or None when nothing was
+    settled here: not PostgreSQL, or the hold is not held (or, to confirm, overdue)."""
+    if connection.vendor != "postgresql" or not isinstance(hold_id, str):
+        return None
+    confirm = status == HoldStatus.CONFIRMED
+    now = timezone.now()
+    entry = LedgerEntry(type=EntryType.CONFIRM if confirm else EntryType.RELEASE, created_at=now)
+    sql, given = _settle_in_one_sql(status)
+    params: list = [status, now, now, hold_id, HoldStatus.HELD]
+    if confirm:
+        params.append(now)
+    params.append(now)
+    params += [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    names = [f.attname for f in Hold._meta.concrete_fields]
+    hold = Hold(**dict(zip(names, row, strict=False)))
+    hold._state.adding, hold._state.db = False, connection.alias
+    user_id, balance, frozen = row[len(names) :]
+    account = Account(pk=hold.account_id, user_id=user_id, balance=balance, frozen=frozen)
+    account.updated_at = now
+    hold.account = account
+    if confirm:
+        _emit(account, status="deducted", points=hold.points, hold=hold)
+    else:
+        _emit(account, status="released", points=hold.points, hold=hold)
+    return hold
+
+
 def hold_release(*, hold: Hold) -> Hold:
     """Give the held points back. Idempotent (a released or expired hold is returned as it is);
-    on a confirmed hold → 409 ``WALLET_HOLD_SETTLED``."""
+    on a confirmed hold → 409 ``WALLET_HOLD_SETTLED``. One statement on PostgreSQL when held."""
+    if settled := _settle_in_one(hold.public_id, HoldStatus.RELEASED):
+        return _took(hold, settled)
     account = _account_of(hold)
     with transaction.atomic(savepoint=False):  # no savepoint: as in hold_confirm
         now = timezone.now()
