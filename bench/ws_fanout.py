@@ -20,7 +20,7 @@ them at the end, raises ``ulimit -n`` for itself and its children, bounds its ru
 (``--deadline``), prints the figures and writes them as JSON to ``bench/results/``.
 
     .venv/bin/python bench/ws_fanout.py [--subscribers 1000] [--rate 100] [--seconds 10]
-        [--broadcast 20] [--client-procs 4] [--web-processes 1] [--layer configured|pubsub]
+        [--broadcast 20] [--client-procs 4] [--web-processes <cores>] [--layer configured|pubsub]
         [--admin-url postgres://postgres@127.0.0.1:5432/postgres] [--redis-url redis://…]
 
 ``--layer pubsub`` runs the same code on channels_redis's pub/sub layer instead of the configured
@@ -432,8 +432,9 @@ def main() -> int:
     parser.add_argument(
         "--web-processes",
         type=int,
-        default=1,
-        help="Daphne processes sharing the port (manage.py up runs WEB_CONCURRENCY, default cores)",
+        default=os.cpu_count() or 1,
+        help="Daphne processes sharing the port; default the number of cores, as manage.py up "
+        "runs (WEB_CONCURRENCY)",
     )
     parser.add_argument("--idle", type=float, default=5, help="seconds of idle CPU measurement")
     parser.add_argument(
