@@ -74,6 +74,7 @@ bench: $(STAMP)
 	-$(BIN)/python bench/wallet_bench.py
 	-$(BIN)/python bench/tasks_bench.py
 	-$(BIN)/python bench/ws_fanout.py
+	-$(BIN)/python bench/http_cost.py
 	-$(BIN)/python bench/peer.py --config postgres
 	-$(BIN)/python bench/peer.py --config embedded
 	$(BIN)/python bench/summary.py --since $(BENCH_SINCE)

@@ -7,9 +7,14 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "podi.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-django_application = get_asgi_application()
+django.setup(set_prefix=False)
+
+from podi.asgi_handler import OneHopASGIHandler  # noqa: E402
+
+# Django's ASGI handler, with the middleware chain and the view in one thread hop per request.
+django_application = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

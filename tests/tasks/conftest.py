@@ -131,6 +131,13 @@ def make_ability(
     return ability
 
 
+def add_binding(ability: Ability, executor: Executor, **fields) -> WorkflowBinding:
+    """Another binding of ``ability``'s workflow, on ``executor`` (``fields``: priority, timeouts…)."""
+    return WorkflowBinding.objects.create(
+        ability=ability, workflow=ability.bindings.first().workflow, executor=executor, **fields
+    )
+
+
 @pytest.fixture
 def funded(owner):
     wallet_grant(user=owner, points=1000, reason="test", reference="seed-owner")

@@ -12,7 +12,6 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from integrations.models import WorkflowBinding
 from media_app.models import MediaObject, MediaStatus
 from media_app.storage import get_backend
 from podi.reconcile import run_pass
@@ -24,7 +23,14 @@ from tasks.services import (
     tasks_dispatch_pending,
 )
 from tests.servers.comfyui import solid_png
-from tests.tasks.conftest import INVERT_SCHEMA, make_ability, make_executor, wait_for, wait_status
+from tests.tasks.conftest import (
+    INVERT_SCHEMA,
+    add_binding,
+    make_ability,
+    make_executor,
+    wait_for,
+    wait_status,
+)
 from wallet.models import Hold
 from wallet.selectors import account_for_user
 from wallet.services import holds_expire
@@ -146,15 +152,7 @@ def test_outputs_become_downloadable_with_the_charge(worker, comfy, funded, api)
 def test_hold_outlives_a_longer_binding_picked_at_dispatch(comfy, comfy2, funded, api):
     quick, slow = make_executor("quick", comfy.url), make_executor("slow", comfy2.url)
     ability = make_ability("invert", [quick], queue_timeout=5, run_timeout=5, max_attempts=1)
-    WorkflowBinding.objects.create(
-        ability=ability,
-        workflow=ability.bindings.get().workflow,
-        executor=slow,
-        priority=-1,
-        max_attempts=1,
-        queue_timeout=5,
-        run_timeout=100_000,
-    )
+    add_binding(ability, slow, priority=-1, max_attempts=1, queue_timeout=5, run_timeout=100_000)
     client = api(funded)
     task_id = client.post("/api/tasks/v1/submit", json={"action": "invert"}).json()["taskId"]
     quick.enabled = False  # the operator takes the quick executor out: dispatch picks the slow one

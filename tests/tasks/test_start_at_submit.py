@@ -10,11 +10,17 @@ from datetime import timedelta
 import pytest
 from django.db import close_old_connections
 
-from integrations.models import Executor, WorkflowBinding
+from integrations.models import Executor
 from podi.realtime.models import Event
 from tasks.models import Task, TaskStatus
 from tasks.services import task_cancel, task_finish, task_submit, tasks_dispatch_pending
-from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
+from tests.tasks.conftest import (
+    SLEEP_GRAPH,
+    SLEEP_SCHEMA,
+    add_binding,
+    make_ability,
+    make_executor,
+)
 from wallet.models import Hold
 from wallet.services import holds_expire, wallet_grant
 
@@ -125,12 +131,7 @@ def test_a_finish_hands_its_slot_to_the_first_in_line(funded, teammate, comfy, c
 def test_an_unhealthy_or_disabled_executor_is_never_started_from_the_cache(funded, comfy, comfy2):
     sick, well = make_executor("sick", comfy.url), make_executor("well", comfy2.url)
     ability = sleep_ability(sick)
-    WorkflowBinding.objects.create(
-        ability=ability,
-        workflow=ability.bindings.get().workflow,
-        executor=well,
-        priority=-1,
-    )
+    add_binding(ability, well, priority=-1)
     task_submit(user=funded, action="sleep", params={"seconds": 1})  # caches the catalog
     # Changed behind the cache's back (no signal): the claim re-checks the executor row.
     Executor.objects.filter(pk=sick.pk).update(health_status="unhealthy")
@@ -146,15 +147,7 @@ def test_the_hold_outlives_the_binding_the_task_started_on(funded, comfy, comfy2
     ability = make_ability("invert", [quick], queue_timeout=5, run_timeout=5, max_attempts=1)
     quick.enabled = False  # the operator took the quick one out: the submit starts the slow one
     quick.save()
-    WorkflowBinding.objects.create(
-        ability=ability,
-        workflow=ability.bindings.get().workflow,
-        executor=slow,
-        priority=-1,
-        max_attempts=1,
-        queue_timeout=5,
-        run_timeout=100_000,
-    )
+    add_binding(ability, slow, priority=-1, max_attempts=1, queue_timeout=5, run_timeout=100_000)
     task = task_submit(user=funded, action="invert", params={})
     assert (task.status, task.executor_id, task.run_timeout) == ("running", slow.pk, 100_000)
     hold = Hold.objects.get(public_id=task.hold_id)
