@@ -252,6 +252,15 @@ def test_reconciler_host_killed_and_restarted_twice(fleet, load):
         fleet.start_reconciler(victim)
     pending.result(timeout=240)
     assert_fleet_consistent(fleet, load, timeout=240)
+    # A pass killed mid-pass keeps the lease until it expires; the load may settle sooner. The
+    # passes must go on once it has: wait for one that started after the last kill.
+    last_kill = max(killed_at.values())
+    lease_ttl = float(fleet.env.get("RECONCILE_LEASE_TTL", 15))  # podi's default
+    deadline = time.monotonic() + lease_ttl + 15
+    while time.monotonic() < deadline and not any(
+        item["start"] > last_kill for item in fleet.reconcile_passes()
+    ):
+        time.sleep(0.5)
 
     passes = fleet.reconcile_passes()
     intervals = []
@@ -263,7 +272,7 @@ def test_reconciler_host_killed_and_restarted_twice(fleet, load):
     overlaps = [(a, b) for a, b in zip(intervals, intervals[1:], strict=False) if b[0] < a[1]]
     assert overlaps == [], overlaps[:5]
     assert {item["host"] for item in passes} == {"recon", "recon2"}, "one host never ran a pass"
-    assert any(item["start"] > max(killed_at.values()) for item in passes), "passes stopped"
+    assert any(item["start"] > last_kill for item in passes), "passes stopped"
     print(
         f"fault 6: {len(passes)} passes on 2 hosts, {mid_pass} of 2 kills mid-pass, none overlap"
         f" (over {time.time() - passes[0]['start']:.0f} s)"
