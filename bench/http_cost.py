@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from broker_latency import cpu_seconds
 from tasks_bench import (
     INVERT_GRAPH,
     INVERT_SCHEMA,
@@ -43,11 +44,6 @@ from tasks_bench import (
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def web_pid(parent: int) -> int:

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from integrations.selectors import catalog_changed
+from podi.realtime.events import register_sink, unregister_sink
 from podi.services import service_key_create
 
 PASSWORD = "correct horse battery staple"
@@ -135,3 +136,12 @@ def service_key(db):
         return service_key_create(name=name, scopes=list(scopes), user=user)
 
     return build
+
+
+@pytest.fixture
+def published():
+    """Every event published in this process while the test runs."""
+    seen: list[dict] = []
+    register_sink(seen.append)
+    yield seen
+    unregister_sink(seen.append)

@@ -41,7 +41,7 @@ from websockets.asyncio.client import connect
 from integrations.models import Ability
 from podi.asgi import application
 from podi.ids import new_id
-from podi.realtime.events import Webhook, emit, register_sink, unregister_sink
+from podi.realtime.events import Webhook, emit
 from podi.realtime.webhooks import webhook_delivery_create
 from podi.runtime import start_worker
 from tasks.models import Task
@@ -428,12 +428,3 @@ def login_http(server: Server, username: str, password: str) -> str:
     )
     assert response.status_code == 200, response.text
     return response.json()["accessToken"]
-
-
-@pytest.fixture
-def published():
-    """Every event published in this process while the test runs."""
-    seen: list[dict] = []
-    register_sink(seen.append)
-    yield seen
-    unregister_sink(seen.append)

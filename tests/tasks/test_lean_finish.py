@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from podi.realtime.events import register_sink, unregister_sink
 from tasks.models import TaskStatus
 from tasks.services import task_finish, task_submit
 from tests.tasks.conftest import make_ability, make_executor
 from wallet.models import Hold
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def published():
-    """Every event delivered to sinks (i.e. after commit), in order."""
-    seen: list[dict] = []
-    register_sink(seen.append)
-    yield seen
-    unregister_sink(seen.append)
 
 
 def _name(callback) -> str:
