@@ -388,6 +388,14 @@ def run(args, env: dict, url: str) -> dict:
         broadcast = summarise([(at - commit_times[eid]) * 1000 for eid, at in receipts], expected)
         broadcast["webCpuUsPerDelivery"] = round(cpu * 1e6 / max(len(receipts), 1), 1)
         broadcast["events"] = args.broadcast
+        # Per event, in emit order: the slowest socket's latency (a tail is one slow event or many).
+        slowest: dict[str, float] = {}
+        for eid, at in receipts:
+            slowest[eid] = max(slowest.get(eid, 0.0), (at - commit_times[eid]) * 1000)
+        broadcast["maxMsPerEvent"] = [
+            round(slowest.get(eid, float("nan")), 1)
+            for eid in sorted(commit_times, key=commit_times.get)
+        ]
         print(f"broadcast: {json.dumps(broadcast)}")
         from django.conf import settings
         from django.db import connection

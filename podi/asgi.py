@@ -32,3 +32,7 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
+
+from podi.runtime import freeze_startup_heap  # noqa: E402
+
+freeze_startup_heap()

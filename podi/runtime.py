@@ -3,6 +3,7 @@ every worker process's liveness lease."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import logging
@@ -15,6 +16,7 @@ import dramatiq
 from django.apps import apps
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
+from django.urls import get_resolver
 from psycopg_pool import PoolTimeout
 
 logger = logging.getLogger("podi.runtime")
@@ -29,6 +31,18 @@ def import_actor_modules() -> list[str]:
             importlib.import_module(module)
             loaded.append(module)
     return loaded
+
+
+def freeze_startup_heap() -> int:
+    """Load the URLconf (and so every view), then move everything alive to the collector's
+    permanent generation (``gc.freeze``): startup objects are never garbage, and a full
+    collection no longer walks them. With a thousand sockets open a web process's full
+    collection took 100–250 ms, every socket's events waiting behind it (README, "Fan-out
+    benchmark"). Returns how many objects were frozen."""
+    get_resolver().url_patterns  # noqa: B018 - imports every view module
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def start_worker(threads: int) -> dramatiq.Worker:

@@ -4,6 +4,9 @@ hop per request, and every middleware still does its part."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -61,3 +64,20 @@ def test_requests_in_parallel_each_get_their_own_answer(settings):
     assert [r.headers["X-Request-ID"] for r in responses] == [f"r{i}" for i in range(20)]
     assert {r.status_code for r in responses} == {200}
     assert threading.active_count() < 200  # no thread left per request
+
+
+def test_a_web_process_freezes_its_startup_heap_with_every_view_loaded():
+    """podi.asgi loads the URLconf and freezes what is alive (runtime.freeze_startup_heap): a full
+    collection in a web process with many sockets open then walks the sockets' objects only."""
+    probe = (
+        "import gc, sys; import podi.asgi; "
+        "print(gc.get_freeze_count(), 'tasks.apis' in sys.modules, 'wallet.apis' in sys.modules)"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "podi.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    frozen, tasks_loaded, wallet_loaded = out.stdout.split()
+    assert int(frozen) > 50_000
+    assert tasks_loaded == "True" and wallet_loaded == "True"

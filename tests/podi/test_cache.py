@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import uuid
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.cache import CacheHandler
 
 from podi.cache import RedisCache
 from podi.ids import new_id
@@ -52,3 +56,36 @@ def test_ids_have_their_prefix_and_24_characters_of_a_to_z_and_0_to_9():
     # Every character appears in every position over enough draws (none is stuck).
     for position in (0, 12, 23):
         assert len({value[4 + position] for value in ids}) == 36
+
+
+def test_caches_of_different_async_contexts_share_one_client_and_its_connections():
+    """Django keeps a cache instance per async context; a WebSocket consumer's context lives as
+    long as its socket. Fifty sockets' contexts must not hold fifty Redis pools and connections."""
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    prefix = f"podi-test-cache-{uuid.uuid4().hex}"
+    handler = CacheHandler(
+        {"default": {"BACKEND": "podi.cache.RedisCache", "LOCATION": url, "KEY_PREFIX": prefix}}
+    )
+
+    def use() -> tuple[int, int]:
+        cache = handler["default"]
+        cache.set("k", 1, 30)
+        assert cache.get("k") == 1
+        return id(cache), id(cache._cache)
+
+    async def sockets():
+        async def one_socket():
+            return await sync_to_async(use, thread_sensitive=False)()
+
+        return await asyncio.gather(*(asyncio.create_task(one_socket()) for _ in range(50)))
+
+    seen = async_to_sync(sockets)()
+    caches, clients = {c for c, _ in seen}, {k for _, k in seen}
+    assert len(caches) > 1  # Django did make one cache per context: the case this guards
+    assert len(clients) == 1
+    pool = handler["default"]._cache._get_connection_pool(write=True)
+    assert pool._created_connections <= 10
+    handler["default"].delete("k")
+    # Other servers or options get a client of their own.
+    other = RedisCache(url, {"KEY_PREFIX": prefix, "OPTIONS": {"db": 1}})
+    assert other._cache is not handler["default"]._cache
