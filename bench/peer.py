@@ -9,8 +9,9 @@ but the two first nodes). One job, each way, as a client sees it:
   ``prompt_id``), wait for ``execution_success`` of that prompt on the socket, ``GET
   /history/{id}`` for the output's name, ``GET /view`` of the PNG;
 * **PODI** — one ``/api/notify/v1/stream`` socket per run (a user's JWT); ``POST
-  /api/tasks/v1/submit``, wait for the ``task.status`` ``succeeded`` event of that task, ``GET
-  /api/tasks/v1/{id}`` for the signed output URL, ``GET`` that URL.
+  /api/tasks/v1/submit``, wait for the ``task.status`` ``succeeded`` event of that task, ``GET``
+  the signed output URL the event carries (``GET /api/tasks/v1/{id}`` for it only when the event
+  has none, counted as ``taskReadsForUrls``: a PODI before the stream signed URLs).
 
 Phases, each interleaved so that machine noise hits both ways alike:
 
@@ -409,6 +410,7 @@ class PodiClient(_SocketClient):
         self.retried: dict[str, int] = {}
         self.event_timeout = 60.0
         self.events_missed: list[str] = []
+        self.detail_reads = 0  # terminal events without signed output URLs (GET task instead)
         self.last_seq = 0
         self.reconnects: list[str] = []
         self.frames = 0
@@ -507,20 +509,26 @@ class PodiClient(_SocketClient):
             future.set_result(self.early.pop(task_id))
         self.waiting[task_id] = future
         try:
-            outcome, seen_at, _event = await asyncio.wait_for(future, self.event_timeout)
+            outcome, seen_at, event = await asyncio.wait_for(future, self.event_timeout)
         except TimeoutError:
             # the stream did not bring the terminal event: read the task as a client would
             # (counted: a missing event is a realtime bug, but must not stall the bench)
             self.events_missed.append(task_id)
-            outcome, seen_at = await self._poll_terminal(task_id), None
+            outcome, seen_at, event = await self._poll_terminal(task_id), None, {}
         self.waiting.pop(task_id, None)
         if outcome != "succeeded":
             detail = await self._get_json(f"/api/tasks/v1/{task_id}")
             raise RuntimeError(f"PODI task {task_id} ended {outcome}: {str(detail)[:400]}")
-        status, task = await self._get_json(f"/api/tasks/v1/{task_id}")
-        if status != 200:
-            raise RuntimeError(f"PODI GET task: {status} {str(task)[:200]}")
-        async with self.http.get(task["outputs"][0]["url"]) as response:  # signed: no bearer
+        # The event's outputs carry signed URLs; a client asks for the task only without them.
+        outputs = (event.get("payload") or {}).get("outputs") or []
+        url = outputs[0].get("url") if outputs else None
+        if not url:
+            self.detail_reads += 1
+            status, task = await self._get_json(f"/api/tasks/v1/{task_id}")
+            if status != 200:
+                raise RuntimeError(f"PODI GET task: {status} {str(task)[:200]}")
+            url = task["outputs"][0]["url"]
+        async with self.http.get(url) as response:  # signed: no bearer
             content = await response.read()
             if response.status != 200 or not content.startswith(b"\x89PNG"):
                 raise RuntimeError(f"PODI signed download: {response.status}")
@@ -940,6 +948,7 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
             return {"idle": idle, "sequential": sequential, "burst": burst,
                     "submitRetries": client.retried,
                     "eventsMissed": client.events_missed,
+                    "taskReadsForUrls": client.detail_reads,
                     "streamReconnects": client.reconnects,
                     "streamFrames": client.frames,
                     "streamReaderEnded": (
@@ -1052,7 +1061,8 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
             verdict = "MET" if met else "MISSED"
         print(f"  {what:<44} {left:<26} {right:<26} {figure:<12} {today:<12} {target} {verdict}")
     print(f"  end state: PODI tasks {state['byStatus']}, attempts {state['attempts']}; "
-          f"submit retries {result['submitRetries'] or 'none'}; terminal events missed by "
+          f"submit retries {result['submitRetries'] or 'none'}; task reads for output URLs "
+          f"{result.get('taskReadsForUrls', 0)}; terminal events missed by "
           f"the stream (read from the task after {args.event_timeout:g} s): "
           f"{len(result['eventsMissed'])}; stream reconnects (?after=): "
           f"{result['streamReconnects'] or 'none'}; stream frames {result['streamFrames']}, "

@@ -154,6 +154,15 @@ def callback_body(*, task: Task, event_name: str) -> dict[str, Any]:
     }
 
 
+def stream_payload_for_sending(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The stream payload hook tasks registers with ``podi.realtime``: a ``task.status`` event's
+    outputs get signed URLs when the stream sends it, so a client downloads without asking for
+    the task first."""
+    if event_type != "task.status":
+        return payload
+    return callback_body_for_sending(payload)
+
+
 def callback_body_for_sending(body: dict[str, Any]) -> dict[str, Any]:
     """The webhook body hook tasks registers with ``podi.realtime``: sign output URLs now."""
     outputs = body.get("outputs") or []

@@ -61,7 +61,7 @@ from podi.errors import AppError, ErrorCode
 from podi.models import ServiceKey
 from podi.realtime import error_codes as codes
 from podi.realtime import publisher, selectors
-from podi.realtime.events import Principal, followable
+from podi.realtime.events import Principal, followable, stream_payload_for_sending
 
 logger = logging.getLogger("podi.realtime")
 # Pump failures in a row (with back-off, about 40 s) before the stream closes with 1011.
@@ -107,15 +107,22 @@ def resume_from_scope(scope) -> int | None:
 
 
 def event_text(event: dict, *, with_user: bool) -> str:
-    """The wire form of ``event``, encoded once per process however many sockets get it."""
+    """The wire form of ``event``, encoded once per process however many sockets get it. The
+    payload goes through the apps' stream hooks first (a task's outputs get signed URLs, made
+    now: a replay an hour later gets fresh ones)."""
     cache_key = "__text_user" if with_user else "__text"
     text = event.get(cache_key)
     if text is None:
+        payload = event.get("__payload", event)
+        if payload is event:
+            payload = event["__payload"] = stream_payload_for_sending(
+                str(event.get("type")), event.get("payload")
+            )
         wire = {
             "id": event.get("id"),
             "seq": event.get("seq"),
             "type": event.get("type"),
-            "payload": event.get("payload"),
+            "payload": payload,
             "timestamp": event.get("timestamp"),
         }
         if with_user:

@@ -7,8 +7,9 @@
   WebSocket fan-out). With no recorder the event is published unpersisted.
 * Apps above this one lend it what it must not import, from their ``AppConfig.ready()``:
   ``register_followable(kind, resolver)`` answers "which of these objects may this principal
-  follow?" (``tasks`` registers ``"task"``, its access rule) and ``register_webhook_body_hook(hook)`` finishes a
-  webhook body at send time (``tasks`` signs output URLs, which expire).
+  follow?" (``tasks`` registers ``"task"``, its access rule); ``register_webhook_body_hook(hook)``
+  finishes a webhook body at send time and ``register_stream_payload_hook(hook)`` an event's
+  payload when the stream sends it (``tasks`` signs output URLs, which expire, for both).
 
 This module imports nothing of the app, so every other module of it may import this one.
 See docs/adr/0006-live-events.md.
@@ -56,12 +57,15 @@ SeveralRecorder = Callable[[list[tuple[Event, "Webhook | None"]]], list[Event]]
 # (principal, ids) → (ids of the principal's own objects, ids of others' it may follow)
 Followable = Callable[[Principal, list[str]], tuple[set[str], set[str]]]
 WebhookBodyHook = Callable[[dict[str, Any]], dict[str, Any]]
+# (event type, payload) → the payload as the stream sends it (never the persisted one)
+StreamPayloadHook = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 _sinks: list[EventSink] = []
 _recorder: list[EventRecorder] = []
 _several: list[SeveralRecorder] = []
 _followable: dict[str, Followable] = {}
 _webhook_body_hooks: list[WebhookBodyHook] = []
+_stream_payload_hooks: list[StreamPayloadHook] = []
 # The events raised inside ``events_batched`` in this thread, waiting to be recorded.
 _batch = threading.local()
 
@@ -97,6 +101,13 @@ def register_webhook_body_hook(hook: WebhookBodyHook) -> None:
         _webhook_body_hooks.append(hook)
 
 
+def register_stream_payload_hook(hook: StreamPayloadHook) -> None:
+    """Let ``hook`` finish an event's payload each time the stream encodes it (live or replayed):
+    what expires, such as a signed URL, is made then, never persisted."""
+    if hook not in _stream_payload_hooks:
+        _stream_payload_hooks.append(hook)
+
+
 # --- Use --------------------------------------------------------------------------------------
 
 
@@ -112,6 +123,17 @@ def webhook_body_for_sending(body: dict[str, Any]) -> dict[str, Any]:
     for hook in _webhook_body_hooks:
         body = hook(body)
     return body
+
+
+def stream_payload_for_sending(event_type: str, payload: Any) -> Any:
+    if not isinstance(payload, dict):
+        return payload
+    for hook in _stream_payload_hooks:
+        try:
+            payload = hook(event_type, payload)
+        except Exception:  # the event still goes out; its URLs come from the REST API then
+            logger.exception("a stream payload hook failed for a %s event", event_type)
+    return payload
 
 
 def publish_now(event: Event) -> None:

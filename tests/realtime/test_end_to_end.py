@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from urllib.parse import urlsplit
 
 import pytest
+from django.test import Client
 from standardwebhooks import Webhook
 
 from podi.realtime.models import Event, WebhookAttempt, WebhookDelivery
@@ -72,7 +74,16 @@ def test_a_task_is_followed_live_and_called_back(ws_server, owner, receiver, wor
     assert all(e["payload"]["taskId"] == task.public_id for e in events)
     finished = next(e for e in events if e["payload"].get("status") == "succeeded")
     assert finished["payload"]["progress"] == 100
-    assert len(finished["payload"]["outputs"]) == 1
+    [streamed] = finished["payload"]["outputs"]
+    # The stream signs the output's URL as it sends the event: the client downloads straight
+    # away, without asking for the task first. The persisted event keeps no URL (it expires).
+    assert streamed["objectKey"].startswith(f"results/{owner.pk}/{task.public_id}/")
+    url = urlsplit(streamed["url"])
+    download = Client().get(f"{url.path}?{url.query}")  # this process holds the test's media
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content).startswith(b"\x89PNG")
+    persisted = Event.objects.get(user=owner, seq=finished["seq"])
+    assert "url" not in persisted.payload["outputs"][0]
 
     # The default callback events are the terminal ones: one signed call for task.succeeded.
     [request] = receiver.wait_for(1, timeout=30)
