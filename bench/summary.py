@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -220,7 +221,70 @@ def main() -> int:
         print(
             f"  {missing} figure(s) missing: a bench failed or was not run (see its output above)"
         )
+    print_replacements(pg, emb, t, w, (peer_pg, peer_emb, tasks, wallet), src)
     return 0
+
+
+def _median(values) -> float | None:
+    values = [v for v in values or [] if isinstance(v, int | float)]
+    return round(statistics.median(values), 2) if values else None
+
+
+def print_replacements(pg, emb, t, w, found, src) -> None:
+    """The bounds docs/adr/0022-targets-on-this-stack.md puts in place of five §8 rows: what
+    PODI adds to a job, instead of ratios against a 3 ms model-free job."""
+    peer_pg, peer_emb, tasks, wallet = found
+    rows = []
+
+    def row(what, bound, value, limit, higher_is_better, source, unit):
+        if value is None:
+            rows.append((what, bound, "—", "—", src(source)))
+            return
+        met = value >= limit if higher_is_better else value <= limit
+        rows.append((what, bound, fmt(value, unit), "MET" if met else "MISSED", src(source)))
+
+    for label, peer, source, burst_bound in (
+        ("PG+Redis", pg, peer_pg, 35),
+        ("embedded", emb, peer_emb, 40),
+    ):
+        seq_added = None
+        podi_p50 = dig(peer, "sequential", "podiMs", "p50")
+        direct_p50 = dig(peer, "sequential", "directMs", "p50")
+        if podi_p50 is not None and direct_p50 is not None:
+            seq_added = round(podi_p50 - direct_p50, 2)
+        burst_added = None
+        podi_wall = _median(dig(peer, "burst", "podiWallSeconds"))
+        direct_wall = _median(dig(peer, "burst", "directWallSeconds"))
+        jobs = dig(peer, "settings", "burst") or 100
+        if podi_wall is not None and direct_wall is not None:
+            burst_added = round((podi_wall - direct_wall) * 1000 / jobs, 2)
+        burst_cpu = _median(
+            [dig(r, "meter", "podiCpuMsPerTask") for r in dig(peer, "burst", "podi") or []]
+        )
+        row(f"PODI's added time per job, sequential p50 ({label})", "≤ 30 ms", seq_added, 30,
+            False, source, " ms")  # fmt: skip
+        row(f"PODI's added wall per job, burst ({label})", f"≤ {burst_bound} ms", burst_added,
+            burst_bound, False, source, " ms")  # fmt: skip
+        row(f"PODI CPU per task, sequential ({label})", "≤ 30 ms",
+            dig(peer, "figures", "cpuMsPerTask"), 30, False, source, " ms")  # fmt: skip
+        row(f"PODI CPU per task, burst ({label})", "≤ 40 ms", burst_cpu, 40, False, source,
+            " ms")  # fmt: skip
+    share = dig(t, "submitThroughput", "shareOfTpcb")
+    row("submit over HTTP, share of TPC-B", "≥ 4 %", share, 0.04, True, tasks, "%")
+    p99 = dig(t, "pacedSubmit", "latencyMs", "p99")
+    if dig(t, "pacedSubmit", "saturated"):
+        p99 = float("inf")
+    row("paced submit 100/s, p99, not saturated", "≤ 250 ms", p99, 250, False, tasks, " ms")
+    http = dig(w, "figures", "http", "ratio")
+    row("hot-account freeze+confirm, HTTP", "≥ 2 %", http, 0.02, True, wallet, "%")
+
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    print("ADR 0022 bounds, in place of the §8 ratio, CPU, submit and HTTP-pair rows")
+    head = ("what", "bound", "figure", "")
+    print("  " + "  ".join(h.ljust(widths[i]) for i, h in enumerate(head)) + "  from")
+    for r in rows:
+        print("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
 
 
 if __name__ == "__main__":
