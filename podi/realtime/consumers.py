@@ -113,16 +113,15 @@ def event_text(event: dict, *, with_user: bool) -> str:
     cache_key = "__text_user" if with_user else "__text"
     text = event.get(cache_key)
     if text is None:
-        payload = event.get("__payload", event)
-        if payload is event:
-            payload = event["__payload"] = stream_payload_for_sending(
+        if "__payload" not in event:  # once per event, for both wire forms
+            event["__payload"] = stream_payload_for_sending(
                 str(event.get("type")), event.get("payload")
             )
         wire = {
             "id": event.get("id"),
             "seq": event.get("seq"),
             "type": event.get("type"),
-            "payload": payload,
+            "payload": event["__payload"],
             "timestamp": event.get("timestamp"),
         }
         if with_user:
