@@ -172,18 +172,39 @@ def _services_client(user_id, seconds, ready, go, results, index, record_events)
     for n in range(10):  # warm up: connect, fill caches
         hold, _ = hold_freeze(user=user, task_id=f"warm{index}_{n}", points=POINTS)
         hold_confirm(hold=hold)
+    backend = _backend_pid()
     ready.release()
     go.wait()
     deadline = time.monotonic() + seconds
     latencies, pairs = [], 0
+    cpu, server_cpu = time.process_time(), _process_cpu(backend)
     while time.monotonic() < deadline:
         began = time.perf_counter()
         hold, created = hold_freeze(user=user, task_id=f"s{pairs}_{index}", points=POINTS)
         hold_confirm(hold=hold)
         latencies.append(time.perf_counter() - began)
         pairs += 1
+    cpu, server_cpu = time.process_time() - cpu, _process_cpu(backend) - server_cpu
     connections.close_all()
-    results.put({"pairs": pairs, "latencies": latencies})
+    results.put({"pairs": pairs, "latencies": latencies, "cpu": cpu, "serverCpu": server_cpu})
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` on this machine; NaN when unreadable (a
+    PostgreSQL server elsewhere): the cost per pair that machine noise does not blur."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def phase_services(user_id: int, clients: int, seconds: int, *, record_events: bool) -> dict:
@@ -307,7 +328,7 @@ def summarise(outputs: list[dict], elapsed: float, *, clients: str) -> dict:
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
 
-    return {
+    figures = {
         "clients": clients,
         "pairs": pairs,
         "seconds": round(elapsed, 2),
@@ -320,6 +341,13 @@ def summarise(outputs: list[dict], elapsed: float, *, clients: str) -> dict:
         if latencies
         else None,
     }
+    if pairs and all("cpu" in out for out in outputs):
+        # Process CPU per pair: the clients' own, and their PostgreSQL backends'.
+        figures["cpuMsPerPair"] = {
+            "clients": round(sum(out["cpu"] for out in outputs) / pairs * 1000, 3),
+            "postgres": round(sum(out["serverCpu"] for out in outputs) / pairs * 1000, 3),
+        }
+    return figures
 
 
 def check_invariants(user) -> dict:
@@ -452,6 +480,11 @@ def run(args, url: str, env: dict) -> int:
             f"  {'PASS' if figure['meetsTarget'] else 'MISS'}"
             f"  p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms per pair"
         )
+        if cpu := figure.get("cpuMsPerPair"):
+            print(
+                f"             CPU per pair: clients {cpu['clients']:.2f} ms, "
+                f"their PostgreSQL backends {cpu['postgres']:.2f} ms"
+            )
     if not args.skip_diagnostic:
         diagnostic["ratio"] = round(diagnostic["pairsPerSecond"] / reference["tps"], 4)
         print(

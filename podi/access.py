@@ -84,11 +84,24 @@ class Principal:
 # ids → {id: owner user id} for the ids that exist
 OwnerLookup = Callable[[list[str]], dict[str, int]]
 _owner_lookups: dict[str, OwnerLookup] = {}
+_owner_sql: dict[str, str] = {}
 
 
-def register_owner_lookup(kind: str, lookup: OwnerLookup) -> None:
-    """Called from the owning app's ``AppConfig.ready()`` (``tasks`` registers ``"task"``)."""
+def register_owner_lookup(kind: str, lookup: OwnerLookup, *, owner_sql: str = "") -> None:
+    """Called from the owning app's ``AppConfig.ready()`` (``tasks`` registers ``"task"``).
+
+    ``owner_sql``: a ``SELECT`` of one column, the owner's user id, of the object whose id is
+    its one parameter (``%s``), for a caller that checks ownership inside its own statement."""
     _owner_lookups[kind] = lookup
+    if owner_sql:
+        _owner_sql[kind] = owner_sql
+    else:
+        _owner_sql.pop(kind, None)
+
+
+def owner_sql_of(kind: str) -> str:
+    """``owner_sql`` registered for ``kind``, or '' (then ask ``owners_of``)."""
+    return _owner_sql.get(kind, "")
 
 
 def owners_of(kind: str, ids: Iterable[str]) -> dict[str, int]:

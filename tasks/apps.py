@@ -18,11 +18,16 @@ class TasksConfig(AppConfig):
             register_webhook_body_hook,
         )
         from tasks import actors  # noqa: F401  (declares the actors services ring by name)
-        from tasks.selectors import task_owner_ids, tasks_followable, tasks_live_holds
+        from tasks.selectors import (
+            task_owner_ids,
+            task_owner_sql,
+            tasks_followable,
+            tasks_live_holds,
+        )
         from tasks.services import callback_body_for_sending, stream_payload_for_sending
         from wallet.services import register_live_hold_check
 
-        register_owner_lookup("task", task_owner_ids)
+        register_owner_lookup("task", task_owner_ids, owner_sql=task_owner_sql())
         register_followable("task", tasks_followable)
         register_webhook_body_hook(callback_body_for_sending)
         register_stream_payload_hook(stream_payload_for_sending)

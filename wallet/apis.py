@@ -198,16 +198,16 @@ class HoldFreezeApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         user = acting_user(request, values.get("userId"))
-        with transaction.atomic():
-            hold, created = hold_freeze(
-                user=user,
-                task_id=values["taskId"],
-                points=values["points"],
-                action=values.get("action", ""),
-                channel=values.get("channel", ""),
-                ttl_seconds=values.get("ttlSeconds"),
-                owner_settles=not _privileged(request),
-            )
+        # The service is its own transaction (on PostgreSQL one statement, event included).
+        hold, created = hold_freeze(
+            user=user,
+            task_id=values["taskId"],
+            points=values["points"],
+            action=values.get("action", ""),
+            channel=values.get("channel", ""),
+            ttl_seconds=values.get("ttlSeconds"),
+            owner_settles=not _privileged(request),
+        )
         return Response(
             self.OutputSerializer(hold).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -244,8 +244,7 @@ class HoldConfirmApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         hold = hold_get_for_principal(principal_of(request), data.validated_data["holdId"])
-        with transaction.atomic(durable=True):
-            hold = hold_confirm(hold=hold, points=data.validated_data.get("points"))
+        hold = hold_confirm(hold=hold, points=data.validated_data.get("points"))
         return Response(self.OutputSerializer(hold).data)
 
 
@@ -271,8 +270,7 @@ class HoldReleaseApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         hold = hold_get_for_principal(principal_of(request), data.validated_data["holdId"])
-        with transaction.atomic(durable=True):
-            hold = hold_release(hold=hold)
+        hold = hold_release(hold=hold)
         return Response(self.OutputSerializer(hold).data)
 
 

@@ -1,15 +1,18 @@
 """Writes of the wallet. Every function here:
 
-- runs in ``transaction.atomic()`` (never ``durable``: ``task_submit``/``task_finish`` call them
-  inside their own transaction; the API views make the outermost block durable);
+- is one transaction: ``transaction.atomic()`` (never ``durable``: ``task_submit``/``task_finish``
+  call them inside their own transaction) or, on PostgreSQL, a freeze and a whole-hold settle
+  as one statement with their event, which outside a caller's transaction commits by itself
+  (docs/adr/0023-money-moves-in-one-statement.md);
 - decides with guarded updates that must change exactly one row, never read-then-write:
   a hold changes state only by ``UPDATE … WHERE status = 'held'`` (so it is settled once, however
   many callers race), and the account only by a relative ``UPDATE … SET balance = balance + x …
   WHERE balance + x >= 0 RETURNING balance, frozen``, which takes the account's row lock and
   returns the figures the ledger entry records. ``CheckConstraint``s back both;
-- takes row locks in one order — the hold first, then its account — so writers never wait on
-  each other in a cycle, and holds the hot account row only for that ``UPDATE``, one ``INSERT``
-  and the commit (ADR 0003);
+- takes row locks in one order — the hold first, then its account; a freeze on PostgreSQL,
+  whose hold is new, locks the account and then the hold's (account, task) key — so
+  writers never wait on each other in a cycle, and holds the hot account row only for that
+  ``UPDATE``, the inserts and the commit (ADR 0003, ADR 0023);
 - writes one ledger entry per change of the account in the same transaction;
 - emits a ``wallet.points`` event ``{taskId?, holdId, status, points, balance}``, published after
   commit.
@@ -20,6 +23,7 @@ whole transaction; the same statements are correct there too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -30,9 +34,9 @@ from django.db.models import CharField, F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from podi.access import owners_of
+from podi.access import owner_sql_of, owners_of
 from podi.errors import AppError, validation_error
-from podi.realtime.events import emit
+from podi.realtime.events import StatementEvent, emit, emit_in_statement
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
 from wallet.selectors import account_for_user, hold_get
@@ -246,16 +250,52 @@ def _insufficient(account: Account, needed: int, message: str) -> AppError:
     )
 
 
-def _emit(account: Account, *, status: str, points: int, hold: Hold | None = None) -> None:
+def _payload(account: Account, *, status: str, points: int, hold: Hold | None) -> dict:
     payload: dict = {"holdId": hold.public_id if hold else None}
     if hold is not None and hold.task_id:
         payload["taskId"] = hold.task_id
     payload.update(status=status, points=points, balance=account.balance)
+    return payload
+
+
+def _emit(account: Account, *, status: str, points: int, hold: Hold | None = None) -> None:
     emit(
         user_id=account.user_id,
         type=EVENT_TYPE,
-        payload=payload,
+        payload=_payload(account, status=status, points=points, hold=hold),
         task_id=(hold.task_id or None) if hold else None,
+    )
+
+
+def _payload_sql(hold: str, account: str, status: str) -> str:
+    """``_payload`` of a whole hold in SQL, for an event recorded in the statement that moved
+    it: ``hold`` and ``account`` name its CTEs; ``status`` is one of our own words."""
+    if status not in {"frozen", "deducted", "released"}:
+        raise ValueError(status)
+    return (
+        f"jsonb_build_object('holdId', {hold}.public_id, 'status', '{status}', "
+        f"'points', {hold}.points, 'balance', {account}.balance) || CASE WHEN "
+        f"{hold}.task_id <> '' THEN jsonb_build_object('taskId', {hold}.task_id) "
+        "ELSE '{}'::jsonb END"
+    )
+
+
+def _statement_event(hold: str, account: str, status: str) -> StatementEvent | None:
+    return emit_in_statement(
+        type=EVENT_TYPE,
+        source=f"{hold} CROSS JOIN {account}",
+        user_sql=f"{account}.user_id",
+        task_sql=f"{hold}.task_id",
+        payload_sql=_payload_sql(hold, account, status),
+    )
+
+
+def _emitted(recorded: StatementEvent, seq, account: Account, *, status: str, hold: Hold) -> None:
+    recorded.emitted(
+        user_id=account.user_id,
+        payload=_payload(account, status=status, points=hold.points, hold=hold),
+        seq=seq,
+        task_id=hold.task_id or None,
     )
 
 
@@ -349,6 +389,127 @@ def wallet_adjust(*, user, points: int, reason: str, staff_user) -> LedgerEntry:
 # --- Holds ----------------------------------------------------------------------------------
 
 
+@functools.cache
+def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, list, list]:
+    """Freeze in one statement (PostgreSQL): move the points on the user's account (guarded:
+    enough balance and, with ``owner_sql``, the task is nobody else's), insert the hold on it
+    and append the entry; ``ctes`` may record the event too. Returns the SQL and the hold's and
+    the entry's fields given as parameters, in order."""
+    quote = connection.ops.quote_name
+    account_table, hold_table = quote(Account._meta.db_table), quote(Hold._meta.db_table)
+    hold_fields = [
+        f for f in Hold._meta.concrete_fields if not f.primary_key and f.attname != "account_id"
+    ]
+    from_rows = {
+        "account_id": "m.id",
+        "balance_after": "m.balance",
+        "frozen_after": "m.frozen",
+        "hold_id": "h.id",
+    }
+    entry_fields = _entry_fields()
+    given = [f for f in entry_fields if f.attname not in from_rows]
+    items = [
+        from_rows.get(f.attname)
+        or f"%s::{'text' if isinstance(f, CharField) else f.cast_db_type(connection)}"
+        for f in entry_fields
+    ]
+    # Only table and column names of our own models are interpolated; values are parameters.
+    owner_guard = (
+        f" AND NOT EXISTS (SELECT 1 FROM ({owner_sql}) o WHERE o.user_id <> a.user_id)"  # noqa: S608
+        if owner_sql
+        else ""
+    )
+    move = (
+        f"UPDATE {account_table} a SET balance = a.balance - %s, frozen = a.frozen + %s, "  # noqa: S608
+        f"updated_at = %s WHERE a.user_id = %s AND a.balance - %s >= 0{owner_guard} "
+        "RETURNING a.id, a.user_id, a.balance, a.frozen"
+    )
+    insert = (
+        f"INSERT INTO {hold_table} ({', '.join(quote(f.column) for f in hold_fields)}, "  # noqa: S608
+        f"{quote('account_id')}) SELECT {', '.join(['%s'] * len(hold_fields))}, m.id FROM m "
+        "RETURNING id, public_id, points, task_id"
+    )
+    append = (
+        f"INSERT INTO {quote(LedgerEntry._meta.db_table)} "  # noqa: S608
+        f"({', '.join(quote(f.column) for f in entry_fields)}) "
+        f"SELECT {', '.join(items)} FROM h CROSS JOIN m RETURNING id"
+    )
+    sql = (
+        f"WITH m AS ({move}), h AS ({insert}), e AS ({append}){', ' + ctes if ctes else ''} "  # noqa: S608
+        f"SELECT m.id, m.balance, m.frozen, h.id, {seq_sql or 'NULL'} "
+        "FROM m CROSS JOIN h CROSS JOIN e"
+    )
+    return sql, hold_fields, given
+
+
+_NEEDS = "Needs {needed} points; the balance is {balance}."
+
+
+def _check_task_owner(task_id: str, user) -> None:
+    """404 ``WALLET_TASK_NOT_FOUND`` when ``task_id`` names another user's PODI task."""
+    if owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
+        raise AppError(codes.WALLET_TASK_NOT_FOUND, details={"taskId": task_id})
+
+
+def _run_one(sql: str, params: list) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql: str) -> None:
+    """``hold_freeze``'s write on PostgreSQL, in one statement with its event: in autocommit it is
+    its own transaction, so the hot account row is locked only while that statement runs.
+
+    Lock order: the account's row, then the new hold's (account, task) key, for every freeze;
+    a duplicate raises ``IntegrityError`` with nothing written. Not enough points → 402; a user
+    without an account gets one first (a first freeze refused leaves it empty, never a hold).
+    """
+    recorded = _statement_event("h", "m", "frozen")
+    in_block = transaction.get_connection().in_atomic_block
+    # A savepoint only where the caller's transaction must survive a duplicate; no transaction
+    # block at all where the statement, event included, is the whole change.
+    block = (
+        contextlib.nullcontext()
+        if recorded is not None and not in_block
+        else transaction.atomic(savepoint=not new_task)
+    )
+    sql, hold_fields, given = _freeze_in_one_sql(
+        recorded.ctes if recorded else "", recorded.seq_sql if recorded else "", owner_sql
+    )
+    points = hold.points
+    entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points, created_at=now)
+    params = [points, points, now, user.pk, points]
+    if owner_sql:
+        params.append(hold.task_id)
+    params += [f.get_db_prep_save(getattr(hold, f.attname), connection) for f in hold_fields]
+    params += [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
+    if recorded is not None:
+        params += recorded.params
+    with block:
+        row = _run_one(sql, params)
+        if row is None and owner_sql:
+            _check_task_owner(hold.task_id, user)
+        if row is None and not Account.objects.filter(user_id=user.pk).exists():
+            # No account yet: created for this change, and gone again if it is refused.
+            with transaction.atomic():
+                account_for_user(user)
+                row = _run_one(sql, params)
+                if row is None:
+                    raise _insufficient(_account_ref(user), points, _NEEDS)
+        if row is None:
+            raise _insufficient(_account_ref(user), points, _NEEDS)
+        account_id, balance, frozen, hold_pk, seq = row
+        account = Account(pk=account_id, user_id=user.pk, balance=balance, frozen=frozen)
+        account.updated_at = now
+        hold.pk, hold.account = hold_pk, account
+        hold._state.adding, hold._state.db = False, connection.alias
+        if recorded is not None:
+            _emitted(recorded, seq, account, status="frozen", hold=hold)
+        else:
+            _emit(account, status="frozen", points=points, hold=hold)
+
+
 def hold_freeze(
     *,
     user,
@@ -381,34 +542,39 @@ def hold_freeze(
         raise validation_error({"taskId": ["At most 64 characters."]})
     if new_task and not (task_id and transaction.get_connection().in_atomic_block):
         raise ValueError("new_task needs the task id and the caller's transaction")
-    if task_id and not new_task and owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
-        raise AppError(codes.WALLET_TASK_NOT_FOUND, details={"taskId": task_id})
+    # On PostgreSQL the freeze's own statement checks whose task it is (one round trip less).
+    owner_sql = ""
+    if task_id and not new_task:
+        owner_sql = owner_sql_of("task") if connection.vendor == "postgresql" else ""
+        if not owner_sql:
+            _check_task_owner(task_id, user)
     if ttl_seconds is None:
         ttl_seconds = settings.WALLET_HOLD_TTL
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
         raise validation_error({"ttlSeconds": ["Must be a positive integer."]})
+    now = timezone.now()
+    hold = Hold(
+        task_id=task_id,
+        points=points,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+        action=(action or "")[:100],
+        channel=(channel or "")[:64],
+        owner_settles=owner_settles,
+        created_at=now,
+        updated_at=now,
+    )
     try:
-        with transaction.atomic(savepoint=not new_task):
-            now = timezone.now()
-            # The hold first: a second freeze for the same task stops here, on the unique
-            # (account, task_id) constraint, before it touches the account row.
-            hold = Hold(
-                task_id=task_id,
-                points=points,
-                expires_at=now + timedelta(seconds=ttl_seconds),
-                action=(action or "")[:100],
-                channel=(channel or "")[:64],
-                owner_settles=owner_settles,
-                created_at=now,
-                updated_at=now,
-            )
-            account = _hold_insert(hold, user)
-            entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points)
-            if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
-                raise _insufficient(
-                    account, points, "Needs {needed} points; the balance is {balance}."
-                )
-            _emit(account, status="frozen", points=points, hold=hold)
+        if connection.vendor == "postgresql":
+            _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
+        else:
+            with transaction.atomic(savepoint=not new_task):
+                # The hold first: a second freeze for the same task stops here, on the unique
+                # (account, task_id) constraint, before it touches the account row.
+                account = _hold_insert(hold, user)
+                entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points)
+                if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
+                    raise _insufficient(account, points, _NEEDS)
+                _emit(account, status="frozen", points=points, hold=hold)
     except IntegrityError:
         account = _account_ref(user)
         existing = (
@@ -545,9 +711,10 @@ def _took(hold: Hold, settled: Hold) -> Hold:
 
 
 @functools.cache
-def _settle_in_one_sql(status: str) -> tuple[str, list]:
+def _settle_in_one_sql(status: str, ctes: str = "", seq_sql: str = "") -> tuple[str, list]:
     """Settle a held hold (by public id), move its points on the account and append its entry,
-    in one statement: the hold's row lock first, then the account's (the module's order)."""
+    in one statement: the hold's row lock first, then the account's (the module's order);
+    ``ctes`` may record the event too."""
     quote = connection.ops.quote_name
     hold_table, account_table = quote(Hold._meta.db_table), quote(Account._meta.db_table)
     hold_columns = ", ".join(f"h.{quote(f.column)}" for f in Hold._meta.concrete_fields)
@@ -589,8 +756,9 @@ def _settle_in_one_sql(status: str) -> tuple[str, list]:
         f"SELECT {', '.join(items)} FROM s CROSS JOIN m RETURNING id"
     )
     sql = (
-        f"WITH s AS ({settle}), m AS ({move}), e AS ({append}) "  # noqa: S608
-        "SELECT s.*, m.user_id, m.balance, m.frozen FROM s CROSS JOIN m CROSS JOIN e"
+        f"WITH s AS ({settle}), m AS ({move}), e AS ({append}){', ' + ctes if ctes else ''} "  # noqa: S608
+        f"SELECT s.*, m.user_id, m.balance, m.frozen, {seq_sql or 'NULL'} "
+        "FROM s CROSS JOIN m CROSS JOIN e"
     )
     return sql, given
 
@@ -601,30 +769,37 @@ def _settle_in_one(hold_id: str, status: str) -> Hold | None:
     if connection.vendor != "postgresql" or not isinstance(hold_id, str):
         return None
     confirm = status == HoldStatus.CONFIRMED
+    word = "deducted" if confirm else "released"
     now = timezone.now()
     entry = LedgerEntry(type=EntryType.CONFIRM if confirm else EntryType.RELEASE, created_at=now)
-    sql, given = _settle_in_one_sql(status)
+    recorded = _statement_event("s", "m", word)
+    sql, given = _settle_in_one_sql(
+        status, recorded.ctes if recorded else "", recorded.seq_sql if recorded else ""
+    )
     params: list = [status, now, now, hold_id, HoldStatus.HELD]
     if confirm:
         params.append(now)
     params.append(now)
     params += [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    names = [f.attname for f in Hold._meta.concrete_fields]
-    hold = Hold(**dict(zip(names, row, strict=False)))
-    hold._state.adding, hold._state.db = False, connection.alias
-    user_id, balance, frozen = row[len(names) :]
-    account = Account(pk=hold.account_id, user_id=user_id, balance=balance, frozen=frozen)
-    account.updated_at = now
-    hold.account = account
-    if confirm:
-        _emit(account, status="deducted", points=hold.points, hold=hold)
-    else:
-        _emit(account, status="released", points=hold.points, hold=hold)
+    if recorded is not None:
+        params += recorded.params
+    # With the event in the statement, it is the whole change: no transaction block of its own.
+    block = contextlib.nullcontext() if recorded else transaction.atomic(savepoint=False)
+    with block:
+        row = _run_one(sql, params)
+        if row is None:
+            return None
+        names = [f.attname for f in Hold._meta.concrete_fields]
+        hold = Hold(**dict(zip(names, row, strict=False)))
+        hold._state.adding, hold._state.db = False, connection.alias
+        user_id, balance, frozen, seq = row[len(names) :]
+        account = Account(pk=hold.account_id, user_id=user_id, balance=balance, frozen=frozen)
+        account.updated_at = now
+        hold.account = account
+        if recorded is not None:
+            _emitted(recorded, seq, account, status=word, hold=hold)
+        else:
+            _emit(account, status=word, points=hold.points, hold=hold)
     return hold
 
 

@@ -15,10 +15,14 @@ class RealtimeConfig(AppConfig):
         from podi.realtime import actors  # noqa: F401  (declares the delivery actor)
         from podi.realtime.events import register_sink, set_recorder
         from podi.realtime.publisher import channel_layer_sink
-        from podi.realtime.services import event_record, events_record
+        from podi.realtime.services import (
+            event_record,
+            event_record_in_statement,
+            events_record,
+        )
         from podi.realtime.webhooks import check_signing_secret
 
         if settings.WEBHOOK_SECRET:
             check_signing_secret(settings.WEBHOOK_SECRET)  # fail at start, not at send
-        set_recorder(event_record, several=events_record)
+        set_recorder(event_record, several=events_record, in_statement=event_record_in_statement)
         register_sink(channel_layer_sink)

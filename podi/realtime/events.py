@@ -57,12 +57,16 @@ SeveralRecorder = Callable[[list[tuple[Event, "Webhook | None"]]], list[Event]]
 # (principal, ids) → (ids of the principal's own objects, ids of others' it may follow)
 Followable = Callable[[Principal, list[str]], tuple[set[str], set[str]]]
 WebhookBodyHook = Callable[[dict[str, Any]], dict[str, Any]]
+# (event id, type, time, FROM list, SQL for the user id, task id and payload) → CTEs recording
+# that event inside the caller's own statement, and their parameters (``emit_in_statement``).
+StatementRecorder = Callable[..., tuple[str, list]]
 # (event type, payload) → the payload as the stream sends it (never the persisted one)
 StreamPayloadHook = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 _sinks: list[EventSink] = []
 _recorder: list[EventRecorder] = []
 _several: list[SeveralRecorder] = []
+_in_statement: list[StatementRecorder] = []
 _followable: dict[str, Followable] = {}
 _webhook_body_hooks: list[WebhookBodyHook] = []
 _stream_payload_hooks: list[StreamPayloadHook] = []
@@ -83,12 +87,18 @@ def unregister_sink(sink: EventSink) -> None:
         _sinks.remove(sink)
 
 
-def set_recorder(recorder: EventRecorder | None, several: SeveralRecorder | None = None) -> None:
+def set_recorder(
+    recorder: EventRecorder | None,
+    several: SeveralRecorder | None = None,
+    in_statement: StatementRecorder | None = None,
+) -> None:
     """Wired once by ``RealtimeConfig.ready``; ``None`` publishes unpersisted (benchmarks).
     ``several`` records a user's events at once (``events_batched``); without it they are
-    recorded one by one."""
+    recorded one by one. ``in_statement`` lends ``emit_in_statement`` the SQL that records an
+    event inside a caller's own statement (PostgreSQL); without it callers emit as usual."""
     _recorder[:] = [recorder] if recorder else []
     _several[:] = [several] if recorder and several else []
+    _in_statement[:] = [in_statement] if recorder and in_statement else []
 
 
 def register_followable(kind: str, resolver: Followable) -> None:
@@ -169,6 +179,69 @@ def emit(
         event = _recorder[0](event, webhook)
     publish_on_commit(event, using=using)
     return event
+
+
+@dataclass
+class StatementEvent:
+    """An event recorded by the caller's own SQL statement (``emit_in_statement``).
+
+    Put ``ctes`` (with ``params``, in that place) into the statement's ``WITH`` list after the
+    CTEs its FROM list names, select ``seq_sql``, and once the statement has run call
+    ``emitted`` with what it wrote: the event is then published after commit, as ``emit`` does.
+    """
+
+    id: str
+    type: str
+    at: datetime
+    ctes: str
+    params: list
+    seq_sql: str = "(SELECT seq FROM podi_event_row)"
+
+    def emitted(
+        self, *, user_id: int, payload: dict[str, Any], seq: int | None, task_id: str | None = None,
+        using: str = "default",
+    ) -> Event:  # fmt: skip
+        event = {
+            "id": self.id,
+            "seq": seq,
+            "type": self.type,
+            "userId": user_id,
+            "taskId": task_id,
+            "payload": payload,
+            "timestamp": self.at.isoformat().replace("+00:00", "Z"),
+        }
+        publish_on_commit(event, using=using)
+        return event
+
+
+def emit_in_statement(
+    *, type: str, source: str, user_sql: str, task_sql: str, payload_sql: str
+) -> StatementEvent | None:
+    """Record an event of ``type`` inside the caller's own data-modifying statement, so a write
+    and its event take one round trip (and, in autocommit, one transaction with no BEGIN and
+    COMMIT of its own): the user's seq cursor is bumped and the event row inserted by two
+    CTEs reading ``source`` (the caller's FROM list, one row), where ``user_sql``, ``task_sql``
+    (text, '' for none) and ``payload_sql`` (jsonb) are SQL expressions over it.
+
+    None when the event must go through ``emit`` instead: no statement recorder (not
+    PostgreSQL, or events unpersisted), or inside ``events_batched``, whose events are
+    recorded together at its end. Only our own SQL is interpolated; values are parameters.
+    """
+    if not _in_statement or getattr(_batch, "pending", None) is not None:
+        return None
+    event_id, at = new_id("evt"), datetime.now(UTC)
+    ctes, params = _in_statement[0](
+        event_id,
+        type,
+        at,
+        source=source,
+        user_sql=user_sql,
+        task_sql=task_sql,
+        payload_sql=payload_sql,
+    )
+    if not ctes:
+        return None
+    return StatementEvent(id=event_id, type=type, at=at, ctes=ctes, params=params)
 
 
 @contextlib.contextmanager

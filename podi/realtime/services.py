@@ -153,6 +153,31 @@ def _sql() -> tuple[str, str, str]:
     return bump, insert, both
 
 
+@functools.cache
+def _in_statement_sql(source: str, user_sql: str, task_sql: str, payload_sql: str) -> str:
+    cursor_table, event_table, columns = _names()
+    # The cursor row is made on a user's first event (an upsert), so the caller's statement
+    # never has to be repeated for it; it stays locked to the statement's commit, as in _insert.
+    return (
+        f"podi_event_seq AS (INSERT INTO {cursor_table} (user_id, last_seq) "  # noqa: S608
+        f"SELECT {user_sql}, 1 FROM {source} ON CONFLICT (user_id) "
+        f"DO UPDATE SET last_seq = {cursor_table}.last_seq + 1 RETURNING last_seq), "
+        f"podi_event_row AS (INSERT INTO {event_table} ({columns}) "
+        f"SELECT %s, {user_sql}, podi_event_seq.last_seq, {task_sql}, %s, {payload_sql}, %s "
+        f"FROM podi_event_seq CROSS JOIN {source} RETURNING seq)"
+    )
+
+
+def event_record_in_statement(
+    event_id: str, type: str, at, *, source: str, user_sql: str, task_sql: str, payload_sql: str
+) -> tuple[str, list]:
+    """The statement recorder ``emit_in_statement`` calls: CTEs that bump the user's cursor and
+    insert the event, inside the caller's statement. PostgreSQL only (``("", [])`` elsewhere)."""
+    if connection.vendor != "postgresql":
+        return "", []
+    return _in_statement_sql(source, user_sql, task_sql, payload_sql), [event_id, type, at]
+
+
 def _insert(event: Event, *, user_id: int, now) -> int:
     """Insert the event with the user's next seq. The cursor row's lock orders seqs by commit.
 

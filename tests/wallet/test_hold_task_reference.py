@@ -92,9 +92,24 @@ def test_own_tasks_and_outside_references_are_still_fine(owner, funded_outsider,
 
 
 def test_the_service_refuses_too(victim_task, funded_outsider):
+    before = wallet_snapshot()
     with pytest.raises(AppError) as caught:
         hold_freeze(user=funded_outsider, task_id=victim_task.public_id, points=5)
     assert caught.value.code == "WALLET_TASK_NOT_FOUND"
+    assert wallet_snapshot() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_service_refuses_outside_a_transaction_too(outsider, owner):
+    # Autocommit: on PostgreSQL the freeze is one statement that checks whose task it is itself
+    # (docs/adr/0023-money-moves-in-one-statement.md); refused, it has committed nothing.
+    task = make_task(owner)
+    wallet_grant(user=outsider, points=100)
+    before = wallet_snapshot()
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=outsider, task_id=task.public_id, points=5)
+    assert caught.value.code == "WALLET_TASK_NOT_FOUND"
+    assert wallet_snapshot() == before
 
 
 def test_task_events_list_only_the_owners_events(victim_task, outsider, owner_client):

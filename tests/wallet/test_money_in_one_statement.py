@@ -1,0 +1,129 @@
+"""A freeze and a whole-hold settle, each with its ``wallet.points`` event, in one statement.
+
+On PostgreSQL a freeze moves the points, inserts the hold, appends the entry and records the
+event in one statement; outside a transaction that statement is the whole transaction (no
+``BEGIN``/``COMMIT`` of its own), so the hot account row is locked only while it runs
+(docs/adr/0023-money-moves-in-one-statement.md). The event it records is the one published,
+with consecutive seqs among the user's other events. On SQLite the same calls take the
+object path with the same answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from podi.errors import AppError
+from podi.realtime.models import Event, EventCursor
+from tests.wallet.conftest import wallet_snapshot
+from tests.wallet.invariants import assert_wallet_invariants
+from wallet.models import Hold
+from wallet.services import hold_confirm, hold_freeze, hold_release, wallet_grant
+
+_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
+POSTGRESQL = connection.vendor == "postgresql"
+
+
+def _stored(event_id: str) -> dict:
+    row = Event.objects.get(public_id=event_id)
+    return {"seq": row.seq, "taskId": row.task_public_id or None, "payload": row.payload}
+
+
+def _as_published(event: dict) -> dict:
+    return {"seq": event["seq"], "taskId": event["taskId"], "payload": event["payload"]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_freeze_and_confirm_are_one_statement_each_with_their_event(owner, published):
+    wallet_grant(user=owner, points=100)
+    granted = len(published)
+    with CaptureQueriesContext(connection) as freezing:
+        hold, created = hold_freeze(user=owner, task_id="ext-1", points=30, action="txt2img")
+    with CaptureQueriesContext(connection) as confirming:
+        settled = hold_confirm(hold=hold)
+    if POSTGRESQL:
+        for queries, tables in (
+            (freezing, ("wallet_account", "wallet_hold", "wallet_ledgerentry")),
+            (confirming, ("wallet_hold", "wallet_account", "wallet_ledgerentry")),
+        ):
+            # One statement, and no transaction block around it: it commits by itself.
+            assert [q["sql"][:4] for q in queries] == ["WITH"]
+            assert all(f'"{t}"' in queries[0]["sql"] for t in (*tables, "realtime_event"))
+    assert created and (settled.status, settled.deducted) == ("confirmed", 30)
+    assert (settled.account.balance, settled.account.frozen) == (70, 0)
+    # What was published is what was recorded, on the seqs after the grant's event.
+    events = published[granted:]
+    assert [e["payload"]["status"] for e in events] == ["frozen", "deducted"]
+    assert [e["payload"] for e in events] == [
+        {"holdId": hold.public_id, "taskId": "ext-1", "status": "frozen", "points": 30, "balance": 70},
+        {"holdId": hold.public_id, "taskId": "ext-1", "status": "deducted", "points": 30, "balance": 70},
+    ]  # fmt: skip
+    assert [_stored(e["id"]) for e in events] == [_as_published(e) for e in events]
+    seqs = [e["seq"] for e in published]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert EventCursor.objects.get(user=owner).last_seq == len(seqs)
+    assert_wallet_invariants(owner)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_release_without_a_task_reference_records_no_task(owner, published):
+    wallet_grant(user=owner, points=10)
+    hold, _ = hold_freeze(user=owner, task_id="", points=4)
+    released = hold_release(hold=hold)
+    assert released.status == "released" and released.account.balance == 10
+    events = published[-2:]
+    assert [e["payload"] for e in events] == [
+        {"holdId": hold.public_id, "status": "frozen", "points": 4, "balance": 6},
+        {"holdId": hold.public_id, "status": "released", "points": 4, "balance": 10},
+    ]
+    assert all(e["taskId"] is None for e in events)
+    assert [_stored(e["id"]) for e in events] == [_as_published(e) for e in events]
+    assert_wallet_invariants(owner)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refusals_outside_a_transaction_commit_nothing(owner, outsider, published):
+    wallet_grant(user=owner, points=10)
+    before, events_before = wallet_snapshot(), Event.objects.count()
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=owner, task_id="big", points=11)
+    assert (caught.value.code, caught.value.details) == (
+        "WALLET_INSUFFICIENT",
+        {"balance": 10, "required": 11},
+    )
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=outsider, task_id="t", points=1)  # no account yet
+    assert caught.value.code == "WALLET_INSUFFICIENT"
+    assert wallet_snapshot() == before and Event.objects.count() == events_before
+    assert [e["payload"].get("status") for e in published].count("frozen") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_freeze_again_outside_a_transaction_is_the_same_hold(owner, published):
+    wallet_grant(user=owner, points=50)
+    first, created = hold_freeze(user=owner, task_id="again", points=20)
+    frozen_events = len(published)
+    again, created_again = hold_freeze(user=owner, task_id="again", points=20)
+    assert (created, created_again, again.pk) == (True, False, first.pk)
+    assert again.account.balance == 30 and again.account.frozen == 20
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=owner, task_id="again", points=21)
+    assert caught.value.code == "WALLET_HOLD_CONFLICT"
+    assert len(published) == frozen_events  # the repeat raised no second event
+    assert Hold.objects.filter(task_id="again").count() == 1
+    assert_wallet_invariants(owner)
+
+
+@pytest.mark.django_db
+def test_inside_a_callers_transaction_a_duplicate_leaves_it_usable(owner):
+    wallet_grant(user=owner, points=50)
+    with transaction.atomic():
+        hold_freeze(user=owner, task_id="dup", points=5)
+        with pytest.raises(AppError) as caught:
+            hold_freeze(user=owner, task_id="dup", points=6)
+        assert caught.value.code == "WALLET_HOLD_CONFLICT"
+        # The caller's transaction goes on: the savepoint took only the refused statement.
+        hold, created = hold_freeze(user=owner, task_id="dup-2", points=7)
+    assert created and hold.account.balance == 38
+    assert_wallet_invariants(owner)
