@@ -148,7 +148,10 @@ class LedgerEntry(models.Model):
     Type = EntryType
 
     public_id = models.CharField(max_length=32, unique=True, default=new_entry_id, editable=False)
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # No index of its own: ``wallet_entry_account_idx`` (account, -created_at, -id) leads with it.
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     type = models.CharField(max_length=16, choices=EntryType.choices)
     points = models.BigIntegerField()
     amount = models.BigIntegerField(default=0)

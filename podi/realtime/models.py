@@ -29,7 +29,10 @@ class Event(models.Model):
     """A persisted event of a user's stream (task, wallet, agent events), replayable by ``seq``."""
 
     public_id = models.CharField(max_length=32, unique=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: ``event_user_seq`` (user, seq) leads with it.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     seq = models.BigIntegerField()
     task_public_id = models.CharField(
         max_length=64, blank=True, default="", help_text="The task the event is about, if any."
