@@ -61,16 +61,17 @@ def statements():
 # for one heartbeat pass of the process's monitor (two statements) landing inside the run.
 # Inside a worker process the attempt's claim for the worker adds two (ADR 0017).
 BUDGET = {
-    "postgresql": {"submit": 5, "dispatch": 6, "run": 14},
+    "postgresql": {"submit": 4, "dispatch": 6, "run": 14},
     "sqlite": {"submit": 8, "dispatch": 8, "run": 21},
 }
 # A task that starts in its submit (ADR 0018): the claim and the "running" event join the
 # submit, the catalog comes from the process's cache, and no dispatch pass runs. Submit and
 # finish record their events together (``events_batched``): one statement on PostgreSQL. On
 # PostgreSQL the finish settles the hold in one statement and learns from the slot's release
-# whether a queued task waits for it (ADR 0019).
+# whether a queued task waits for it (ADR 0019). The freeze is one statement there: the account,
+# the hold and its entry (ADR 0023).
 BUDGET_STARTED = {
-    "postgresql": {"submit": 6, "run": 14},
+    "postgresql": {"submit": 5, "run": 14},
     "sqlite": {"submit": 9, "run": 21},
 }
 
