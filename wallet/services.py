@@ -445,6 +445,10 @@ def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, li
 _NEEDS = "Needs {needed} points; the balance is {balance}."
 
 
+class _HeldBefore(Exception):
+    """The one-statement freeze wrote nothing because the task already has a hold."""
+
+
 def _check_task_owner(task_id: str, user) -> None:
     """404 ``WALLET_TASK_NOT_FOUND`` when ``task_id`` names another user's PODI task."""
     if owners_of("task", [task_id]).get(task_id, user.pk) != user.pk:
@@ -490,6 +494,11 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
         row = _run_one(sql, params)
         if row is None and owner_sql:
             _check_task_owner(hold.task_id, user)
+        if row is None and hold.task_id:
+            # A freeze of a task held before answers as a repeat (the same hold, or 409), even
+            # when the balance could not pay for it again: the account moved first, and stopped.
+            if Hold.objects.filter(account__user_id=user.pk, task_id=hold.task_id).exists():
+                raise _HeldBefore
         if row is None and not Account.objects.filter(user_id=user.pk).exists():
             # No account yet: created for this change, and gone again if it is refused.
             with transaction.atomic():
@@ -575,7 +584,7 @@ def hold_freeze(
                 if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
                     raise _insufficient(account, points, _NEEDS)
                 _emit(account, status="frozen", points=points, hold=hold)
-    except IntegrityError:
+    except (IntegrityError, _HeldBefore):
         account = _account_ref(user)
         existing = (
             Hold.objects.filter(account=account, task_id=task_id).first() if task_id else None

@@ -127,3 +127,21 @@ def test_inside_a_callers_transaction_a_duplicate_leaves_it_usable(owner):
         hold, created = hold_freeze(user=owner, task_id="dup-2", points=7)
     assert created and hold.account.balance == 38
     assert_wallet_invariants(owner)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_is_answered_as_a_repeat_when_the_balance_is_spent(owner):
+    # The one statement moves the account first; with nothing left to move, a repeat of a held
+    # task must still be the same hold (or 409), never 402 (found by the state machine).
+    wallet_grant(user=owner, points=5)
+    first, _ = hold_freeze(user=owner, task_id="all-of-it", points=5)
+    again, created = hold_freeze(user=owner, task_id="all-of-it", points=5)
+    assert (again.pk, created) == (first.pk, False)
+    assert (again.account.balance, again.account.frozen) == (0, 5)
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=owner, task_id="all-of-it", points=6)
+    assert caught.value.code == "WALLET_HOLD_CONFLICT"
+    with pytest.raises(AppError) as caught:
+        hold_freeze(user=owner, task_id="another", points=1)
+    assert caught.value.code == "WALLET_INSUFFICIENT"
+    assert_wallet_invariants(owner)
