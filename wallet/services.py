@@ -466,8 +466,8 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
     its own transaction, so the hot account row is locked only while that statement runs.
 
     Lock order: the account's row, then the new hold's (account, task) key, for every freeze;
-    a duplicate raises ``IntegrityError`` with nothing written. Not enough points → 402; a user
-    without an account gets one first (a first freeze refused leaves it empty, never a hold).
+    a duplicate raises ``IntegrityError`` with nothing written. Not enough points → 402, also
+    for a user without an account (none is made for a refusal).
     """
     recorded = _statement_event("h", "m", "frozen")
     in_block = transaction.get_connection().in_atomic_block
@@ -499,15 +499,15 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
             # when the balance could not pay for it again: the account moved first, and stopped.
             if Hold.objects.filter(account__user_id=user.pk, task_id=hold.task_id).exists():
                 raise _HeldBefore
-        if row is None and not Account.objects.filter(user_id=user.pk).exists():
-            # No account yet: created for this change, and gone again if it is refused.
-            with transaction.atomic():
-                account_for_user(user)
-                row = _run_one(sql, params)
-                if row is None:
-                    raise _insufficient(_account_ref(user), points, _NEEDS)
         if row is None:
-            raise _insufficient(_account_ref(user), points, _NEEDS)
+            account = Account.objects.filter(user_id=user.pk).only("id", "user_id").first()
+            if account is None:  # no account yet, so nothing to freeze (and none is made)
+                raise AppError(
+                    codes.WALLET_INSUFFICIENT,
+                    _NEEDS.format(needed=points, balance=0),
+                    details={"balance": 0, "required": points},
+                )
+            raise _insufficient(account, points, _NEEDS)
         account_id, balance, frozen, hold_pk, seq = row
         account = Account(pk=account_id, user_id=user.pk, balance=balance, frozen=frozen)
         account.updated_at = now
