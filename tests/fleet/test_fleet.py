@@ -37,11 +37,28 @@ def wait_terminal(fleet, load, timeout: float = 180) -> dict:
         if not report["notTerminal"] and not report["missing"]:
             return report
         if time.monotonic() > deadline:
+            stuck = [line.split()[0] for line in report["notTerminal"][:5]]
             raise AssertionError(
                 f"tasks not terminal after {timeout} s: {report['notTerminal'][:20]} "
-                f"statuses {report['statuses']}"
+                f"statuses {report['statuses']}\n{_log_lines_about(fleet, stuck)}"
             )
         time.sleep(2)
+
+
+def _log_lines_about(fleet, task_ids: list[str], per_task: int = 40) -> str:
+    """What every host logged about ``task_ids``, for a failure message (the hosts' logs go
+    with the fleet's directory unless PODI_FLEET_KEEP is set)."""
+    found: list[str] = []
+    for task_id in task_ids:
+        lines = [
+            f"{log.stem}: {line[:400]}"
+            for log in sorted(Path(fleet.logs).glob("*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if task_id in line
+        ]
+        found.append(f"-- {task_id}: {len(lines)} log lines, the last {per_task}:")
+        found.extend(lines[-per_task:])
+    return "\n".join(found)
 
 
 def assert_fleet_consistent(fleet, load, *, all_succeed: bool = True, timeout: float = 180):
