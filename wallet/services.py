@@ -116,6 +116,18 @@ def _entry_fields() -> list:
     return [f for f in LedgerEntry._meta.concrete_fields if not f.primary_key]
 
 
+def _entry_select(from_rows: dict[str, str]) -> tuple[list[str], list]:
+    """The ``SELECT`` items of an entry's insert, in column order: the SQL ``from_rows`` gives
+    for a column, else a typed parameter; and the fields given as parameters, in order."""
+    fields = _entry_fields()
+    items = [
+        from_rows.get(f.attname)
+        or f"%s::{'text' if isinstance(f, CharField) else f.cast_db_type(connection)}"
+        for f in fields
+    ]
+    return items, [f for f in fields if f.attname not in from_rows]
+
+
 @functools.cache
 def _apply_sql(entry_count: int) -> str:
     """``UPDATE`` the account and ``INSERT`` ``entry_count`` entries in one statement."""
@@ -407,12 +419,7 @@ def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, li
         "hold_id": "h.id",
     }
     entry_fields = _entry_fields()
-    given = [f for f in entry_fields if f.attname not in from_rows]
-    items = [
-        from_rows.get(f.attname)
-        or f"%s::{'text' if isinstance(f, CharField) else f.cast_db_type(connection)}"
-        for f in entry_fields
-    ]
+    items, given = _entry_select(from_rows)
     # Only table and column names of our own models are interpolated; values are parameters.
     owner_guard = (
         f" AND NOT EXISTS (SELECT 1 FROM ({owner_sql}) o WHERE o.user_id <> a.user_id)"  # noqa: S608
@@ -741,12 +748,7 @@ def _settle_in_one_sql(status: str, ctes: str = "", seq_sql: str = "") -> tuple[
         "channel": "s.channel",
     }
     fields = _entry_fields()
-    given = [f for f in fields if f.attname not in from_rows]  # parameters, in column order
-    items = [
-        from_rows.get(f.attname)
-        or f"%s::{'text' if isinstance(f, CharField) else f.cast_db_type(connection)}"
-        for f in fields
-    ]
+    items, given = _entry_select(from_rows)
     entries = quote(LedgerEntry._meta.db_table)
     overdue_guard = " AND h.expires_at > %s" if confirm else ""
     # Only table and column names of our own models are interpolated; values are parameters.
