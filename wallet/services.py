@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import CharField, F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -581,7 +581,17 @@ def hold_freeze(
     )
     try:
         if connection.vendor == "postgresql":
-            _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
+            for retry in (False, True):
+                try:
+                    _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
+                    break
+                except OperationalError as exc:
+                    # A repeat racing its task's settle can meet it on the (account, task) key
+                    # in the other order: PostgreSQL aborts one as a deadlock victim, with
+                    # nothing written. Once more, the settle has committed and the repeat is
+                    # answered as one. Not under a new task's submit (no savepoint to go back to).
+                    if retry or new_task or getattr(exc.__cause__, "sqlstate", "") != "40P01":
+                        raise
         else:
             with transaction.atomic(savepoint=not new_task):
                 # The hold first: a second freeze for the same task stops here, on the unique
