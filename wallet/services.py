@@ -27,9 +27,10 @@ import contextlib
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -402,11 +403,19 @@ def wallet_adjust(*, user, points: int, reason: str, staff_user) -> LedgerEntry:
 
 
 @functools.cache
-def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, list, list]:
-    """Freeze in one statement (PostgreSQL): move the points on the user's account (guarded:
-    enough balance and, with ``owner_sql``, the task is nobody else's), insert the hold on it
-    and append the entry; ``ctes`` may record the event too. Returns the SQL and the hold's and
-    the entry's fields given as parameters, in order."""
+def _freeze_in_one_sql(
+    ctes: str, seq_sql: str, owner_sql: str, key_first: bool
+) -> tuple[str, list, list]:
+    """Freeze in one statement (PostgreSQL): move the points on the user's account, insert the
+    hold on it and append the entry; ``ctes`` may record the event too. With ``owner_sql`` the
+    task must be nobody else's. Returns the SQL and the hold's and the entry's fields given as
+    parameters, in order.
+
+    ``key_first``: the hold is inserted first, so the hold's (account, task) key is taken before
+    the account's row, in the order every settle takes them (hold, then account); too few points
+    then fail the account's ``CHECK (balance >= 0)``, which undoes the statement. Otherwise (a new
+    task's freeze, whose key nobody else can hold) the account moves first under a guard, and
+    too few points write nothing without an error, so the caller's transaction stays usable."""
     quote = connection.ops.quote_name
     account_table, hold_table = quote(Account._meta.db_table), quote(Hold._meta.db_table)
     hold_fields = [
@@ -426,23 +435,38 @@ def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, li
         if owner_sql
         else ""
     )
-    move = (
-        f"UPDATE {account_table} a SET balance = a.balance - %s, frozen = a.frozen + %s, "  # noqa: S608
-        f"updated_at = %s WHERE a.user_id = %s AND a.balance - %s >= 0{owner_guard} "
-        "RETURNING a.id, a.user_id, a.balance, a.frozen"
-    )
-    insert = (
-        f"INSERT INTO {hold_table} ({', '.join(quote(f.column) for f in hold_fields)}, "  # noqa: S608
-        f"{quote('account_id')}) SELECT {', '.join(['%s'] * len(hold_fields))}, m.id FROM m "
-        "RETURNING id, public_id, points, task_id"
-    )
+    hold_columns = f"{', '.join(quote(f.column) for f in hold_fields)}, {quote('account_id')}"
+    hold_values = ", ".join(["%s"] * len(hold_fields))
+    moved = "a.balance - %s, frozen = a.frozen + %s, updated_at = %s"
+    if key_first:
+        insert = (
+            f"INSERT INTO {hold_table} ({hold_columns}) SELECT {hold_values}, a.id "  # noqa: S608
+            f"FROM {account_table} a WHERE a.user_id = %s{owner_guard} "
+            "RETURNING id, public_id, points, task_id, account_id"
+        )
+        move = (
+            f"UPDATE {account_table} a SET balance = {moved} WHERE a.user_id = %s "  # noqa: S608
+            "AND EXISTS (SELECT 1 FROM h) RETURNING a.id, a.user_id, a.balance, a.frozen"
+        )
+        first = f"h AS ({insert}), m AS ({move})"
+    else:
+        move = (
+            f"UPDATE {account_table} a SET balance = {moved} "  # noqa: S608
+            f"WHERE a.user_id = %s AND a.balance - %s >= 0{owner_guard} "
+            "RETURNING a.id, a.user_id, a.balance, a.frozen"
+        )
+        insert = (
+            f"INSERT INTO {hold_table} ({hold_columns}) SELECT {hold_values}, m.id FROM m "  # noqa: S608
+            "RETURNING id, public_id, points, task_id"
+        )
+        first = f"m AS ({move}), h AS ({insert})"
     append = (
         f"INSERT INTO {quote(LedgerEntry._meta.db_table)} "  # noqa: S608
         f"({', '.join(quote(f.column) for f in entry_fields)}) "
         f"SELECT {', '.join(items)} FROM h CROSS JOIN m RETURNING id"
     )
     sql = (
-        f"WITH m AS ({move}), h AS ({insert}), e AS ({append}){', ' + ctes if ctes else ''} "  # noqa: S608
+        f"WITH {first}, e AS ({append}){', ' + ctes if ctes else ''} "  # noqa: S608
         f"SELECT m.id, m.balance, m.frozen, h.id, {seq_sql or 'NULL'} "
         "FROM m CROSS JOIN h CROSS JOIN e"
     )
@@ -452,8 +476,7 @@ def _freeze_in_one_sql(ctes: str, seq_sql: str, owner_sql: str) -> tuple[str, li
 _NEEDS = "Needs {needed} points; the balance is {balance}."
 
 
-class _HeldBefore(Exception):
-    """The one-statement freeze wrote nothing because the task already has a hold."""
+_SPENT = "wallet_account_balance_gte_0"  # the account's CHECK that a key-first freeze can fail
 
 
 def _check_task_owner(task_id: str, user) -> None:
@@ -468,13 +491,20 @@ def _run_one(sql: str, params: list) -> tuple | None:
         return cursor.fetchone()
 
 
+def _violated(exc: IntegrityError) -> str:
+    """The name of the constraint ``exc`` reports (empty when it names none)."""
+    diag = getattr(exc.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) or ""
+
+
 def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql: str) -> None:
     """``hold_freeze``'s write on PostgreSQL, in one statement with its event: in autocommit it is
     its own transaction, so the hot account row is locked only while that statement runs.
 
-    Lock order: the account's row, then the new hold's (account, task) key, for every freeze;
-    a duplicate raises ``IntegrityError`` with nothing written. Not enough points → 402, also
-    for a user without an account (none is made for a refusal).
+    Lock order: the hold's (account, task) key, then the account's row, as every settle takes
+    them (ADR 0023); a duplicate raises ``IntegrityError`` with nothing written. A new task's
+    freeze moves the account first: its key is fresh, nobody else can hold it. Not enough points
+    → 402, also for a user without an account (none is made for a refusal).
     """
     recorded = _statement_event("h", "m", "frozen")
     in_block = transaction.get_connection().in_atomic_block
@@ -485,45 +515,60 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
         if recorded is not None and not in_block
         else transaction.atomic(savepoint=not new_task)
     )
+    key_first = not new_task
     sql, hold_fields, given = _freeze_in_one_sql(
-        recorded.ctes if recorded else "", recorded.seq_sql if recorded else "", owner_sql
+        recorded.ctes if recorded else "",
+        recorded.seq_sql if recorded else "",
+        owner_sql,
+        key_first,
     )
     points = hold.points
     entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points, created_at=now)
-    params = [points, points, now, user.pk, points]
-    if owner_sql:
-        params.append(hold.task_id)
-    params += [f.get_db_prep_save(getattr(hold, f.attname), connection) for f in hold_fields]
+    moved = [points, points, now]
+    hold_params = [f.get_db_prep_save(getattr(hold, f.attname), connection) for f in hold_fields]
+    owner = [hold.task_id] if owner_sql else []
+    if key_first:
+        params = [*hold_params, user.pk, *owner, *moved, user.pk]
+    else:
+        params = [*moved, user.pk, points, *owner, *hold_params]
     params += [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
     if recorded is not None:
         params += recorded.params
-    with block:
-        row = _run_one(sql, params)
-        if row is None and owner_sql:
-            _check_task_owner(hold.task_id, user)
-        if row is None and hold.task_id:
-            # A freeze of a task held before answers as a repeat (the same hold, or 409), even
-            # when the balance could not pay for it again: the account moved first, and stopped.
-            if Hold.objects.filter(account__user_id=user.pk, task_id=hold.task_id).exists():
-                raise _HeldBefore
-        if row is None:
-            account = Account.objects.filter(user_id=user.pk).only("id", "user_id").first()
-            if account is None:  # no account yet, so nothing to freeze (and none is made)
-                raise AppError(
-                    codes.WALLET_INSUFFICIENT,
-                    _NEEDS.format(needed=points, balance=0),
-                    details={"balance": 0, "required": points},
-                )
-            raise _insufficient(account, points, _NEEDS)
-        account_id, balance, frozen, hold_pk, seq = row
-        account = Account(pk=account_id, user_id=user.pk, balance=balance, frozen=frozen)
-        account.updated_at = now
-        hold.pk, hold.account = hold_pk, account
-        hold._state.adding, hold._state.db = False, connection.alias
-        if recorded is not None:
-            _emitted(recorded, seq, account, status="frozen", hold=hold)
-        else:
-            _emit(account, status="frozen", points=points, hold=hold)
+    try:
+        with block:
+            row = _run_one(sql, params)
+            if row is None:
+                _refused(hold, user, owner_sql=owner_sql)
+            account_id, balance, frozen, hold_pk, seq = row
+            account = Account(pk=account_id, user_id=user.pk, balance=balance, frozen=frozen)
+            account.updated_at = now
+            hold.pk, hold.account = hold_pk, account
+            hold._state.adding, hold._state.db = False, connection.alias
+            if recorded is not None:
+                _emitted(recorded, seq, account, status="frozen", hold=hold)
+            else:
+                _emit(account, status="frozen", points=points, hold=hold)
+    except IntegrityError as exc:
+        if _violated(exc) != _SPENT:
+            raise
+        # Too few points, found by the account's CHECK (key first): the statement is undone.
+        account = Account.objects.filter(user_id=user.pk).only("id", "user_id").get()
+        raise _insufficient(account, points, _NEEDS) from None
+
+
+def _refused(hold: Hold, user, *, owner_sql: str) -> NoReturn:
+    """Why a freeze's statement moved nothing: another user's task (404), or no account, or (a
+    new task's freeze) too few points (402)."""
+    if owner_sql:
+        _check_task_owner(hold.task_id, user)
+    account = Account.objects.filter(user_id=user.pk).only("id", "user_id").first()
+    if account is None:  # no account yet, so nothing to freeze (and none is made)
+        raise AppError(
+            codes.WALLET_INSUFFICIENT,
+            _NEEDS.format(needed=hold.points, balance=0),
+            details={"balance": 0, "required": hold.points},
+        )
+    raise _insufficient(account, hold.points, _NEEDS)
 
 
 def hold_freeze(
@@ -581,17 +626,7 @@ def hold_freeze(
     )
     try:
         if connection.vendor == "postgresql":
-            for retry in (False, True):
-                try:
-                    _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
-                    break
-                except OperationalError as exc:
-                    # A repeat racing its task's settle can meet it on the (account, task) key
-                    # in the other order: PostgreSQL aborts one as a deadlock victim, with
-                    # nothing written. Once more, the settle has committed and the repeat is
-                    # answered as one. Not under a new task's submit (no savepoint to go back to).
-                    if retry or new_task or getattr(exc.__cause__, "sqlstate", "") != "40P01":
-                        raise
+            _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
         else:
             with transaction.atomic(savepoint=not new_task):
                 # The hold first: a second freeze for the same task stops here, on the unique
@@ -601,7 +636,7 @@ def hold_freeze(
                 if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
                     raise _insufficient(account, points, _NEEDS)
                 _emit(account, status="frozen", points=points, hold=hold)
-    except (IntegrityError, _HeldBefore):
+    except IntegrityError:
         account = _account_ref(user)
         existing = (
             Hold.objects.filter(account=account, task_id=task_id).first() if task_id else None

@@ -10,15 +10,19 @@ object path with the same answers.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from django.db import connection, transaction
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from podi.errors import AppError
 from podi.realtime.models import Event, EventCursor
 from tests.wallet.conftest import wallet_snapshot
 from tests.wallet.invariants import assert_wallet_invariants
-from wallet.models import Hold
+from wallet.models import Account, Hold
 from wallet.services import hold_confirm, hold_freeze, hold_release, wallet_grant
 
 _CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
@@ -131,8 +135,8 @@ def test_inside_a_callers_transaction_a_duplicate_leaves_it_usable(owner):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_repeat_is_answered_as_a_repeat_when_the_balance_is_spent(owner):
-    # The one statement moves the account first; with nothing left to move, a repeat of a held
-    # task must still be the same hold (or 409), never 402 (found by the state machine).
+    # With nothing left to move, a repeat of a held task must still be the same hold (or 409),
+    # never 402 (found by the state machine when the statement moved the account first).
     wallet_grant(user=owner, points=5)
     first, _ = hold_freeze(user=owner, task_id="all-of-it", points=5)
     again, created = hold_freeze(user=owner, task_id="all-of-it", points=5)
@@ -145,3 +149,57 @@ def test_a_repeat_is_answered_as_a_repeat_when_the_balance_is_spent(owner):
         hold_freeze(user=owner, task_id="another", points=1)
     assert caught.value.code == "WALLET_INSUFFICIENT"
     assert_wallet_invariants(owner)
+
+
+@pytest.mark.skipif(not POSTGRESQL, reason="PostgreSQL's row locks (SQLite has one writer)")
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_freeze_waits_for_its_tasks_settle_without_holding_the_account(owner):
+    # Every settle takes the hold's row (and so its (account, task) key), then the account's
+    # row. A repeat freeze racing it must take them in the same order; when it took the account
+    # first, the two deadlocked (found by the hot-account concurrency test). The settle here is
+    # a transaction that stops between its two rows, so the race is not left to chance.
+    wallet_grant(user=owner, points=100)
+    hold, _ = hold_freeze(user=owner, task_id="raced", points=30)
+    settle_holds_the_hold = threading.Event()
+    failures: list[BaseException] = []
+
+    def settle() -> None:
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    # Were there a deadlock, the settle would see it first and be its victim.
+                    cursor.execute("SET LOCAL deadlock_timeout = '20ms'")
+                Hold.objects.filter(pk=hold.pk).update(status="released", released=30)
+                settle_holds_the_hold.set()
+                _wait_for_a_lock_wait()  # the repeat freeze now waits on the hold's key
+                Account.objects.filter(pk=hold.account_id).update(
+                    balance=F("balance") + 30, frozen=F("frozen") - 30
+                )
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    settler = threading.Thread(target=settle)
+    settler.start()
+    assert settle_holds_the_hold.wait(10)
+    again, created = hold_freeze(user=owner, task_id="raced", points=30)
+    settler.join(10)
+    assert failures == []
+    assert (again.pk, created, again.status) == (hold.pk, False, "released")
+    assert (again.account.balance, again.account.frozen) == (100, 0)
+
+
+def _wait_for_a_lock_wait(timeout: float = 10.0) -> None:
+    """Until another backend waits on a lock (PostgreSQL's view of lock waits)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the repeat freeze never waited on a lock")
