@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -525,6 +525,22 @@ def media_publish(*, object_keys: list[str]) -> int:
     return MediaObject.objects.filter(
         object_key__in=[str(key) for key in object_keys], status=MediaStatus.STAGED
     ).update(status=MediaStatus.UPLOADED, uploaded_at=now, updated_at=now)
+
+
+def media_publish_in_statement(*, object_keys: list[str], when_sql: str) -> tuple[str, list]:
+    """``media_publish`` as a CTE for a caller's own statement (PostgreSQL): ``media_published``
+    makes the staged objects ``uploaded`` when the SQL condition ``when_sql`` (over the caller's
+    earlier CTEs) holds. Returns the CTE and its parameters. Only our own SQL is interpolated."""
+    quote = connection.ops.quote_name
+    table = quote(MediaObject._meta.db_table)
+    now = timezone.now()
+    cte = (
+        f"media_published AS (UPDATE {table} SET status = %s, uploaded_at = %s, "  # noqa: S608
+        f"updated_at = %s WHERE object_key = ANY(%s::text[]) AND status = %s AND {when_sql} "
+        "RETURNING id)"
+    )
+    keys = [str(key) for key in object_keys]
+    return cte, [MediaStatus.UPLOADED, now, now, keys, MediaStatus.STAGED]
 
 
 def media_discard_staged(*, object_keys: list[str]) -> int:

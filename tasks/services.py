@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import copy
+import functools
 import io
 import logging
 from datetime import UTC, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -34,6 +35,7 @@ from media_app.selectors import media_get_uploaded_for_user
 from media_app.services import (
     media_discard_staged,
     media_publish,
+    media_publish_in_statement,
     media_store_output,
     signed_download_url,
 )
@@ -58,6 +60,7 @@ from tasks.models import (
 from wallet.selectors import account_require_balance
 from wallet.services import (
     hold_confirm_by_id,
+    hold_confirm_in_statement,
     hold_freeze,
     hold_outlive,
     hold_release_by_id,
@@ -1065,6 +1068,17 @@ def task_finish(
 
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
         raise ValueError(f"not a terminal status: {status}")
+    if status == TaskStatus.SUCCEEDED and attempt is not None and connection.vendor == "postgresql":
+        try:
+            with transaction.atomic(), events_batched():
+                done = _succeed_in_one(task_id, attempt, outputs or [], result)
+                if done is not None:
+                    return done
+        except DataError as exc:
+            if getattr(exc.__cause__, "sqlstate", "") != _NOT_CHARGED:
+                raise
+            # The hold could not be charged after all (expired at the last moment): nothing
+            # was written; the path below ends the task failed, deterministically.
     with transaction.atomic(), events_batched():
         task = (
             Task.objects.select_for_update(of=("self",))
@@ -1137,6 +1151,136 @@ def task_finish(
         if not (freed and _hand_off(task.executor_id, now)):
             transaction.on_commit(_dispatch_if_queued, robust=True)
     return task
+
+
+# --- A success in one statement (PostgreSQL; docs/adr/0024-a-success-in-one-statement.md) ------
+
+_NOT_CHARGED = "22012"  # division_by_zero: the statement's own way to undo itself
+
+
+@functools.cache
+def _succeed_sql(settle_ctes: str, settle_columns: str, media_cte: str) -> str:
+    """One statement that ends a running attempt succeeded: lock the task (only when no queued
+    task waits for its executor, else the finish must hand the slot on), give back the run
+    slot, confirm the hold (``wallet``'s CTEs), write the task's end, publish its outputs
+    (``media_app``'s CTE) and insert its assets. Locks in the finish's order: task, executor,
+    hold, account. A hold that cannot be charged makes the statement fail (division by zero),
+    which undoes all of it."""
+    quote = connection.ops.quote_name
+    task_table, executor_table = quote(Task._meta.db_table), quote(Executor._meta.db_table)
+    binding_table = quote(WorkflowBinding._meta.db_table)
+    asset_table = quote(TaskAsset._meta.db_table)
+    task_columns = ", ".join(f"t.{quote(f.column)}" for f in Task._meta.concrete_fields)
+    # Only table and column names of our own models are interpolated; values are parameters.
+    waiting = (
+        f"SELECT 1 FROM {task_table} q JOIN {binding_table} b ON b.ability_id = q.ability_id "  # noqa: S608
+        "WHERE q.status = %s AND b.executor_id = t.executor_id AND b.enabled"
+    )
+    locked = (
+        f"SELECT t.id, t.executor_id, t.hold_id FROM {task_table} t WHERE t.public_id = %s "  # noqa: S608
+        "AND t.attempts = %s AND t.status = %s AND t.hold_id <> '' "
+        f"AND t.executor_id IS NOT NULL AND NOT EXISTS ({waiting}) FOR UPDATE OF t"
+    )
+    slot = (
+        f"UPDATE {executor_table} x SET in_flight = x.in_flight - 1 FROM k "  # noqa: S608
+        "WHERE x.id = k.executor_id AND x.in_flight > 0 RETURNING x.id, x.name"
+    )
+    ended = (
+        f"UPDATE {task_table} t SET status = %s, finished_at = %s, result = %s, progress = 100, "  # noqa: S608
+        "error_code = '', error_message = '', updated_at = %s FROM k "
+        f"WHERE t.id = k.id AND EXISTS (SELECT 1 FROM wallet_settled) RETURNING {task_columns}"
+    )
+    asset_columns = [
+        "object_key", "mime_type", "size", "width", "height", "sha256", "node_id"
+    ]  # fmt: skip
+    assets = (
+        f"INSERT INTO {asset_table} (task_id, kind, created_at, {', '.join(asset_columns)}) "  # noqa: S608
+        f"SELECT e.id, %s, %s, u.* FROM e CROSS JOIN unnest(%s::text[], %s::text[], "
+        "%s::bigint[], %s::int[], %s::int[], %s::text[], %s::text[]) AS u RETURNING id"
+    )
+    return (
+        f"WITH k AS ({locked}), x AS ({slot}), {settle_ctes}, e AS ({ended}), "  # noqa: S608
+        f"{media_cte}, a AS ({assets}) "
+        # In this order: the task's lock, the slot, the hold (and account), the task's end.
+        "SELECT (SELECT id FROM k), (SELECT name FROM x), "
+        "CASE WHEN EXISTS (SELECT 1 FROM k) THEN 1 / (SELECT count(*) FROM wallet_settled)::int "
+        f"END, {settle_columns}, e.* FROM (SELECT 1) one LEFT JOIN e ON true"
+    )
+
+
+def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> Task | None:
+    """``task_finish`` of a success, in one statement (run inside the caller's transaction and
+    ``events_batched``). None when it did not apply, with nothing written: the attempt is not
+    current and running, the task has no hold, or a queued task waits for its executor."""
+    settle = hold_confirm_in_statement(
+        key_sql="(SELECT hold_id FROM k)", after_sql="(SELECT count(*) FROM x) >= 0"
+    )
+    media_cte, media_params = media_publish_in_statement(
+        object_keys=[media.object_key for media in outputs],
+        when_sql="EXISTS (SELECT 1 FROM e)",
+    )
+    sql = _succeed_sql(settle.ctes, settle.columns, media_cte)
+    now = timezone.now()
+    result_db = Task._meta.get_field("result").get_db_prep_save(result, connection)
+    columns: list[list] = [[], [], [], [], [], [], []]
+    for media in outputs:
+        values = (
+            media.object_key, media.mime_type or "", media.size, media.width, media.height,
+            media.sha256 or "", getattr(media, "node_id", "") or "",
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    params = [
+        task_id, attempt, TaskStatus.RUNNING, TaskStatus.QUEUED,
+        *settle.params,
+        TaskStatus.SUCCEEDED, now, result_db, now,
+        *media_params,
+        TaskAsset.Kind.OUTPUT, now, *columns,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    executor_name = row[1]
+    settled = row[3 : 3 + settle.width]
+    task = _task_from_row(row[3 + settle.width :])
+    settle.settled(settled)
+    if task.dispatched_at is not None:
+        observe_on_commit(
+            TASK_RUN_SECONDS,
+            (now - task.dispatched_at).total_seconds(),
+            ability=task.action,
+            executor=executor_name or "",
+            status=task.status,
+        )
+    items = []
+    for media in outputs:
+        item = {
+            "objectKey": media.object_key,
+            "mimeType": media.mime_type or "",
+            "size": media.size,
+        }
+        if media.width:
+            item["width"] = media.width
+            item["height"] = media.height
+        items.append(item)
+    _emit_status(task, outputs=items)
+    # No queued task waited for the executor when the statement looked; one queued since is
+    # found by this check after the commit, or by the dispatch pass its own submit rang.
+    transaction.on_commit(_dispatch_if_queued, robust=True)
+    return task
+
+
+def _task_from_row(values) -> Task:
+    """A task from its columns as the database returned them (``RETURNING t.*``)."""
+    fields = Task._meta.concrete_fields
+    converted = []
+    for field, value in zip(fields, values, strict=True):
+        if hasattr(field, "from_db_value"):
+            value = field.from_db_value(value, None, connection)
+        converted.append(value)
+    return Task.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
 # The fields a finish changes: the update writes only these (not the task's JSON documents).

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
@@ -772,51 +773,147 @@ def _took(hold: Hold, settled: Hold) -> Hold:
 
 
 @functools.cache
-def _settle_in_one_sql(status: str, ctes: str = "", seq_sql: str = "") -> tuple[str, list]:
-    """Settle a held hold (by public id), move its points on the account and append its entry,
-    in one statement: the hold's row lock first, then the account's (the module's order);
-    ``ctes`` may record the event too."""
+def _settle_ctes(status: str, key_sql: str, after_sql: str, names: tuple[str, str, str]):
+    """The CTEs that settle a held hold, move its points on the account and append its entry:
+    the hold's row lock first, then the account's (the module's order). ``key_sql`` gives the
+    hold's public id (``%s`` for a parameter); ``after_sql``, when given, is a condition the
+    hold's update also waits for (a caller's earlier CTE); ``names`` name the settled hold, the
+    moved account and the entry. Returns the CTE text and the entry's fields given as
+    parameters (after the CTEs' own: status, now, now, [key], held, [now], now)."""
     quote = connection.ops.quote_name
     hold_table, account_table = quote(Hold._meta.db_table), quote(Account._meta.db_table)
     hold_columns = ", ".join(f"h.{quote(f.column)}" for f in Hold._meta.concrete_fields)
+    settled, moved, entry = names
     confirm = status == HoldStatus.CONFIRMED
-    # What the entry's columns take: settled hold (s), moved account (m), or a parameter.
+    # What the entry's columns take: settled hold, moved account, or a parameter.
     from_rows = {
-        "account_id": "m.id",
-        "points": "-s.points" if confirm else "0",
-        "amount": "s.points",
-        "balance_after": "m.balance",
-        "frozen_after": "m.frozen",
-        "hold_id": "s.id",
-        "task_id": "s.task_id",
-        "action": "s.action",
-        "channel": "s.channel",
+        "account_id": f"{moved}.id",
+        "points": f"-{settled}.points" if confirm else "0",
+        "amount": f"{settled}.points",
+        "balance_after": f"{moved}.balance",
+        "frozen_after": f"{moved}.frozen",
+        "hold_id": f"{settled}.id",
+        "task_id": f"{settled}.task_id",
+        "action": f"{settled}.action",
+        "channel": f"{settled}.channel",
     }
     fields = _entry_fields()
     items, given = _entry_select(from_rows)
     entries = quote(LedgerEntry._meta.db_table)
     overdue_guard = " AND h.expires_at > %s" if confirm else ""
+    after_guard = f" AND {after_sql}" if after_sql else ""
     # Only table and column names of our own models are interpolated; values are parameters.
     settle = (
         f"UPDATE {hold_table} h SET status = %s, deducted = {'h.points' if confirm else '0'}, "  # noqa: S608
         f"released = {'0' if confirm else 'h.points'}, settled_at = %s, updated_at = %s "
-        f"WHERE h.public_id = %s AND h.status = %s{overdue_guard} RETURNING {hold_columns}"
+        f"WHERE h.public_id = {key_sql} AND h.status = %s{overdue_guard}{after_guard} "
+        f"RETURNING {hold_columns}"
     )
     move = (
-        f"UPDATE {account_table} a SET balance = a.balance + {'0' if confirm else 's.points'}, "  # noqa: S608
-        "frozen = a.frozen - s.points, updated_at = %s FROM s WHERE a.id = s.account_id "
+        f"UPDATE {account_table} a SET balance = a.balance + "  # noqa: S608
+        f"{'0' if confirm else f'{settled}.points'}, frozen = a.frozen - {settled}.points, "
+        f"updated_at = %s FROM {settled} WHERE a.id = {settled}.account_id "
         "RETURNING a.id, a.user_id, a.balance, a.frozen"
     )
     append = (
         f"INSERT INTO {entries} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
-        f"SELECT {', '.join(items)} FROM s CROSS JOIN m RETURNING id"
+        f"SELECT {', '.join(items)} FROM {settled} CROSS JOIN {moved} RETURNING id"
     )
+    ctes = f"{settled} AS ({settle}), {moved} AS ({move}), {entry} AS ({append})"
+    return ctes, given
+
+
+def _settle_params(status: str, now: datetime, key: list, given: list) -> list:
+    confirm = status == HoldStatus.CONFIRMED
+    entry = LedgerEntry(type=EntryType.CONFIRM if confirm else EntryType.RELEASE, created_at=now)
+    params: list = [status, now, now, *key, HoldStatus.HELD]
+    if confirm:
+        params.append(now)
+    params.append(now)
+    return params + [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
+
+
+def _settled_hold(values: tuple | list, now: datetime) -> Hold:
+    """The hold and its account as a settle's CTEs returned them (the hold's columns, then the
+    account's user id, balance and frozen)."""
+    names = [f.attname for f in Hold._meta.concrete_fields]
+    hold = Hold(**dict(zip(names, values, strict=False)))
+    hold._state.adding, hold._state.db = False, connection.alias
+    user_id, balance, frozen = values[len(names) : len(names) + 3]
+    account = Account(pk=hold.account_id, user_id=user_id, balance=balance, frozen=frozen)
+    account.updated_at = now
+    hold.account = account
+    return hold
+
+
+@functools.cache
+def _settle_in_one_sql(status: str, ctes: str = "", seq_sql: str = "") -> tuple[str, list]:
+    """Settle a held hold (by public id) in one statement (``_settle_ctes``); ``ctes`` may
+    record the event too."""
+    settle, given = _settle_ctes(status, "%s", "", ("s", "m", "e"))
     sql = (
-        f"WITH s AS ({settle}), m AS ({move}), e AS ({append}){', ' + ctes if ctes else ''} "  # noqa: S608
+        f"WITH {settle}{', ' + ctes if ctes else ''} "  # noqa: S608
         f"SELECT s.*, m.user_id, m.balance, m.frozen, {seq_sql or 'NULL'} "
         "FROM s CROSS JOIN m CROSS JOIN e"
     )
     return sql, given
+
+
+@dataclass(frozen=True)
+class SettleInStatement:
+    """A whole-hold confirm lent to a caller's statement (``hold_confirm_in_statement``).
+
+    Put ``ctes`` (with ``params``, in that place) into the statement's ``WITH`` list after the
+    CTEs that ``key_sql`` and ``after_sql`` read, and select ``columns`` (``width`` values);
+    once the statement ran, inside ``events_batched``, pass them to ``settled``.
+    """
+
+    ctes: str
+    params: list
+    columns: str
+    width: int
+    at: datetime
+    settled_name: str
+
+    def settled(self, values: tuple | list) -> Hold | None:
+        """The confirmed hold (its account with the new figures), its event raised; None when
+        the statement confirmed nothing (the hold was not held, or overdue)."""
+        if values[0] is None:
+            return None
+        hold = _settled_hold(values, self.at)
+        _emit(hold.account, status="deducted", points=hold.points, hold=hold)
+        return hold
+
+
+def hold_confirm_in_statement(*, key_sql: str, after_sql: str = "") -> SettleInStatement:
+    """CTEs that confirm, inside the caller's own statement (PostgreSQL), all of a held,
+    unexpired hold whose public id the SQL expression ``key_sql`` gives (over the caller's
+    earlier CTEs); its entry is appended in the same statement and its ``wallet.points`` event
+    is raised by ``settled``, so the caller runs it inside ``events_batched``. ``after_sql``: a
+    condition the hold's update waits for, to keep the caller's lock order. The CTE names start
+    with ``wallet_``. Only our own SQL is interpolated; values are parameters."""
+    names = ("wallet_settled", "wallet_moved", "wallet_entry")
+    ctes, given = _settle_ctes(HoldStatus.CONFIRMED, key_sql, after_sql, names)
+    now = timezone.now()
+    width = len(Hold._meta.concrete_fields) + 3
+    settled, moved = names[0], names[1]
+    # Scalar subqueries, so the columns are NULL (not missing) when nothing was confirmed.
+    hold_columns = [
+        f"{settled}.{connection.ops.quote_name(f.column)}" for f in Hold._meta.concrete_fields
+    ]
+    account_columns = [f"{moved}.{column}" for column in ("user_id", "balance", "frozen")]
+    columns = ", ".join(
+        [f"(SELECT {column} FROM {settled})" for column in hold_columns]  # noqa: S608
+        + [f"(SELECT {column} FROM {moved})" for column in account_columns]  # noqa: S608
+    )
+    return SettleInStatement(
+        ctes=ctes,
+        params=_settle_params(HoldStatus.CONFIRMED, now, [], given),
+        columns=columns,
+        width=width,
+        at=now,
+        settled_name=settled,
+    )
 
 
 def _settle_in_one(hold_id: str, status: str) -> Hold | None:
@@ -827,16 +924,11 @@ def _settle_in_one(hold_id: str, status: str) -> Hold | None:
     confirm = status == HoldStatus.CONFIRMED
     word = "deducted" if confirm else "released"
     now = timezone.now()
-    entry = LedgerEntry(type=EntryType.CONFIRM if confirm else EntryType.RELEASE, created_at=now)
     recorded = _statement_event("s", "m", word)
     sql, given = _settle_in_one_sql(
         status, recorded.ctes if recorded else "", recorded.seq_sql if recorded else ""
     )
-    params: list = [status, now, now, hold_id, HoldStatus.HELD]
-    if confirm:
-        params.append(now)
-    params.append(now)
-    params += [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in given]
+    params = _settle_params(status, now, [hold_id], given)
     if recorded is not None:
         params += recorded.params
     # With the event in the statement, it is the whole change: no transaction block of its own.
@@ -845,17 +937,11 @@ def _settle_in_one(hold_id: str, status: str) -> Hold | None:
         row = _run_one(sql, params)
         if row is None:
             return None
-        names = [f.attname for f in Hold._meta.concrete_fields]
-        hold = Hold(**dict(zip(names, row, strict=False)))
-        hold._state.adding, hold._state.db = False, connection.alias
-        user_id, balance, frozen, seq = row[len(names) :]
-        account = Account(pk=hold.account_id, user_id=user_id, balance=balance, frozen=frozen)
-        account.updated_at = now
-        hold.account = account
+        hold = _settled_hold(row, now)
         if recorded is not None:
-            _emitted(recorded, seq, account, status=word, hold=hold)
+            _emitted(recorded, row[-1], hold.account, status=word, hold=hold)
         else:
-            _emit(account, status=word, points=hold.points, hold=hold)
+            _emit(hold.account, status=word, points=hold.points, hold=hold)
     return hold
 
 

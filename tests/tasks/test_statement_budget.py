@@ -61,7 +61,7 @@ def statements():
 # for one heartbeat pass of the process's monitor (two statements) landing inside the run.
 # Inside a worker process the attempt's claim for the worker adds two (ADR 0017).
 BUDGET = {
-    "postgresql": {"submit": 4, "dispatch": 6, "run": 14},
+    "postgresql": {"submit": 4, "dispatch": 6, "run": 9},
     "sqlite": {"submit": 8, "dispatch": 8, "run": 21},
 }
 # A task that starts in its submit (ADR 0018): the claim and the "running" event join the
@@ -69,9 +69,10 @@ BUDGET = {
 # finish record their events together (``events_batched``): one statement on PostgreSQL. On
 # PostgreSQL the finish settles the hold in one statement and learns from the slot's release
 # whether a queued task waits for it (ADR 0019). The freeze is one statement there: the account,
-# the hold and its entry (ADR 0023).
+# the hold and its entry (ADR 0023). A success is one statement on PostgreSQL (the task, the
+# slot, the charge, the outputs and the assets) and its events one more (ADR 0024).
 BUDGET_STARTED = {
-    "postgresql": {"submit": 5, "run": 14},
+    "postgresql": {"submit": 5, "run": 9},
     "sqlite": {"submit": 9, "run": 21},
 }
 

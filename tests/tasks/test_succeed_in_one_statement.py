@@ -1,0 +1,175 @@
+"""A success ends in one statement on PostgreSQL (docs/adr/0024-a-success-in-one-statement.md).
+
+The task's lock, the run slot, the hold's charge (with its entry), the task's end, the outputs'
+publication and the assets are one statement; the events follow in one more, in the same
+transaction. Whatever the path, the outcome is the one the step-by-step finish gives, on both
+databases: the checks below run on SQLite too, where that finish is the only path.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from integrations.models import Executor
+from media_app.models import MediaObject, MediaStatus
+from media_app.services import media_store_output
+from podi.realtime.events import register_sink, unregister_sink
+from podi.realtime.models import Event
+from tasks.models import Task, TaskAsset
+from tasks.services import task_finish, tasks_dispatch_pending
+from tests.servers.comfyui import solid_png
+from tests.tasks.conftest import make_ability, make_executor
+from wallet.models import Hold, LedgerEntry
+from wallet.selectors import account_for_user
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
+POSTGRESQL = connection.vendor == "postgresql"
+_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
+
+
+@pytest.fixture
+def published():
+    seen: list[dict] = []
+    register_sink(seen.append)
+    yield seen
+    unregister_sink(seen.append)
+
+
+def _running(comfy, api, user, *, name: str = "invert") -> Task:
+    make_ability(name, [make_executor(f"gpu-{name}", comfy.url)])
+    client = api(user)
+    response = client.post("/api/tasks/v1/submit", json={"action": name})
+    assert response.status_code == 202, response.text
+    assert tasks_dispatch_pending() == 1
+    task = Task.objects.select_related("executor").get(public_id=response.json()["taskId"])
+    assert (task.status, task.executor.in_flight) == ("running", 1)
+    return task
+
+
+def _output(task: Task, name: str = "1-out.png") -> MediaObject:
+    data = solid_png(8, 8)
+    media = media_store_output(
+        user_id=task.user_id,
+        task_id=task.public_id,
+        filename=name,
+        stream=io.BytesIO(data),
+        mime_type="image/png",
+        size=len(data),
+        staged=True,
+    )
+    media.node_id = "9"
+    return media
+
+
+def _data_statements(queries) -> list[str]:
+    return [q["sql"] for q in queries if not q["sql"].startswith(_CONTROL)]
+
+
+def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded, published):
+    task = _running(comfy, api, funded)
+    media = _output(task)
+    hold = Hold.objects.get(public_id=task.hold_id)
+    with CaptureQueriesContext(connection) as finishing:
+        done = task_finish(
+            task_id=task.public_id,
+            status="succeeded",
+            attempt=1,
+            outputs=[media],
+            result={"kept": True},
+        )
+    if POSTGRESQL:
+        # The finish itself (the dispatch check after the commit is a read of its own).
+        statements = _data_statements(finishing.captured_queries)
+        assert [sql.split(" ", 1)[0] for sql in statements[:2]] == ["WITH", "WITH"]
+        assert '"tasks_task"' in statements[0] and '"wallet_hold"' in statements[0]
+        assert "realtime_event" in statements[1]
+        assert len(statements) == 3 and statements[2].startswith("SELECT")
+    done.refresh_from_db()
+    assert (done.status, done.progress, done.result, done.error_code) == (
+        "succeeded",
+        100,
+        {"kept": True},
+        "",
+    )
+    assert done.finished_at is not None
+    assert Executor.objects.get(pk=task.executor_id).in_flight == 0
+    hold.refresh_from_db()
+    assert (hold.status, hold.deducted, hold.released) == ("confirmed", hold.points, 0)
+    account = account_for_user(funded)
+    account.refresh_from_db()
+    assert (account.balance, account.frozen) == (1000 - hold.points, 0)
+    charge = LedgerEntry.objects.get(hold=hold, type="confirm")
+    assert (charge.points, charge.balance_after, charge.frozen_after) == (
+        -hold.points,
+        account.balance,
+        0,
+    )
+    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.UPLOADED
+    asset = TaskAsset.objects.get(task=done)
+    assert (asset.kind, asset.object_key, asset.node_id, asset.width) == (
+        "output",
+        media.object_key,
+        "9",
+        8,
+    )
+    # Published after the commit, as recorded, on consecutive seqs: the charge, then the end.
+    mine = [e for e in published if e["taskId"] == task.public_id][-2:]
+    assert [(e["type"], e["payload"]["status"]) for e in mine] == [
+        ("wallet.points", "deducted"),
+        ("task.status", "succeeded"),
+    ]
+    assert mine[0]["payload"]["balance"] == account.balance
+    assert mine[1]["payload"]["outputs"] == [
+        {
+            "objectKey": media.object_key,
+            "mimeType": "image/png",
+            "size": media.size,
+            "width": 8,
+            "height": 8,
+        }
+    ]
+    assert mine[1]["seq"] == mine[0]["seq"] + 1
+    for event in mine:
+        stored = Event.objects.get(public_id=event["id"])
+        assert (stored.seq, stored.payload) == (event["seq"], event["payload"])
+    # Once: the same finish again changes nothing.
+    again = task_finish(task_id=task.public_id, status="succeeded", attempt=1, outputs=[media])
+    assert again.status == "succeeded"
+    assert Executor.objects.get(pk=task.executor_id).in_flight == 0
+    assert LedgerEntry.objects.filter(hold=hold, type="confirm").count() == 1
+    assert TaskAsset.objects.filter(task=done).count() == 1
+
+
+def test_an_overdue_hold_undoes_the_statement_and_the_task_fails_uncharged(comfy, api, funded):
+    task = _running(comfy, api, funded)
+    media = _output(task)
+    Hold.objects.filter(public_id=task.hold_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    done = task_finish(task_id=task.public_id, status="succeeded", attempt=1, outputs=[media])
+    assert (done.status, done.error_code) == ("failed", "TASK_HOLD_EXPIRED")
+    # The slot was given back once, by the finish that failed the task, not also by the undone
+    # statement; nothing of the success is left.
+    assert Executor.objects.get(pk=task.executor_id).in_flight == 0
+    assert Hold.objects.get(public_id=task.hold_id).status == "released"
+    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.STAGED
+    assert not TaskAsset.objects.filter(task__public_id=task.public_id).exists()
+    account = account_for_user(funded)
+    account.refresh_from_db()
+    assert (account.balance, account.frozen) == (1000, 0)
+
+
+def test_a_stale_attempt_changes_nothing(comfy, api, funded):
+    task = _running(comfy, api, funded)
+    media = _output(task)
+    done = task_finish(task_id=task.public_id, status="succeeded", attempt=2, outputs=[media])
+    assert (done.status, done.attempts) == ("running", 1)
+    assert Executor.objects.get(pk=task.executor_id).in_flight == 1
+    assert Hold.objects.get(public_id=task.hold_id).status == "held"
+    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.STAGED
