@@ -7,6 +7,7 @@ Other apps call: ``media_store_output``, ``media_publish``, ``media_discard_stag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from media_app import tokens
 from media_app.error_codes import (
@@ -473,9 +475,8 @@ def media_store_output(
     ``size`` is a hint only; the streamed size is what is recorded.
     """
     object_key = output_object_key(user_id=user_id, task_id=task_id, filename=filename)
-    existing = MediaObject.objects.filter(object_key=object_key).first()
-    if existing is not None and existing.status in STORED:
-        return existing
+    if _stored_status(object_key) in STORED:
+        return MediaObject.objects.get(object_key=object_key)
     backend = get_backend()
     guessed = mime_type or mimetypes.guess_type(object_key)[0] or "application/octet-stream"
     saved = backend.save_stream(object_key, stream, mime_type=guessed)
@@ -501,14 +502,50 @@ def media_store_output(
     }
     # One upsert: a row left by an earlier attempt that never stored (or a concurrent writer of
     # the same output, whose bytes are the ones just written) takes these values.
-    (media,) = MediaObject.objects.bulk_create(
-        [MediaObject(object_key=object_key, **values)],
-        update_conflicts=True,
-        unique_fields=["object_key"],
-        update_fields=list(values),
+    return _upsert(MediaObject(object_key=object_key, **values))
+
+
+def _stored_status(object_key: str) -> str | None:
+    """The status of the object at ``object_key`` (None when unknown): one indexed read."""
+    table = connection.ops.quote_name(MediaObject._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT status FROM {table} WHERE object_key = %s", [object_key])  # noqa: S608
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+@functools.cache
+def _upsert_sql() -> tuple[str, list]:
+    quote = connection.ops.quote_name
+    fields = [f for f in MediaObject._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(quote(f.column) for f in fields)
+    kept = {"object_key", "created_at"}  # an earlier row keeps its key and its birth
+    updates = ", ".join(
+        f"{quote(f.column)} = excluded.{quote(f.column)}" for f in fields if f.attname not in kept
     )
-    if media.pk is None:  # a database that cannot return the row's id from the upsert
-        media = MediaObject.objects.get(object_key=object_key)
+    sql = (
+        f"INSERT INTO {quote(MediaObject._meta.db_table)} ({columns}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT (object_key) "
+        f"DO UPDATE SET {updates} RETURNING id, created_at"
+    )
+    return sql, fields
+
+
+def _upsert(media: MediaObject) -> MediaObject:
+    """Insert ``media``, or update the row at its key with its values; one statement (the
+    ORM's ``bulk_create(update_conflicts=...)`` costs more to build than to run)."""
+    sql, fields = _upsert_sql()
+    params = [f.get_db_prep_save(f.pre_save(media, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        pk, created_at = cursor.fetchone()
+    media.pk = pk
+    if isinstance(created_at, str):  # SQLite returns the stored text (UTC) from a raw cursor
+        created_at = parse_datetime(created_at)
+    if created_at is not None and timezone.is_naive(created_at):
+        created_at = timezone.make_aware(created_at, UTC)
+    media.created_at = created_at
+    media._state.adding, media._state.db = False, connection.alias
     return media
 
 
