@@ -12,6 +12,7 @@ import contextlib
 import copy
 import functools
 import io
+import json
 import logging
 from datetime import UTC, timedelta
 from typing import Any
@@ -45,7 +46,7 @@ from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
 from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.models import Lease
-from podi.realtime.events import Webhook, emit, events_batched
+from podi.realtime.events import Webhook, emit, emit_several_in_statement, events_batched
 from podi.runtime import worker_lease_name
 from podi.urlguard import validate_callback_url
 from tasks import error_codes as codes
@@ -1070,10 +1071,15 @@ def task_finish(
         raise ValueError(f"not a terminal status: {status}")
     if status == TaskStatus.SUCCEEDED and attempt is not None and connection.vendor == "postgresql":
         try:
-            with transaction.atomic(), events_batched():
-                done = _succeed_in_one(task_id, attempt, outputs or [], result)
-                if done is not None:
-                    return done
+            if transaction.get_connection().in_atomic_block:
+                # Inside a caller's transaction: under a savepoint, events recorded together.
+                with transaction.atomic(), events_batched():
+                    done = _succeed_in_one(task_id, attempt, outputs or [], result)
+            else:
+                # Its own transaction: the statement, its events included, is all of it.
+                done = _succeed_in_one(task_id, attempt, outputs or [], result, alone=True)
+            if done is not None:
+                return done
         except DataError as exc:
             if getattr(exc.__cause__, "sqlstate", "") != _NOT_CHARGED:
                 raise
@@ -1159,13 +1165,17 @@ _NOT_CHARGED = "22012"  # division_by_zero: the statement's own way to undo itse
 
 
 @functools.cache
-def _succeed_sql(settle_ctes: str, settle_columns: str, media_cte: str) -> str:
+def _succeed_sql(
+    settle_ctes: str, settle_columns: str, media_cte: str, event_ctes: str = "", seq_sql: str = ""
+) -> str:
     """One statement that ends a running attempt succeeded: lock the task (only when no queued
     task waits for its executor, else the finish must hand the slot on), give back the run
     slot, confirm the hold (``wallet``'s CTEs), write the task's end, publish its outputs
     (``media_app``'s CTE) and insert its assets. Locks in the finish's order: task, executor,
     hold, account. A hold that cannot be charged makes the statement fail (division by zero),
-    which undoes all of it."""
+    which undoes all of it. With ``event_ctes`` the statement records the events too (then the
+    event cursor is locked last), for a task without a callback (a callback's delivery is
+    recorded with its event by the batch)."""
     quote = connection.ops.quote_name
     task_table, executor_table = quote(Task._meta.db_table), quote(Executor._meta.db_table)
     binding_table = quote(WorkflowBinding._meta.db_table)
@@ -1179,7 +1189,8 @@ def _succeed_sql(settle_ctes: str, settle_columns: str, media_cte: str) -> str:
     locked = (
         f"SELECT t.id, t.executor_id, t.hold_id FROM {task_table} t WHERE t.public_id = %s "  # noqa: S608
         "AND t.attempts = %s AND t.status = %s AND t.hold_id <> '' "
-        f"AND t.executor_id IS NOT NULL AND NOT EXISTS ({waiting}) FOR UPDATE OF t"
+        f"AND t.executor_id IS NOT NULL AND NOT EXISTS ({waiting})"
+        f"{' AND t.callback_url = %s' if event_ctes else ''} FOR UPDATE OF t"
     )
     slot = (
         f"UPDATE {executor_table} x SET in_flight = x.in_flight - 1 FROM k "  # noqa: S608
@@ -1200,18 +1211,23 @@ def _succeed_sql(settle_ctes: str, settle_columns: str, media_cte: str) -> str:
     )
     return (
         f"WITH k AS ({locked}), x AS ({slot}), {settle_ctes}, e AS ({ended}), "  # noqa: S608
-        f"{media_cte}, a AS ({assets}) "
-        # In this order: the task's lock, the slot, the hold (and account), the task's end.
+        f"{media_cte}, a AS ({assets}){', ' + event_ctes if event_ctes else ''} "
+        # In this order: the task's lock, the slot, the hold (and account), the task's end,
+        # the event cursor.
         "SELECT (SELECT id FROM k), (SELECT name FROM x), "
         "CASE WHEN EXISTS (SELECT 1 FROM k) THEN 1 / (SELECT count(*) FROM wallet_settled)::int "
-        f"END, {settle_columns}, e.* FROM (SELECT 1) one LEFT JOIN e ON true"
+        f"END, {settle_columns}, {seq_sql or 'NULL'}, e.* FROM (SELECT 1) one LEFT JOIN e ON true"
     )
 
 
-def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> Task | None:
-    """``task_finish`` of a success, in one statement (run inside the caller's transaction and
-    ``events_batched``). None when it did not apply, with nothing written: the attempt is not
-    current and running, the task has no hold, or a queued task waits for its executor."""
+def _succeed_in_one(
+    task_id: str, attempt: int, outputs: list, result: Any, *, alone: bool = False
+) -> Task | None:
+    """``task_finish`` of a success, in one statement: inside the caller's transaction and
+    ``events_batched``, or ``alone`` (outside any transaction), with its two events recorded by
+    the statement itself, which is then the whole transaction. None when it did not apply, with
+    nothing written: the attempt is not current and running, the task has no hold, a queued
+    task waits for its executor, or (``alone``) the task has a callback URL."""
     settle = hold_confirm_in_statement(
         key_sql="(SELECT hold_id FROM k)", after_sql="(SELECT count(*) FROM x) >= 0"
     )
@@ -1219,7 +1235,46 @@ def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> T
         object_keys=[media.object_key for media in outputs],
         when_sql="EXISTS (SELECT 1 FROM e)",
     )
-    sql = _succeed_sql(settle.ctes, settle.columns, media_cte)
+    items = []
+    for media in outputs:
+        item = {
+            "objectKey": media.object_key,
+            "mimeType": media.mime_type or "",
+            "size": media.size,
+        }
+        if media.width:
+            item["width"] = media.width
+            item["height"] = media.height
+        items.append(item)
+    # What task_status_payload gives a succeeded task with these outputs.
+    status_payload = {
+        "taskId": task_id,
+        "status": TaskStatus.SUCCEEDED.value,
+        "progress": 100,
+        "outputs": items,
+    }
+    recorded = None
+    if alone:
+        wallet_type, wallet_payload_sql = settle.event_sql
+        recorded = emit_several_in_statement(
+            events=[
+                (wallet_type, wallet_payload_sql, []),
+                ("task.status", "%s::jsonb", [json.dumps(status_payload)]),
+            ],
+            source="wallet_settled CROSS JOIN wallet_moved CROSS JOIN e",
+            user_sql="e.user_id",
+            task_sql="e.public_id",
+        )
+        if recorded is None:  # no statement recorder (events unpersisted): in a transaction
+            with transaction.atomic(), events_batched():
+                return _succeed_in_one(task_id, attempt, outputs, result)
+    sql = _succeed_sql(
+        settle.ctes,
+        settle.columns,
+        media_cte,
+        recorded.ctes if recorded else "",
+        recorded.last_seq_sql if recorded else "",
+    )
     now = timezone.now()
     result_db = Task._meta.get_field("result").get_db_prep_save(result, connection)
     columns: list[list] = [[], [], [], [], [], [], []]
@@ -1232,10 +1287,12 @@ def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> T
             column.append(value)
     params = [
         task_id, attempt, TaskStatus.RUNNING, TaskStatus.QUEUED,
+        *([""] if recorded else []),
         *settle.params,
         TaskStatus.SUCCEEDED, now, result_db, now,
         *media_params,
         TaskAsset.Kind.OUTPUT, now, *columns,
+        *(recorded.params if recorded else []),
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -1244,8 +1301,9 @@ def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> T
         return None
     executor_name = row[1]
     settled = row[3 : 3 + settle.width]
-    task = _task_from_row(row[3 + settle.width :])
-    settle.settled(settled)
+    last_seq = row[3 + settle.width]
+    task = _task_from_row(row[4 + settle.width :])
+    hold = settle.settled(settled, raise_event=recorded is None)
     if task.dispatched_at is not None:
         observe_on_commit(
             TASK_RUN_SECONDS,
@@ -1254,18 +1312,15 @@ def _succeed_in_one(task_id: str, attempt: int, outputs: list, result: Any) -> T
             executor=executor_name or "",
             status=task.status,
         )
-    items = []
-    for media in outputs:
-        item = {
-            "objectKey": media.object_key,
-            "mimeType": media.mime_type or "",
-            "size": media.size,
-        }
-        if media.width:
-            item["width"] = media.width
-            item["height"] = media.height
-        items.append(item)
-    _emit_status(task, outputs=items)
+    if recorded is not None:
+        recorded.emitted(
+            last_seq,
+            user_id=task.user_id,
+            task_id=task.public_id,
+            payloads=[settle.event_payload(hold), status_payload],
+        )
+    else:
+        _emit_status(task, outputs=items)
     # No queued task waited for the executor when the statement looked; one queued since is
     # found by this check after the commit, or by the dispatch pass its own submit rang.
     transaction.on_commit(_dispatch_if_queued, robust=True)

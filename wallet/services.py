@@ -875,14 +875,26 @@ class SettleInStatement:
     at: datetime
     settled_name: str
 
-    def settled(self, values: tuple | list) -> Hold | None:
-        """The confirmed hold (its account with the new figures), its event raised; None when
-        the statement confirmed nothing (the hold was not held, or overdue)."""
+    def settled(self, values: tuple | list, *, raise_event: bool = True) -> Hold | None:
+        """The confirmed hold (its account with the new figures), its event raised (unless the
+        caller's statement recorded it: ``event_sql``); None when the statement confirmed
+        nothing (the hold was not held, or overdue)."""
         if values[0] is None:
             return None
         hold = _settled_hold(values, self.at)
-        _emit(hold.account, status="deducted", points=hold.points, hold=hold)
+        if raise_event:
+            _emit(hold.account, status="deducted", points=hold.points, hold=hold)
         return hold
+
+    @property
+    def event_sql(self) -> tuple[str, str]:
+        """(event type, payload SQL over the CTEs): the confirm's event, for a caller that
+        records it in its own statement and publishes ``event_payload(hold)``."""
+        return EVENT_TYPE, _payload_sql("wallet_settled", "wallet_moved", "deducted")
+
+    @staticmethod
+    def event_payload(hold: Hold) -> dict:
+        return _payload(hold.account, status="deducted", points=hold.points, hold=hold)
 
 
 def hold_confirm_in_statement(*, key_sql: str, after_sql: str = "") -> SettleInStatement:

@@ -19,10 +19,16 @@ class RealtimeConfig(AppConfig):
             event_record,
             event_record_in_statement,
             events_record,
+            events_record_in_statement,
         )
         from podi.realtime.webhooks import check_signing_secret
 
         if settings.WEBHOOK_SECRET:
             check_signing_secret(settings.WEBHOOK_SECRET)  # fail at start, not at send
-        set_recorder(event_record, several=events_record, in_statement=event_record_in_statement)
+        set_recorder(
+            event_record,
+            several=events_record,
+            in_statement=event_record_in_statement,
+            several_in_statement=events_record_in_statement,
+        )
         register_sink(channel_layer_sink)

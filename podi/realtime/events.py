@@ -67,6 +67,7 @@ _sinks: list[EventSink] = []
 _recorder: list[EventRecorder] = []
 _several: list[SeveralRecorder] = []
 _in_statement: list[StatementRecorder] = []
+_several_in_statement: list[StatementRecorder] = []
 _followable: dict[str, Followable] = {}
 _webhook_body_hooks: list[WebhookBodyHook] = []
 _stream_payload_hooks: list[StreamPayloadHook] = []
@@ -91,14 +92,17 @@ def set_recorder(
     recorder: EventRecorder | None,
     several: SeveralRecorder | None = None,
     in_statement: StatementRecorder | None = None,
+    several_in_statement: StatementRecorder | None = None,
 ) -> None:
     """Wired once by ``RealtimeConfig.ready``; ``None`` publishes unpersisted (benchmarks).
     ``several`` records a user's events at once (``events_batched``); without it they are
     recorded one by one. ``in_statement`` lends ``emit_in_statement`` the SQL that records an
-    event inside a caller's own statement (PostgreSQL); without it callers emit as usual."""
+    event inside a caller's own statement (PostgreSQL), ``several_in_statement`` the same for
+    ``emit_several_in_statement``; without them callers emit as usual."""
     _recorder[:] = [recorder] if recorder else []
     _several[:] = [several] if recorder and several else []
     _in_statement[:] = [in_statement] if recorder and in_statement else []
+    _several_in_statement[:] = [several_in_statement] if recorder and several_in_statement else []
 
 
 def register_followable(kind: str, resolver: Followable) -> None:
@@ -242,6 +246,61 @@ def emit_in_statement(
     if not ctes:
         return None
     return StatementEvent(id=event_id, type=type, at=at, ctes=ctes, params=params)
+
+
+@dataclass
+class StatementEvents:
+    """Several events of one user recorded by the caller's own statement, in order
+    (``emit_several_in_statement``). Put ``ctes`` with ``params`` into the statement as for one
+    event, select ``last_seq_sql``, and once it ran call ``emitted``."""
+
+    ctes: str
+    params: list
+    events: list[StatementEvent]
+    last_seq_sql: str = "(SELECT last_seq FROM podi_event_seq)"
+
+    def emitted(
+        self, last_seq: int | None, *, user_id: int, task_id: str | None, payloads: list[dict]
+    ) -> list[Event]:
+        """Publish the events after commit; they took the seqs up to ``last_seq``."""
+        first = None if last_seq is None else last_seq - len(self.events) + 1
+        return [
+            event.emitted(
+                user_id=user_id,
+                payload=payload,
+                seq=None if first is None else first + index,
+                task_id=task_id,
+            )
+            for index, (event, payload) in enumerate(zip(self.events, payloads, strict=True))
+        ]
+
+
+def emit_several_in_statement(
+    *, events: list[tuple[str, str, list]], source: str, user_sql: str, task_sql: str
+) -> StatementEvents | None:
+    """``emit_in_statement`` for several events of one user at once, in order: ``events`` are
+    (type, payload SQL, the payload SQL's parameters). None where ``emit_in_statement`` gives
+    None."""
+    if not _several_in_statement or getattr(_batch, "pending", None) is not None:
+        return None
+    at = datetime.now(UTC)
+    made = [
+        StatementEvent(id=new_id("evt"), type=type, at=at, ctes="", params=[])
+        for type, _, _ in events
+    ]
+    ctes, params = _several_in_statement[0](
+        [
+            (event.id, event.type, sql, extra)
+            for event, (_, sql, extra) in zip(made, events, strict=True)
+        ],
+        at,
+        source=source,
+        user_sql=user_sql,
+        task_sql=task_sql,
+    )
+    if not ctes:
+        return None
+    return StatementEvents(ctes=ctes, params=params, events=made)
 
 
 @contextlib.contextmanager

@@ -168,6 +168,40 @@ def _in_statement_sql(source: str, user_sql: str, task_sql: str, payload_sql: st
     )
 
 
+@functools.cache
+def _several_in_statement_sql(
+    source: str, user_sql: str, task_sql: str, payload_sqls: tuple[str, ...]
+) -> str:
+    cursor_table, event_table, columns = _names()
+    n = len(payload_sqls)
+    rows = ", ".join(f"({i}, %s::text, %s::text, {sql})" for i, sql in enumerate(payload_sqls, 1))
+    # As _in_statement_sql, for n events of one user: the cursor moves by n, the events take the
+    # n seqs up to it, in the order given.
+    return (
+        f"podi_event_seq AS (INSERT INTO {cursor_table} (user_id, last_seq) "  # noqa: S608
+        f"SELECT {user_sql}, {n} FROM {source} ON CONFLICT (user_id) "
+        f"DO UPDATE SET last_seq = {cursor_table}.last_seq + {n} RETURNING last_seq), "
+        f"podi_event_row AS (INSERT INTO {event_table} ({columns}) "
+        f"SELECT v.id, {user_sql}, podi_event_seq.last_seq - {n} + v.n, {task_sql}, v.type, "
+        f"v.payload, %s FROM podi_event_seq CROSS JOIN {source} "
+        f"CROSS JOIN LATERAL (VALUES {rows}) AS v(n, id, type, payload) RETURNING seq)"
+    )
+
+
+def events_record_in_statement(
+    events: list[tuple[str, str, str, list]], at, *, source: str, user_sql: str, task_sql: str
+) -> tuple[str, list]:
+    """``event_record_in_statement`` for several events of one user, in order: ``events`` are
+    (event id, type, payload SQL, the payload SQL's parameters). PostgreSQL only."""
+    if connection.vendor != "postgresql":
+        return "", []
+    sql = _several_in_statement_sql(source, user_sql, task_sql, tuple(e[2] for e in events))
+    params: list = [at]
+    for event_id, type, _, payload_params in events:
+        params += [event_id, type, *payload_params]
+    return sql, params
+
+
 def event_record_in_statement(
     event_id: str, type: str, at, *, source: str, user_sql: str, task_sql: str, payload_sql: str
 ) -> tuple[str, list]:

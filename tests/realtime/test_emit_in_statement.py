@@ -10,9 +10,20 @@ from __future__ import annotations
 import pytest
 from django.db import DataError, connection, transaction
 
-from podi.realtime.events import emit, emit_in_statement, events_batched, set_recorder
+from podi.realtime.events import (
+    emit,
+    emit_in_statement,
+    emit_several_in_statement,
+    events_batched,
+    set_recorder,
+)
 from podi.realtime.models import Event, EventCursor
-from podi.realtime.services import event_record, event_record_in_statement, events_record
+from podi.realtime.services import (
+    event_record,
+    event_record_in_statement,
+    events_record,
+    events_record_in_statement,
+)
 
 POSTGRESQL = connection.vendor == "postgresql"
 
@@ -71,7 +82,12 @@ def test_a_statement_inside_a_batch_or_without_a_recorder_is_not_offered(owner):
         set_recorder(None)
         assert _statement_event() is None
     finally:
-        set_recorder(event_record, several=events_record, in_statement=event_record_in_statement)
+        set_recorder(
+            event_record,
+            several=events_record,
+            in_statement=event_record_in_statement,
+            several_in_statement=events_record_in_statement,
+        )
     assert (_statement_event() is not None) == POSTGRESQL
 
 
@@ -92,3 +108,42 @@ def test_a_failed_statement_records_nothing(owner, published, django_capture_on_
                 )
     assert not Event.objects.filter(public_id=recorded.id).exists()
     assert published == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_several_events_take_consecutive_seqs_in_order(owner, published):
+    def several():
+        return emit_several_in_statement(
+            events=[
+                ("test.first", "jsonb_build_object('n', src.n)", []),
+                ("test.second", "%s::jsonb", ['{"given": true}']),
+            ],
+            source="src",
+            user_sql="src.user_id",
+            task_sql="src.task",
+        )
+
+    with transaction.atomic(), events_batched():
+        assert several() is None  # a batch records its events together at its end
+    recorded = several()
+    if not POSTGRESQL:
+        assert recorded is None
+        return
+    emit(user_id=owner.pk, type="test.before", payload={})
+    sql = (
+        "WITH src AS (SELECT %s::bigint AS user_id, %s::int AS n, %s::text AS task), "
+        f"{recorded.ctes} SELECT {recorded.last_seq_sql}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [owner.pk, 5, "tsk_s", *recorded.params])
+        last = cursor.fetchone()[0]
+    events = recorded.emitted(
+        last, user_id=owner.pk, task_id="tsk_s", payloads=[{"n": 5}, {"given": True}]
+    )
+    assert [e["seq"] for e in events] == [2, 3] and last == 3
+    assert published[-2:] == events
+    rows = Event.objects.filter(task_public_id="tsk_s").order_by("seq")
+    assert [(r.seq, r.type, r.payload) for r in rows] == [
+        (2, "test.first", {"n": 5}),
+        (3, "test.second", {"given": True}),
+    ]

@@ -12,7 +12,7 @@ import io
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -20,7 +20,7 @@ from integrations.models import Executor
 from media_app.models import MediaObject, MediaStatus
 from media_app.services import media_store_output
 from podi.realtime.events import register_sink, unregister_sink
-from podi.realtime.models import Event
+from podi.realtime.models import Event, WebhookDelivery
 from tasks.models import Task, TaskAsset
 from tasks.services import task_finish, tasks_dispatch_pending
 from tests.servers.comfyui import solid_png
@@ -30,7 +30,6 @@ from wallet.selectors import account_for_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
 POSTGRESQL = connection.vendor == "postgresql"
-_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
 
 
 @pytest.fixture
@@ -67,10 +66,6 @@ def _output(task: Task, name: str = "1-out.png") -> MediaObject:
     return media
 
 
-def _data_statements(queries) -> list[str]:
-    return [q["sql"] for q in queries if not q["sql"].startswith(_CONTROL)]
-
-
 def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded, published):
     task = _running(comfy, api, funded)
     media = _output(task)
@@ -84,12 +79,14 @@ def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded,
             result={"kept": True},
         )
     if POSTGRESQL:
-        # The finish itself (the dispatch check after the commit is a read of its own).
-        statements = _data_statements(finishing.captured_queries)
-        assert [sql.split(" ", 1)[0] for sql in statements[:2]] == ["WITH", "WITH"]
-        assert '"tasks_task"' in statements[0] and '"wallet_hold"' in statements[0]
-        assert "realtime_event" in statements[1]
-        assert len(statements) == 3 and statements[2].startswith("SELECT")
+        # Outside a transaction the statement, with both events, is the whole transaction (no
+        # BEGIN/COMMIT); the dispatch check after it is a read of its own.
+        queries = [q["sql"] for q in finishing.captured_queries]
+        assert [sql.split(" ", 1)[0] for sql in queries] == ["WITH", "SELECT"]
+        for table in ("tasks_task", "integrations_executor", "wallet_hold", "wallet_account",
+                      "wallet_ledgerentry", "media_app_mediaobject", "tasks_taskasset",
+                      "realtime_eventcursor", "realtime_event"):  # fmt: skip
+            assert f'"{table}"' in queries[0], table
     done.refresh_from_db()
     assert (done.status, done.progress, done.result, done.error_code) == (
         "succeeded",
@@ -173,3 +170,47 @@ def test_a_stale_attempt_changes_nothing(comfy, api, funded):
     assert Executor.objects.get(pk=task.executor_id).in_flight == 1
     assert Hold.objects.get(public_id=task.hold_id).status == "held"
     assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.STAGED
+
+
+def test_inside_a_callers_transaction_the_events_are_recorded_with_it(
+    comfy, api, funded, published
+):
+    task = _running(comfy, api, funded)
+    media = _output(task)
+    before = len(published)
+    with transaction.atomic():
+        done = task_finish(task_id=task.public_id, status="succeeded", attempt=1, outputs=[media])
+        assert done.status == "succeeded"
+        assert len(published) == before  # nothing is published before the caller's commit
+    # Published after the caller's commit, as stored.
+    mine = [e for e in published if e["taskId"] == task.public_id][-2:]
+    assert [(e["type"], e["payload"]["status"]) for e in mine] == [
+        ("wallet.points", "deducted"),
+        ("task.status", "succeeded"),
+    ]
+    for event in mine:
+        stored = Event.objects.get(public_id=event["id"])
+        assert (stored.seq, stored.payload) == (event["seq"], event["payload"])
+    assert Executor.objects.get(pk=task.executor_id).in_flight == 0
+    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.UPLOADED
+
+
+def test_a_task_with_a_callback_records_its_delivery_with_the_event(comfy, api, funded, settings):
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # a receiver on loopback; nothing is sent here
+    make_ability("hooked", [make_executor("gpu-hooked", comfy.url)])
+    client = api(funded)
+    response = client.post(
+        "/api/tasks/v1/submit",
+        json={"action": "hooked", "callbackUrl": "http://127.0.0.1:9/hook"},
+    )
+    assert response.status_code == 202, response.text
+    assert tasks_dispatch_pending() == 1
+    task = Task.objects.get(public_id=response.json()["taskId"])
+    done = task_finish(
+        task_id=task.public_id, status="succeeded", attempt=1, outputs=[_output(task)]
+    )
+    assert done.status == "succeeded"
+    assert Event.objects.filter(task_public_id=task.public_id, payload__status="succeeded").exists()
+    assert WebhookDelivery.objects.filter(
+        task_public_id=task.public_id, event_type="task.succeeded"
+    ).exists()
