@@ -476,7 +476,9 @@ def media_store_output(
     """
     object_key = output_object_key(user_id=user_id, task_id=task_id, filename=filename)
     if _stored_status(object_key) in STORED:
-        return MediaObject.objects.get(object_key=object_key)
+        existing = MediaObject.objects.filter(object_key=object_key).first()
+        if existing is not None and existing.status in STORED:  # still so
+            return existing
     backend = get_backend()
     guessed = mime_type or mimetypes.guess_type(object_key)[0] or "application/octet-stream"
     saved = backend.save_stream(object_key, stream, mime_type=guessed)
