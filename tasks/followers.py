@@ -106,13 +106,22 @@ def report_progress(entry: Followed, percent: float, detail: dict | None = None)
 
 
 def _in_pool(fn: Callable[..., Any], *args: Any) -> None:
-    close_old_connections()
+    # Nothing here may end a job unseen: the pool's futures are never read, so an exception
+    # that escaped this function would lose the job (a prompt's end, say) without a word.
+    _tidy_connections()
     try:
         fn(*args)
     except Exception:
-        logger.exception("a finisher job failed")
+        logger.exception("a finisher job failed: %s", getattr(fn, "__qualname__", fn))
     finally:
+        _tidy_connections()
+
+
+def _tidy_connections() -> None:
+    try:
         close_old_connections()
+    except Exception:  # the database is out: the job's own calls meet that and retry
+        logger.warning("closing this thread's old database connections failed", exc_info=True)
 
 
 def spawn(fn: Callable[..., Any], *args: Any) -> None:

@@ -41,6 +41,9 @@ Knobs (plain attributes, may be changed at any time from the test thread):
                           once) every websocket is cut abruptly (TCP abort, no close frame). The
                           prompt itself still completes and lands in history. Reset when consumed.
 ``silent_socket``         bool: websockets are accepted but nothing is ever sent on them.
+``lose_prompt_end``       bool: the next prompt that ends sends no ``executing`` (``node: None``)
+                          nor ``execution_success`` (lost on the way; the socket stays up, the
+                          prompt lands in history). Reset to False when consumed.
 ``refuse_websockets``     bool: the ``/ws`` handshake answers 503 (HTTP routes work): a client
                           whose socket was cut cannot reconnect until this is False again.
 ``forget_prompts``        bool: POST /prompt validates and answers 200 as usual, but the prompt is
@@ -894,6 +897,8 @@ class ComfyUITestServer(LoopbackServer):
         self.fail_next_prompt_with: Any = None
         self.drop_socket_after: int | None = None
         self.silent_socket: bool = False
+        self.lose_prompt_end: bool = False
+        self._losing: str | None = None  # the prompt whose end is being lost
         self.refuse_websockets: bool = False
         self.forget_prompts: bool = False
         self.http_delay: float = 0.0
@@ -1007,6 +1012,16 @@ class ComfyUITestServer(LoopbackServer):
     async def _deliver(self, event: str, data: Any, sid: str | None) -> None:
         if self.silent_socket:
             return
+        ending = isinstance(data, dict) and (
+            (event == "executing" and data.get("node") is None) or event == "execution_success"
+        )
+        if ending:
+            if self.lose_prompt_end and self._losing is None:
+                self.lose_prompt_end, self._losing = False, data.get("prompt_id")
+            if self._losing is not None and data.get("prompt_id") == self._losing:
+                if event == "executing":
+                    self._losing = None  # the last of the two
+                return
         msg = {"type": event, "data": data}
         if sid is None:
             targets = list(self.sockets.values())

@@ -142,6 +142,27 @@ def test_a_silent_socket_does_not_keep_a_forgotten_prompt_forever(worker, comfy,
     assert the_session().connected
 
 
+def test_a_prompt_whose_end_message_is_lost_is_found_by_the_sweep(worker, comfy, funded, api):
+    """Progress was heard, then the end never came over a live socket (lost on the way): the
+    sweep finds the prompt gone from /queue and reads its history, long before the run timeout.
+    Before, a prompt once heard was never swept, and its task stayed running (kept alive by its
+    heartbeat) until the timeout failed it."""
+    executor = make_executor("gpu-1", comfy.url, config={"poll_every": 0.2})
+    make_ability("sleep", [executor], graph=SLEEP_GRAPH, schema=SLEEP_SCHEMA, points=1)
+    client = api(funded)
+    warm = submit(client, "sleep", seconds=0)
+    wait_for(lambda: all_succeeded([warm]))
+    comfy.lose_prompt_end = True
+    task_id = submit(client, "sleep", seconds=0.5)
+    wait_for(lambda: all_succeeded([task_id]), timeout=30)
+    prompt_id = Task.objects.get(public_id=task_id).external_id
+    assert not comfy.lose_prompt_end  # the end of this prompt was the one lost
+    assert not [m for m in comfy.sent if m["type"] == "executing"
+                and m["data"].get("node") is None and m["data"].get("prompt_id") == prompt_id]  # fmt: skip
+    assert comfy.requests_to("/queue", method="GET")  # found by the sweep
+    assert the_session().connected and the_session().connects == 1
+
+
 def test_followed_attempts_are_heartbeaten_per_process_and_a_cancel_stops_following(
     worker, comfy, funded, api
 ):

@@ -36,6 +36,7 @@ from integrations.executors.comfyui.run import ComfyUIRunner
 logger = logging.getLogger("podi.executors.comfyui.session")
 
 SWEEP_EVERY = 5.0  # seconds a prompt may go unmentioned on a live socket before /queue is read
+CONFIRM_STALE = 30.0  # seconds a /history confirmation may take before it is tried again
 RECONNECT_FIRST = 0.2
 RECONNECT_MAX = 10.0
 CONNECT_WAIT = 2.0  # a new session waits this long for its socket before the first submit
@@ -56,10 +57,16 @@ class Watch:
     polling: bool = False
     seen: bool = False  # a socket message mentioned it
     confirming: bool = False
+    confirm_since: float = 0.0  # when the confirmation under way began (monotonic)
     ended: bool = False
     absent_since: float | None = None
     registered: float = field(default_factory=time.monotonic)
     done_nodes: set[str] = field(default_factory=set)
+    heard: float = field(default_factory=time.monotonic)  # the last message about it, or its start
+
+    def confirm(self) -> None:
+        """Mark a ``/history`` confirmation as under way (called under the session's lock)."""
+        self.confirming, self.confirm_since = True, time.monotonic()
 
 
 class ComfyUISession:
@@ -142,7 +149,8 @@ class ComfyUISession:
             if not self._connected.is_set():
                 watch.polling = True
             confirm = ended or check_now
-            watch.confirming = confirm
+            if confirm:
+                watch.confirm()
         if confirm:
             self._spawn(self._confirm, watch, ended)
         return watch
@@ -219,7 +227,7 @@ class ComfyUISession:
             for watch in again:
                 # Its end may have passed while the socket was down: read /history once.
                 watch.polling = False
-                watch.confirming = True
+                watch.confirm()
             self._connected.set()
         for watch in again:
             self._spawn(self._confirm, watch, False)
@@ -245,11 +253,11 @@ class ComfyUISession:
                     while len(self._ended_early) > ENDED_EARLY_KEPT:
                         self._ended_early.popitem(last=False)
                 return
-            watch.seen = True
+            watch.seen, watch.heard = True, time.monotonic()
             if ended:
                 if watch.ended or watch.confirming:
                     return
-                watch.confirming = True
+                watch.confirm()
         if ended:
             self._spawn(self._confirm, watch, True)
             return
@@ -295,6 +303,7 @@ class ComfyUISession:
                     connected = self._connected.is_set()
                 if not watches:
                     continue
+                self._retry_stale_confirms(watches, now)
                 due = [w for w in watches if not w.confirming and (w.polling or not connected)]
                 if connected and now >= next_sweep:
                     next_sweep = now + SWEEP_EVERY
@@ -304,16 +313,30 @@ class ComfyUISession:
             except Exception:  # never let the poller die: log, and try again next round
                 logger.exception("polling ComfyUI %s failed", self.name)
 
+    def _retry_stale_confirms(self, watches: list[Watch], now: float) -> None:
+        """A confirmation that never came back (its thread died, or never got to run) must not
+        leave its prompt unfollowed: the prompt is polled instead."""
+        with self._lock:
+            stale = [
+                w
+                for w in watches
+                if w.confirming and not w.ended and now - w.confirm_since > CONFIRM_STALE
+            ]
+            for watch in stale:
+                watch.confirming, watch.polling = False, True
+        for watch in stale:
+            logger.warning(
+                "confirming %s on %s took over %.0f s; polling it", watch.prompt_id, self.name,
+                CONFIRM_STALE,
+            )  # fmt: skip
+
     def _sweep(self, watches: list[Watch], now: float) -> list[Watch]:
-        """Prompts no socket message has mentioned for a while: still in the queue?"""
+        """Prompts no socket message has mentioned for a while: still in the queue? (Also one
+        whose progress was heard but whose end was not: a message can be lost.)"""
         quiet = [
             w
             for w in watches
-            if w.own
-            and not w.seen
-            and not w.polling
-            and not w.confirming
-            and now - w.registered > SWEEP_EVERY
+            if w.own and not w.polling and not w.confirming and now - w.heard > SWEEP_EVERY
         ]
         if not quiet:
             return []
