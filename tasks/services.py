@@ -15,7 +15,7 @@ import io
 import json
 import logging
 from datetime import UTC, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import signing
@@ -66,6 +66,9 @@ from wallet.services import (
     hold_outlive,
     hold_release_by_id,
 )
+
+if TYPE_CHECKING:
+    from media_app.models import MediaObject
 
 logger = logging.getLogger("podi.tasks")
 
@@ -1041,7 +1044,7 @@ def task_set_external(*, task_id: str, attempt: int, external_id: str, state: di
     )
 
 
-def _asset_dict(asset: TaskAsset) -> dict[str, Any]:
+def _asset_dict(asset: TaskAsset | MediaObject) -> dict[str, Any]:
     item = {"objectKey": asset.object_key, "mimeType": asset.mime_type, "size": asset.size}
     if asset.width:
         item["width"] = asset.width
@@ -1235,17 +1238,7 @@ def _succeed_in_one(
         object_keys=[media.object_key for media in outputs],
         when_sql="EXISTS (SELECT 1 FROM e)",
     )
-    items = []
-    for media in outputs:
-        item = {
-            "objectKey": media.object_key,
-            "mimeType": media.mime_type or "",
-            "size": media.size,
-        }
-        if media.width:
-            item["width"] = media.width
-            item["height"] = media.height
-        items.append(item)
+    items = [_asset_dict(media) for media in outputs]  # a media object has the same fields
     # What task_status_payload gives a succeeded task with these outputs.
     status_payload = {
         "taskId": task_id,

@@ -19,7 +19,6 @@ from django.utils import timezone
 from integrations.models import Executor
 from media_app.models import MediaObject, MediaStatus
 from media_app.services import media_store_output
-from podi.realtime.events import register_sink, unregister_sink
 from podi.realtime.models import Event, WebhookDelivery
 from tasks.models import Task, TaskAsset
 from tasks.services import task_finish, tasks_dispatch_pending
@@ -30,14 +29,6 @@ from wallet.selectors import account_for_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("queued_submits")]
 POSTGRESQL = connection.vendor == "postgresql"
-
-
-@pytest.fixture
-def published():
-    seen: list[dict] = []
-    register_sink(seen.append)
-    yield seen
-    unregister_sink(seen.append)
 
 
 def _running(comfy, api, user, *, name: str = "invert") -> Task:
