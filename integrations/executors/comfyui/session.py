@@ -60,7 +60,6 @@ class Watch:
     confirm_since: float = 0.0  # when the confirmation under way began (monotonic)
     ended: bool = False
     absent_since: float | None = None
-    registered: float = field(default_factory=time.monotonic)
     done_nodes: set[str] = field(default_factory=set)
     heard: float = field(default_factory=time.monotonic)  # the last message about it, or its start
 
