@@ -69,6 +69,12 @@ CONFIG_SCHEMAS: dict[str, dict] = {
                 "description": "seconds a prompt may be missing from queue and history",
             },
             "poll_every": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+            "confirm_stale": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 3600,
+                "description": "seconds a /history confirmation may take before polling",
+            },
         },
     },
     ExecutorKind.COZE: {

@@ -4,11 +4,18 @@ finished prompt; polling is only the fallback while the socket is down."""
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
+from integrations.executors.comfyui.run import ComfyUIRunner
+from integrations.executors.comfyui.session import ComfyUISession
 from integrations.executors.registry import sessions_open
 from podi.realtime.models import Event
 from tasks import followers
@@ -161,6 +168,47 @@ def test_a_prompt_whose_end_message_is_lost_is_found_by_the_sweep(worker, comfy,
                 and m["data"].get("node") is None and m["data"].get("prompt_id") == prompt_id]  # fmt: skip
     assert comfy.requests_to("/queue", method="GET")  # found by the sweep
     assert the_session().connected and the_session().connects == 1
+
+
+def test_a_confirmation_that_never_comes_back_is_polled_instead(comfy, caplog):
+    """The ``/history`` read after a prompt's end runs in a finisher thread; when that job never
+    runs (its thread died, its pool never got to it), the prompt is polled once the confirmation
+    is ``confirm_stale`` seconds old, instead of staying followed until its run timeout."""
+    dropped: list[str] = []
+
+    def spawn(fn, *args):
+        if getattr(fn, "__name__", "") == "_confirm" and not dropped:
+            dropped.append(args[0].prompt_id)  # this job is lost: it never runs
+            return
+        threading.Thread(target=fn, args=args, daemon=True).start()
+
+    runner = ComfyUIRunner(
+        base_url=comfy.url, connect_timeout=5, read_timeout=10, headers={}, poll_every=0.2,
+        confirm_stale=1.0,
+    )  # fmt: skip
+    session = ComfyUISession(runner, spawn=spawn, name="stale").start()
+    try:
+        assert session.connected
+        ended: queue.Queue = queue.Queue()
+        prompt_id = str(uuid.uuid4())
+        graph = {"1": {"class_type": "PodiTestSleep", "inputs": {"seconds": 0.1, "steps": 2}}}
+        session.follow(
+            prompt_id,
+            on_progress=lambda percent, detail: None,
+            on_ended=lambda entry, error: ended.put((time.monotonic(), entry, error)),
+        )
+        body = {"prompt": graph, "client_id": session.client_id, "prompt_id": prompt_id}
+        with caplog.at_level(logging.WARNING, logger="podi.executors.comfyui.session"):
+            assert runner.client.post("/api/prompt", json=body).status_code == 200
+            wait_for(lambda: dropped == [prompt_id], timeout=10)
+            lost_at = time.monotonic()
+            at, entry, error = ended.get(timeout=15)
+        assert error is None and entry["status"]["status_str"] == "success"
+        assert at - lost_at >= 0.9  # not before the confirmation was stale
+        assert f"confirming {prompt_id} on stale took over 1 s; polling it" in caplog.text
+        assert ended.empty()  # ended once
+    finally:
+        session.close()
 
 
 def test_followed_attempts_are_heartbeaten_per_process_and_a_cancel_stops_following(

@@ -43,6 +43,7 @@ logger = logging.getLogger("podi.executors.comfyui")
 FILE_KEYS = ("images", "gifs", "videos", "video", "audio", "files", "meshes", "3d")
 POLL_EVERY = 1.0
 LOST_AFTER = 5.0  # seconds absent from both queue and history before a prompt counts as lost
+CONFIRM_STALE = 30.0  # seconds a /history confirmation may take before the prompt is polled
 
 
 def executor_error(message: str, *, permanent: bool, code: str = "") -> ExecutorError:
@@ -84,12 +85,14 @@ class ComfyUIRunner:
         headers: dict,
         lost_after: float = LOST_AFTER,
         poll_every: float = POLL_EVERY,
+        confirm_stale: float = CONFIRM_STALE,
         api_prefix: str = "/api",
     ):
         self.base_url = base_url.rstrip("/")
         self.prefix = api_prefix.rstrip("/")
         self.lost_after = lost_after
         self.poll_every = poll_every
+        self.confirm_stale = confirm_stale
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self.headers = headers
         self.ws_base = (
@@ -107,6 +110,7 @@ class ComfyUIRunner:
             headers=executor_headers(config),
             lost_after=float(config.get("lost_after") or LOST_AFTER),
             poll_every=float(config.get("poll_every") or POLL_EVERY),
+            confirm_stale=float(config.get("confirm_stale") or CONFIRM_STALE),
             api_prefix=str(config.get("api_prefix", "/api")),
         )
 

@@ -36,7 +36,6 @@ from integrations.executors.comfyui.run import ComfyUIRunner
 logger = logging.getLogger("podi.executors.comfyui.session")
 
 SWEEP_EVERY = 5.0  # seconds a prompt may go unmentioned on a live socket before /queue is read
-CONFIRM_STALE = 30.0  # seconds a /history confirmation may take before it is tried again
 RECONNECT_FIRST = 0.2
 RECONNECT_MAX = 10.0
 CONNECT_WAIT = 2.0  # a new session waits this long for its socket before the first submit
@@ -319,14 +318,14 @@ class ComfyUISession:
             stale = [
                 w
                 for w in watches
-                if w.confirming and not w.ended and now - w.confirm_since > CONFIRM_STALE
+                if w.confirming and not w.ended and now - w.confirm_since > self.runner.confirm_stale
             ]
             for watch in stale:
                 watch.confirming, watch.polling = False, True
         for watch in stale:
             logger.warning(
                 "confirming %s on %s took over %.0f s; polling it", watch.prompt_id, self.name,
-                CONFIRM_STALE,
+                self.runner.confirm_stale,
             )  # fmt: skip
 
     def _sweep(self, watches: list[Watch], now: float) -> list[Watch]:
