@@ -318,7 +318,9 @@ class ComfyUISession:
             stale = [
                 w
                 for w in watches
-                if w.confirming and not w.ended and now - w.confirm_since > self.runner.confirm_stale
+                if w.confirming
+                and not w.ended
+                and now - w.confirm_since > self.runner.confirm_stale
             ]
             for watch in stale:
                 watch.confirming, watch.polling = False, True
