@@ -8,6 +8,10 @@ class PodiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        if settings.DATABASE_PREPARED_STATEMENTS:  # PostgreSQL connections only
+            from podi import prepared
+
+            prepared.install()
         if settings.SQL_COUNT_DIR:  # benches only: count SQL statements (podi/sqlcount.py)
             from podi import sqlcount
 

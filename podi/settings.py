@@ -170,9 +170,18 @@ if DATABASE_POOL_MIN > DATABASE_POOL_MAX:
     raise ImproperlyConfigured("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
 # Seconds a request or actor waits for a pooled connection before giving up (HTTP 503).
 DATABASE_POOL_TIMEOUT = env.int("DATABASE_POOL_TIMEOUT", 5, min_value=1, max_value=300)
+# Prepared statements (docs/adr/0025-prepared-statements.md): parameters bound by PostgreSQL, and a
+# statement run DATABASE_PREPARE_THRESHOLD times on one connection is prepared there, so its
+# parse and plan are not paid again. Off (false) for a pooler that cannot keep prepared
+# statements (PgBouncer in transaction mode before 1.21): Django's client-side binding.
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", True)
+DATABASE_PREPARE_THRESHOLD = env.int("DATABASE_PREPARE_THRESHOLD", 5, min_value=1, max_value=1000)
 if _postgres:
     _postgres["CONN_HEALTH_CHECKS"] = True
     _postgres["OPTIONS"].setdefault("connect_timeout", "5")
+    if DATABASE_PREPARED_STATEMENTS:
+        _postgres["OPTIONS"]["server_side_binding"] = True
+        _postgres["OPTIONS"]["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD
     if DATABASE_POOL:
         # Django hands connections back to the pool at the end of each request or message.
         _postgres["CONN_MAX_AGE"] = 0

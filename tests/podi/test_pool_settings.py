@@ -14,7 +14,9 @@ PROBE = (
     "import json, django; django.setup(); from django.conf import settings as s; "
     "d = s.DATABASES['default']; "
     "print(json.dumps({'pool': d['OPTIONS'].get('pool'), 'age': d.get('CONN_MAX_AGE'), "
-    "'web': s.WEB_CONCURRENCY, 'engine': d['ENGINE']}))"
+    "'web': s.WEB_CONCURRENCY, 'engine': d['ENGINE'], "
+    "'binding': d['OPTIONS'].get('server_side_binding'), "
+    "'prepare': d['OPTIONS'].get('prepare_threshold', 'unset')}))"
 )
 
 
@@ -64,6 +66,18 @@ def test_explicit_pool_size_and_opt_out(tmp_path):
         tmp_path, DATABASE_URL=PG, DATABASE_POOL="false", DATABASE_CONN_MAX_AGE="60"
     )
     assert got["pool"] is None and got["age"] == 60
+
+
+def test_statements_are_bound_server_side_and_prepared_unless_opted_out(tmp_path):
+    """ADR 0025: on PostgreSQL, a statement run 5 times on a connection is prepared there."""
+    got = settings_with(tmp_path, DATABASE_URL=PG)
+    assert (got["binding"], got["prepare"]) == (True, 5)
+    got = settings_with(tmp_path, DATABASE_URL=PG, DATABASE_PREPARE_THRESHOLD="2")
+    assert (got["binding"], got["prepare"]) == (True, 2)
+    # For a pooler that cannot keep prepared statements: Django's client-side binding.
+    got = settings_with(tmp_path, DATABASE_URL=PG, DATABASE_PREPARED_STATEMENTS="false")
+    assert (got["binding"], got["prepare"]) == (None, "unset")
+    assert settings_with(tmp_path)["binding"] is None  # SQLite: nothing to prepare
 
 
 def test_embedded_defaults_run_one_web_process_and_no_pool(tmp_path):
