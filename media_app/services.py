@@ -1,6 +1,7 @@
 """Writes of the media app: upload keys, upload grants, completion, callbacks, outputs, files.
 
-Other apps call: ``media_store_output``, ``media_publish``, ``media_discard_staged``,
+Other apps call: ``media_store_output`` (or ``media_write_output`` then ``media_stage`` or
+``media_publish_in_statement``), ``media_publish``, ``media_discard_staged``,
 ``media_open``, ``signed_download_url`` (and the selectors ``media_get_uploaded_for_user`` and
 ``media_staged``).
 """
@@ -474,6 +475,24 @@ def media_store_output(
     Idempotent per ``(task_id, filename)``: an output already stored is returned as it is.
     ``size`` is a hint only; the streamed size is what is recorded.
     """
+    media = media_write_output(
+        user_id=user_id, task_id=task_id, filename=filename, stream=stream, mime_type=mime_type
+    )
+    if media.pk is not None:
+        return media
+    if not staged:
+        media.status, media.uploaded_at = MediaStatus.UPLOADED, timezone.now()
+    return _upsert(media)
+
+
+def media_write_output(
+    *, user_id: int, task_id: str, filename: str, stream: BinaryIO, mime_type: str | None = None
+) -> MediaObject:
+    """The bytes of :func:`media_store_output` without its row: the file is written and a
+    staged ``MediaObject`` returned UNSAVED (no ``pk``), for the caller to record with
+    :func:`media_stage` or in its own statement (:func:`media_publish_in_statement`,
+    docs/adr/0024-a-success-in-one-statement.md). An output already stored is returned as it
+    is (saved). Until its row is written the file is reachable by nobody."""
     object_key = output_object_key(user_id=user_id, task_id=task_id, filename=filename)
     if _stored_status(object_key) in STORED:
         existing = MediaObject.objects.filter(object_key=object_key).first()
@@ -486,25 +505,33 @@ def media_store_output(
     mime = guessed
     if image and image.mime_type and base_mime(guessed) in ("", "application/octet-stream"):
         mime = image.mime_type
-    values = {
-        "owner_id": user_id,
-        "backend": backend.name,
-        "bucket": backend.bucket,
-        "file_name": str(filename)[:MAX_FILE_NAME],
-        "size": saved.size,
-        "mime_type": mime[:255],
-        "sha256": saved.sha256,
-        "width": image.width if image else None,
-        "height": image.height if image else None,
-        "status": MediaStatus.STAGED if staged else MediaStatus.UPLOADED,
-        "purpose": MediaPurpose.OUTPUT,
-        "task_id": str(task_id)[:MAX_TASK_ID],
-        "uploaded_at": None if staged else timezone.now(),
-        "deleted_at": None,
-    }
-    # One upsert: a row left by an earlier attempt that never stored (or a concurrent writer of
-    # the same output, whose bytes are the ones just written) takes these values.
-    return _upsert(MediaObject(object_key=object_key, **values))
+    return MediaObject(
+        object_key=object_key,
+        owner_id=user_id,
+        backend=backend.name,
+        bucket=backend.bucket,
+        file_name=str(filename)[:MAX_FILE_NAME],
+        size=saved.size,
+        mime_type=mime[:255],
+        sha256=saved.sha256,
+        width=image.width if image else None,
+        height=image.height if image else None,
+        status=MediaStatus.STAGED,
+        purpose=MediaPurpose.OUTPUT,
+        task_id=str(task_id)[:MAX_TASK_ID],
+        uploaded_at=None,
+        deleted_at=None,
+    )
+
+
+def media_stage(media: list[MediaObject]) -> list[MediaObject]:
+    """Record the unsaved objects of :func:`media_write_output` as staged (one upsert each; a
+    row left by an earlier attempt, or a concurrent writer of the same output, whose bytes are
+    the ones just written, takes these values). Saved ones are left as they are."""
+    for item in media:
+        if item.pk is None:
+            _upsert(item)
+    return media
 
 
 def _stored_status(object_key: str) -> str | None:
@@ -525,22 +552,31 @@ def _upsert_sql() -> tuple[str, list]:
     updates = ", ".join(
         f"{quote(f.column)} = excluded.{quote(f.column)}" for f in fields if f.attname not in kept
     )
+    table = quote(MediaObject._meta.db_table)
     sql = (
-        f"INSERT INTO {quote(MediaObject._meta.db_table)} ({columns}) "  # noqa: S608
+        f"INSERT INTO {table} ({columns}) "  # noqa: S608
         f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT (object_key) "
-        f"DO UPDATE SET {updates} RETURNING id, created_at"
+        f"DO UPDATE SET {updates} WHERE {table}.{quote('status')} <> %s RETURNING id, created_at"
     )
     return sql, fields
 
 
 def _upsert(media: MediaObject) -> MediaObject:
     """Insert ``media``, or update the row at its key with its values; one statement (the
-    ORM's ``bulk_create(update_conflicts=...)`` costs more to build than to run)."""
+    ORM's ``bulk_create(update_conflicts=...)`` costs more to build than to run). A row
+    published already is never touched: ``media`` takes its values instead."""
     sql, fields = _upsert_sql()
     params = [f.get_db_prep_save(f.pre_save(media, True), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        pk, created_at = cursor.fetchone()
+        cursor.execute(sql, [*params, MediaStatus.UPLOADED])
+        row = cursor.fetchone()
+    if row is None:  # published meanwhile (a repeat of a finished success): left as it is
+        existing = MediaObject.objects.get(object_key=media.object_key)
+        for field in MediaObject._meta.concrete_fields:
+            setattr(media, field.attname, getattr(existing, field.attname))
+        media._state.adding, media._state.db = False, connection.alias
+        return media
+    pk, created_at = row
     media.pk = pk
     if isinstance(created_at, str):  # SQLite returns the stored text (UTC) from a raw cursor
         created_at = parse_datetime(created_at)
@@ -566,20 +602,44 @@ def media_publish(*, object_keys: list[str]) -> int:
     ).update(status=MediaStatus.UPLOADED, uploaded_at=now, updated_at=now)
 
 
-def media_publish_in_statement(*, object_keys: list[str], when_sql: str) -> tuple[str, list]:
+def media_publish_in_statement(*, media: list[MediaObject], when_sql: str) -> tuple[str, list]:
     """``media_publish`` as a CTE for a caller's own statement (PostgreSQL): ``media_published``
-    makes the staged objects ``uploaded`` when the SQL condition ``when_sql`` (over the caller's
-    earlier CTEs) holds. Returns the CTE and its parameters. Only our own SQL is interpolated."""
+    makes the objects ``uploaded`` when the SQL condition ``when_sql`` (over the caller's
+    earlier CTEs) holds: a staged row is published, and an object of
+    :func:`media_write_output` not recorded yet is inserted published, so its row costs no
+    statement of its own. Returns the CTE and its parameters. Only our own SQL is
+    interpolated."""
+    sql, fields = _publish_sql()
+    now = timezone.now()
+    # The objects themselves are left as they are (staged): if the statement does not apply,
+    # the caller stages them.
+    published = {"status": MediaStatus.UPLOADED, "uploaded_at": now, "updated_at": now}
+    columns: list[list] = [[] for _ in fields]
+    for item in media:
+        for column, field in zip(columns, fields, strict=True):
+            value = published.get(field.attname, getattr(item, field.attname))
+            column.append(field.get_db_prep_save(value, connection))
+    return sql.replace("{when}", when_sql), [*columns, MediaStatus.STAGED]
+
+
+@functools.cache
+def _publish_sql() -> tuple[str, list]:
     quote = connection.ops.quote_name
     table = quote(MediaObject._meta.db_table)
-    now = timezone.now()
-    cte = (
-        f"media_published AS (UPDATE {table} SET status = %s, uploaded_at = %s, "  # noqa: S608
-        f"updated_at = %s WHERE object_key = ANY(%s::text[]) AND status = %s AND {when_sql} "
+    fields = [f for f in MediaObject._meta.concrete_fields if not f.primary_key]
+    names = ", ".join(quote(f.column) for f in fields)
+    arrays = ", ".join(f"%s::{f.db_type(connection).split(' CHECK')[0]}[]" for f in fields)
+    kept = {"object_key", "created_at"}  # an earlier row keeps its key and its birth
+    updates = ", ".join(
+        f"{quote(f.column)} = excluded.{quote(f.column)}" for f in fields if f.attname not in kept
+    )
+    sql = (
+        f"media_published AS (INSERT INTO {table} ({names}) "  # noqa: S608
+        f"SELECT * FROM unnest({arrays}) WHERE {{when}} "
+        f"ON CONFLICT (object_key) DO UPDATE SET {updates} WHERE {table}.status = %s "
         "RETURNING id)"
     )
-    keys = [str(key) for key in object_keys]
-    return cte, [MediaStatus.UPLOADED, now, now, keys, MediaStatus.STAGED]
+    return sql, fields
 
 
 def media_discard_staged(*, object_keys: list[str]) -> int:

@@ -33,7 +33,8 @@ from media_app.selectors import media_staged
 from media_app.services import (
     media_discard_staged,
     media_open,
-    media_store_output,
+    media_stage,
+    media_write_output,
     signed_download_url,
 )
 from podi.events import actor_named, enqueue_on_commit
@@ -201,35 +202,45 @@ def _adapter_for(executor):
 
 
 def _store_outputs(task: Task, outputs) -> list:
-    stored = []
+    """Write the run's outputs to storage. Their rows are written by ``task_finish``: on
+    PostgreSQL a success records them published in its one statement (ADR 0024); any other
+    path stages them first."""
+    stored: list = []
+    try:
+        _write_outputs(task, outputs, stored)
+    except BaseException:
+        try:
+            media_stage(stored)  # what was written stays findable by the sweep
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            logger.warning("task %s: could not record its written outputs", task.public_id)
+        raise
+    return stored
+
+
+def _write_outputs(task: Task, outputs, stored: list) -> None:
     for index, output in enumerate(outputs):
         name = output.filename or f"output-{index}"
         if output.node_id:
             name = f"{output.node_id}-{name}"
         if output.text is not None:
-            data = output.text.encode()
-            media = media_store_output(
+            media = media_write_output(
                 user_id=task.user_id,
                 task_id=task.public_id,
                 filename=name if "." in name else f"{name}.txt",
-                stream=io.BytesIO(data),
+                stream=io.BytesIO(output.text.encode()),
                 mime_type="text/plain; charset=utf-8",
-                size=len(data),
-                staged=True,
             )
         else:
             with output.open() as stream:
-                media = media_store_output(
+                media = media_write_output(
                     user_id=task.user_id,
                     task_id=task.public_id,
                     filename=name,
                     stream=stream,
                     mime_type=output.mime_type,
-                    staged=True,
                 )
         media.node_id = output.node_id
         stored.append(media)
-    return stored
 
 
 # Attempts whose actor thread is in this process now: a duplicate message for one is skipped

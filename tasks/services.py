@@ -37,6 +37,7 @@ from media_app.services import (
     media_discard_staged,
     media_publish,
     media_publish_in_statement,
+    media_stage,
     media_store_output,
     signed_download_url,
 )
@@ -1066,8 +1067,10 @@ def task_finish(
 
     ``outputs`` are stored media objects (``media_app.models.MediaObject``), usually staged: a
     success publishes them in this transaction, together with the confirm; any other ending
-    leaves them staged for the sweep. A call for a stale attempt, or for a task already
-    terminal, changes nothing and returns the task as it is.
+    leaves them staged for the sweep. Objects written without their row yet
+    (``media_write_output``, no ``pk``) are recorded: published by the one-statement success,
+    staged before any other path. A call for a stale attempt, or for a task already terminal,
+    changes nothing and returns the task as it is.
     """
 
     if status not in {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED}:
@@ -1088,6 +1091,10 @@ def task_finish(
                 raise
             # The hold could not be charged after all (expired at the last moment): nothing
             # was written; the path below ends the task failed, deterministically.
+    if outputs:
+        # Rows for the outputs not recorded yet: staged, so that whatever ends the task below,
+        # the sweep finds what it does not publish.
+        media_stage(outputs)
     with transaction.atomic(), events_batched():
         task = (
             Task.objects.select_for_update(of=("self",))
@@ -1235,8 +1242,7 @@ def _succeed_in_one(
         key_sql="(SELECT hold_id FROM k)", after_sql="(SELECT count(*) FROM x) >= 0"
     )
     media_cte, media_params = media_publish_in_statement(
-        object_keys=[media.object_key for media in outputs],
-        when_sql="EXISTS (SELECT 1 FROM e)",
+        media=outputs, when_sql="EXISTS (SELECT 1 FROM e)"
     )
     items = [_asset_dict(media) for media in outputs]  # a media object has the same fields
     # What task_status_payload gives a succeeded task with these outputs.

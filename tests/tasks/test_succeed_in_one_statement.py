@@ -16,10 +16,13 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from integrations.executors.base import ExecutorError
+from integrations.executors.runtime import OutputFile
 from integrations.models import Executor
 from media_app.models import MediaObject, MediaStatus
-from media_app.services import media_store_output
+from media_app.services import media_store_output, media_write_output
 from podi.realtime.models import Event, WebhookDelivery
+from tasks.execution import _store_outputs, tasks_sweep_staged_media
 from tasks.models import Task, TaskAsset
 from tasks.services import task_finish, tasks_dispatch_pending
 from tests.servers.comfyui import solid_png
@@ -42,24 +45,43 @@ def _running(comfy, api, user, *, name: str = "invert") -> Task:
     return task
 
 
-def _output(task: Task, name: str = "1-out.png") -> MediaObject:
+def _output(task: Task, name: str = "1-out.png", *, recorded: bool = False) -> MediaObject:
+    """An output as the worker hands it over: its bytes written, its row not yet (``recorded``:
+    staged already, as an earlier attempt or another caller leaves it)."""
     data = solid_png(8, 8)
-    media = media_store_output(
-        user_id=task.user_id,
-        task_id=task.public_id,
-        filename=name,
-        stream=io.BytesIO(data),
-        mime_type="image/png",
-        size=len(data),
-        staged=True,
-    )
+    if recorded:
+        media = media_store_output(
+            user_id=task.user_id,
+            task_id=task.public_id,
+            filename=name,
+            stream=io.BytesIO(data),
+            mime_type="image/png",
+            size=len(data),
+            staged=True,
+        )
+    else:
+        media = media_write_output(
+            user_id=task.user_id,
+            task_id=task.public_id,
+            filename=name,
+            stream=io.BytesIO(data),
+            mime_type="image/png",
+        )
+        assert media.pk is None and not MediaObject.objects.filter(object_key=media.object_key)
     media.node_id = "9"
     return media
 
 
-def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded, published):
+def _row(media: MediaObject) -> MediaObject:
+    return MediaObject.objects.get(object_key=media.object_key)
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["written", "staged"])
+def test_a_success_is_one_statement_and_ends_everything_once(
+    comfy, api, funded, published, recorded
+):
     task = _running(comfy, api, funded)
-    media = _output(task)
+    media = _output(task, recorded=recorded)
     hold = Hold.objects.get(public_id=task.hold_id)
     with CaptureQueriesContext(connection) as finishing:
         done = task_finish(
@@ -98,7 +120,11 @@ def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded,
         account.balance,
         0,
     )
-    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.UPLOADED
+    row = _row(media)
+    assert (row.status, row.size, row.sha256, row.width, row.owner_id) == (
+        MediaStatus.UPLOADED, media.size, media.sha256, 8, funded.pk
+    )  # fmt: skip
+    assert row.uploaded_at is not None and row.task_id == task.public_id
     asset = TaskAsset.objects.get(task=done)
     assert (asset.kind, asset.object_key, asset.node_id, asset.width) == (
         "output",
@@ -132,6 +158,8 @@ def test_a_success_is_one_statement_and_ends_everything_once(comfy, api, funded,
     assert Executor.objects.get(pk=task.executor_id).in_flight == 0
     assert LedgerEntry.objects.filter(hold=hold, type="confirm").count() == 1
     assert TaskAsset.objects.filter(task=done).count() == 1
+    assert MediaObject.objects.filter(task_id=task.public_id).count() == 1
+    assert _row(media).status == MediaStatus.UPLOADED
 
 
 def test_an_overdue_hold_undoes_the_statement_and_the_task_fails_uncharged(comfy, api, funded):
@@ -146,7 +174,7 @@ def test_an_overdue_hold_undoes_the_statement_and_the_task_fails_uncharged(comfy
     # statement; nothing of the success is left.
     assert Executor.objects.get(pk=task.executor_id).in_flight == 0
     assert Hold.objects.get(public_id=task.hold_id).status == "released"
-    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.STAGED
+    assert _row(media).status == MediaStatus.STAGED
     assert not TaskAsset.objects.filter(task__public_id=task.public_id).exists()
     account = account_for_user(funded)
     account.refresh_from_db()
@@ -160,7 +188,7 @@ def test_a_stale_attempt_changes_nothing(comfy, api, funded):
     assert (done.status, done.attempts) == ("running", 1)
     assert Executor.objects.get(pk=task.executor_id).in_flight == 1
     assert Hold.objects.get(public_id=task.hold_id).status == "held"
-    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.STAGED
+    assert _row(media).status == MediaStatus.STAGED
 
 
 def test_inside_a_callers_transaction_the_events_are_recorded_with_it(
@@ -183,7 +211,7 @@ def test_inside_a_callers_transaction_the_events_are_recorded_with_it(
         stored = Event.objects.get(public_id=event["id"])
         assert (stored.seq, stored.payload) == (event["seq"], event["payload"])
     assert Executor.objects.get(pk=task.executor_id).in_flight == 0
-    assert MediaObject.objects.get(pk=media.pk).status == MediaStatus.UPLOADED
+    assert _row(media).status == MediaStatus.UPLOADED
 
 
 def test_a_task_with_a_callback_records_its_delivery_with_the_event(comfy, api, funded, settings):
@@ -205,3 +233,24 @@ def test_a_task_with_a_callback_records_its_delivery_with_the_event(comfy, api, 
     assert WebhookDelivery.objects.filter(
         task_public_id=task.public_id, event_type="task.succeeded"
     ).exists()
+
+
+def test_outputs_written_before_a_failing_one_stay_findable_by_the_sweep(comfy, api, funded):
+    """The worker writes a run's outputs without their rows (the success records them); when a
+    later one fails to download, the ones written are staged, so the sweep removes them."""
+    task = _running(comfy, api, funded)
+
+    def unreachable():
+        raise ExecutorError("ComfyUI answered 502 on /view", permanent=False)
+
+    outputs = [
+        OutputFile(filename="caption.txt", node_id="3", kind="text", text="first"),
+        OutputFile(filename="b.png", node_id="9", mime_type="image/png", open=unreachable),
+    ]
+    with pytest.raises(ExecutorError):
+        _store_outputs(task, outputs)
+    (row,) = MediaObject.objects.filter(task_id=task.public_id, purpose="output")
+    assert (row.status, row.file_name, row.size) == (MediaStatus.STAGED, "3-caption.txt", 5)
+    task_finish(task_id=task.public_id, status="failed", attempt=1, error_code="EXECUTOR_ERROR")
+    assert tasks_sweep_staged_media() == 1
+    assert not MediaObject.objects.filter(task_id=task.public_id, purpose="output").exists()
