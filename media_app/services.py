@@ -486,15 +486,23 @@ def media_store_output(
 
 
 def media_write_output(
-    *, user_id: int, task_id: str, filename: str, stream: BinaryIO, mime_type: str | None = None
+    *,
+    user_id: int,
+    task_id: str,
+    filename: str,
+    stream: BinaryIO,
+    mime_type: str | None = None,
+    fresh: bool = False,
 ) -> MediaObject:
     """The bytes of :func:`media_store_output` without its row: the file is written and a
     staged ``MediaObject`` returned UNSAVED (no ``pk``), for the caller to record with
     :func:`media_stage` or in its own statement (:func:`media_publish_in_statement`,
     docs/adr/0024-a-success-in-one-statement.md). An output already stored is returned as it
-    is (saved). Until its row is written the file is reachable by nobody."""
+    is (saved), unless ``fresh``: the key is the caller's alone (one attempt's output) and
+    whatever is there is its own earlier write, so the bytes are written without that read.
+    Until its row is written the file is reachable by nobody."""
     object_key = output_object_key(user_id=user_id, task_id=task_id, filename=filename)
-    if _stored_status(object_key) in STORED:
+    if not fresh and _stored_status(object_key) in STORED:
         existing = MediaObject.objects.filter(object_key=object_key).first()
         if existing is not None and existing.status in STORED:  # still so
             return existing

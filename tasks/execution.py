@@ -218,10 +218,15 @@ def _store_outputs(task: Task, outputs) -> list:
 
 
 def _write_outputs(task: Task, outputs, stored: list) -> None:
+    # The keys are the attempt's own (``results/<user>/<task>/[a<attempt>-]<node>-<name>``): a
+    # late conclusion of a superseded attempt never writes over the bytes of the one that
+    # succeeded, so nothing has to be read before writing.
     for index, output in enumerate(outputs):
         name = output.filename or f"output-{index}"
         if output.node_id:
             name = f"{output.node_id}-{name}"
+        if task.attempts > 1:
+            name = f"a{task.attempts}-{name}"
         if output.text is not None:
             media = media_write_output(
                 user_id=task.user_id,
@@ -229,6 +234,7 @@ def _write_outputs(task: Task, outputs, stored: list) -> None:
                 filename=name if "." in name else f"{name}.txt",
                 stream=io.BytesIO(output.text.encode()),
                 mime_type="text/plain; charset=utf-8",
+                fresh=True,
             )
         else:
             with output.open() as stream:
@@ -238,6 +244,7 @@ def _write_outputs(task: Task, outputs, stored: list) -> None:
                     filename=name,
                     stream=stream,
                     mime_type=output.mime_type,
+                    fresh=True,
                 )
         media.node_id = output.node_id
         stored.append(media)

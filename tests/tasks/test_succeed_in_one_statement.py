@@ -9,6 +9,7 @@ databases: the checks below run on SQLite too, where that finish is the only pat
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -20,11 +21,11 @@ from integrations.executors.base import ExecutorError
 from integrations.executors.runtime import OutputFile
 from integrations.models import Executor
 from media_app.models import MediaObject, MediaStatus
-from media_app.services import media_store_output, media_write_output
+from media_app.services import media_open, media_store_output, media_write_output
 from podi.realtime.models import Event, WebhookDelivery
 from tasks.execution import _store_outputs, tasks_sweep_staged_media
 from tasks.models import Task, TaskAsset
-from tasks.services import task_finish, tasks_dispatch_pending
+from tasks.services import task_finish, task_requeue_or_fail, tasks_dispatch_pending
 from tests.servers.comfyui import solid_png
 from tests.tasks.conftest import make_ability, make_executor
 from wallet.models import Hold, LedgerEntry
@@ -254,3 +255,43 @@ def test_outputs_written_before_a_failing_one_stay_findable_by_the_sweep(comfy, 
     task_finish(task_id=task.public_id, status="failed", attempt=1, error_code="EXECUTOR_ERROR")
     assert tasks_sweep_staged_media() == 1
     assert not MediaObject.objects.filter(task_id=task.public_id, purpose="output").exists()
+
+
+def test_each_attempt_writes_its_own_keys_and_a_late_one_never_overwrites_the_success(
+    comfy, api, funded
+):
+    """Outputs are written without a read first, under keys of their attempt: the second
+    attempt's success publishes its own bytes, and the first attempt's late conclusion (its
+    worker was presumed dead) writes beside them and is swept."""
+    first_run = _running(comfy, api, funded)
+
+    def caption(text: str) -> list[OutputFile]:
+        return [OutputFile(filename="caption.txt", node_id="3", kind="text", text=text)]
+
+    assert task_requeue_or_fail(
+        task_id=first_run.public_id, attempt=1, error_code="EXECUTOR_ERROR", error_message="x"
+    ).status == "queued"  # fmt: skip
+    time.sleep(1.1)  # the back-off after a first failure
+    assert tasks_dispatch_pending() == 1
+    second_run = Task.objects.get(pk=first_run.pk)
+    assert (second_run.status, second_run.attempts) == ("running", 2)
+    published_media = _store_outputs(second_run, caption("second"))
+    done = task_finish(
+        task_id=second_run.public_id, status="succeeded", attempt=2, outputs=published_media
+    )
+    assert done.status == "succeeded"
+    (asset,) = TaskAsset.objects.filter(task=done)
+    assert asset.object_key.endswith(f"/{first_run.public_id}/a2-3-caption.txt")
+
+    late = _store_outputs(first_run, caption("first, late"))  # the loaded row says attempt 1
+    assert late[0].object_key.endswith("/3-caption.txt")
+    stale = task_finish(task_id=first_run.public_id, status="succeeded", attempt=1, outputs=late)
+    assert (stale.status, stale.attempts) == ("succeeded", 2)
+    with media_open(object_key=published_media[0].object_key) as stream:
+        assert stream.read() == b"second"
+    assert _row(late[0]).status == MediaStatus.STAGED
+    assert tasks_sweep_staged_media() == 1
+    assert list(MediaObject.objects.filter(task_id=first_run.public_id)) == [
+        _row(published_media[0])
+    ]
+    assert _row(published_media[0]).status == MediaStatus.UPLOADED
