@@ -15,6 +15,7 @@ import io
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
 
@@ -201,13 +202,16 @@ def _adapter_for(executor):
     return run_adapter_for(executor)
 
 
-def _store_outputs(task: Task, outputs) -> list:
+def _store_outputs(task: Task, outputs, early: Early | None = None) -> list:
     """Write the run's outputs to storage. Their rows are written by ``task_finish``: on
     PostgreSQL a success records them published in its one statement (ADR 0024); any other
-    path stages them first."""
+    path stages them first. An output ``early`` fetched already (ADR 0026) is not fetched
+    again."""
     stored: list = []
     try:
-        _write_outputs(task, outputs, stored)
+        for index, output in enumerate(outputs):
+            media = early.take(output) if early is not None else None
+            stored.append(media or _write_output(task, output, index))
     except BaseException:
         try:
             media_stage(stored)  # what was written stays findable by the sweep
@@ -217,37 +221,104 @@ def _store_outputs(task: Task, outputs) -> list:
     return stored
 
 
-def _write_outputs(task: Task, outputs, stored: list) -> None:
-    # The keys are the attempt's own (``results/<user>/<task>/[a<attempt>-]<node>-<name>``): a
-    # late conclusion of a superseded attempt never writes over the bytes of the one that
-    # succeeded, so nothing has to be read before writing.
-    for index, output in enumerate(outputs):
-        name = output.filename or f"output-{index}"
-        if output.node_id:
-            name = f"{output.node_id}-{name}"
-        if task.attempts > 1:
-            name = f"a{task.attempts}-{name}"
-        if output.text is not None:
+def _write_output(task: Task, output, index: int):
+    """One output's bytes in storage, under a key of this attempt's own
+    (``results/<user>/<task>/[a<attempt>-]<node>-<name>``): a late conclusion of a superseded
+    attempt never writes over the bytes of the one that succeeded, so nothing has to be read
+    before writing."""
+    name = output.filename or f"output-{index}"
+    if output.node_id:
+        name = f"{output.node_id}-{name}"
+    if task.attempts > 1:
+        name = f"a{task.attempts}-{name}"
+    if output.text is not None:
+        media = media_write_output(
+            user_id=task.user_id,
+            task_id=task.public_id,
+            filename=name if "." in name else f"{name}.txt",
+            stream=io.BytesIO(output.text.encode()),
+            mime_type="text/plain; charset=utf-8",
+            fresh=True,
+        )
+    else:
+        with output.open() as stream:
             media = media_write_output(
                 user_id=task.user_id,
                 task_id=task.public_id,
-                filename=name if "." in name else f"{name}.txt",
-                stream=io.BytesIO(output.text.encode()),
-                mime_type="text/plain; charset=utf-8",
+                filename=name,
+                stream=stream,
+                mime_type=output.mime_type,
                 fresh=True,
             )
-        else:
-            with output.open() as stream:
-                media = media_write_output(
-                    user_id=task.user_id,
-                    task_id=task.public_id,
-                    filename=name,
-                    stream=stream,
-                    mime_type=output.mime_type,
-                    fresh=True,
-                )
+    media.node_id = output.node_id
+    return media
+
+
+class Early:
+    """Outputs of a followed ComfyUI prompt fetched as soon as their node reported them
+    (``executed``), while the prompt still runs (docs/adr/0026-outputs-fetched-early.md).
+
+    The conclusion ``take``s each output it finds in ``/history``: a fetch done or under way is
+    waited for; one not started yet is called off and fetched by the conclusion itself (so a
+    busy finisher pool never waits on itself). ``close`` ends it: what was fetched and not
+    taken is staged, so the sweep finds it; a fetch still under way stages its own result."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self._lock = threading.Lock()
+        self._fetches: dict[tuple, Future] = {}
+        self._closed = False
+
+    def heard(self, runner, node_id: str, ui: dict, declared: set[str]) -> None:
+        """A node reported outputs (called in the session's reader thread: never blocks)."""
+        for output in runner.output_files(node_id, ui, declared):
+            if output.open is None or not output.ref:
+                continue  # nothing to download
+            with self._lock:
+                if self._closed or output.ref in self._fetches:
+                    continue
+                future: Future = Future()
+                self._fetches[output.ref] = future
+            followers.spawn(self._fetch, output, future)
+
+    def _fetch(self, output, future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # called off: the conclusion fetches it itself
+        try:
+            media = _write_output(self.task, output, 0)
+        except BaseException as exc:  # noqa: BLE001 - the conclusion fetches it again
+            future.set_exception(exc)
+            return
+        with self._lock:
+            orphan = self._closed
+            future.set_result(media)
+        if orphan:
+            media_stage([media])
+
+    def take(self, output):
+        """The stored media of ``output`` if it was fetched early, else None."""
+        with self._lock:
+            future = self._fetches.pop(output.ref, None) if output.ref else None
+        if future is None or future.cancel():
+            return None
+        try:
+            media = future.result()
+        except Exception as exc:  # noqa: BLE001 - fetched again by the conclusion
+            logger.info(
+                "task %s: an early fetch failed (%s); fetching again", self.task.public_id, exc
+            )
+            return None
         media.node_id = output.node_id
-        stored.append(media)
+        return media
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            left = list(self._fetches.values())
+            self._fetches.clear()
+        done = [f.result() for f in left if not f.cancel() and f.done() and not f.exception()]
+        if done:
+            media_stage(done)
 
 
 # Attempts whose actor thread is in this process now: a duplicate message for one is skipped
@@ -291,6 +362,7 @@ class _Attempt:
         self.task = task
         self.attempt = attempt
         self.context: TaskRunContext | None = None
+        self.early: Early | None = None  # outputs fetched while a followed prompt runs
 
 
 def _load(task_id: str) -> Task | None:
@@ -361,6 +433,10 @@ def _follow_on(session, run: _Attempt) -> None:
     else:
         graph = runner.prepare(context)
         prompt_id = runner.submit(context, graph, session.client_id)
+    own = context.state.get("clientId") == session.client_id
+    if own:
+        run.early = Early(run.task)
+        declared = {str(n) for n in context.outputs_declared}
     entry = followers.Followed(
         task_id=run.task.public_id,
         attempt=run.attempt,
@@ -372,8 +448,11 @@ def _follow_on(session, run: _Attempt) -> None:
         prompt_id,
         on_progress=lambda percent, detail: followers.report_progress(entry, percent, detail),
         on_ended=lambda found, error: _ended(session, run, entry, prompt_id, found, error),
+        on_output=(
+            (lambda node, ui: run.early.heard(session.runner, node, ui, declared)) if own else None
+        ),
         total_nodes=len(context.state.get("nodes") or []) or 1,
-        own=context.state.get("clientId") == session.client_id,
+        own=own,
         check_now=resumed,
     )
 
@@ -391,6 +470,7 @@ def _ended(session, run: _Attempt, entry, prompt_id: str, found, error) -> None:
 
         _conclude_when_the_database_answers(run, outcome)
     finally:
+        _close_early(run)
         followers.unfollow(entry)
 
 
@@ -437,7 +517,16 @@ def _stopped(session, run: _Attempt, entry, prompt_id: str, reason: str) -> None
         if reason == "timeout":
             _conclude(run, functools.partial(_raise, RunStopped("timeout")))
     finally:
+        _close_early(run)
         followers.unfollow(entry)
+
+
+def _close_early(run: _Attempt) -> None:
+    if run.early is not None:
+        try:
+            run.early.close()
+        except Exception:  # noqa: BLE001 - the sweep's grace covers what could not be staged
+            logger.warning("task %s: could not record its early outputs", run.task.public_id)
 
 
 def _raise(exc: BaseException):
@@ -453,7 +542,7 @@ def _conclude(run: _Attempt, produce) -> str:
         outcome = produce()
         if outcome is None:
             return "following"
-        media = _store_outputs(task, outcome.outputs)
+        media = _store_outputs(task, outcome.outputs, run.early)
     except RunStopped as stop:
         if stop.reason == "timeout":
             _interrupt_quietly(executor, run.context.external_id, run.context.state)

@@ -48,6 +48,9 @@ class OutputFile:
     kind: str = "file"  # image | video | audio | text | file
     open: Callable[[], contextlib.AbstractContextManager[BinaryIO]] | None = None
     text: str | None = None
+    # What the executor calls this output (ComfyUI: node, kind, filename, subfolder, type): the
+    # same output reported twice (a socket message, then the history) has the same ``ref``.
+    ref: tuple = ()
 
 
 @dataclass

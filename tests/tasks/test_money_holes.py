@@ -77,39 +77,41 @@ def staged_media_swept() -> int:
 
 
 def test_outputs_stay_unreachable_while_running_and_after_cancel(worker, comfy, funded, api):
-    make_ability(
-        "two", [make_executor("gpu-1", comfy.url)], graph=TWO_OUTPUTS_GRAPH, schema=INVERT_SCHEMA
-    )
-    comfy.view_delay = 2.0  # the second output is fetched 2 s after the first one is stored
+    # Both images are saved, then the prompt sleeps: their bytes are fetched while it runs
+    # (docs/adr/0026-outputs-fetched-early.md), and their rows come only with the task's end.
+    graph = {
+        **TWO_OUTPUTS_GRAPH,
+        "5": {"class_type": "PodiTestSleep", "inputs": {"image": ["3", 0], "seconds": 30, "steps": 300}},
+    }  # fmt: skip
+    make_ability("two", [make_executor("gpu-1", comfy.url)], graph=graph, schema=INVERT_SCHEMA)
     client = api(funded)
     task_id = client.post(
         "/api/tasks/v1/submit", json={"action": "two", "params": {"width": 4, "height": 4}}
     ).json()["taskId"]
-    # The first output's bytes are in storage while the second is fetched; its row comes with
-    # the task's end (ADR 0024), so nothing names it yet.
     prefix = f"results/{funded.pk}/{task_id}/"
-    (first,) = wait_for(lambda: get_backend().list(prefix), timeout=20)
+    files = wait_for(lambda: len(get_backend().list(prefix)) == 2 and get_backend().list(prefix))
     assert Task.objects.get(public_id=task_id).status == TaskStatus.RUNNING
-    assert in_storage(first.key)
     assert not MediaObject.objects.filter(task_id=task_id).exists()
 
-    # The predictable key answers exactly like a key that does not exist.
+    # A predictable key answers exactly like a key that does not exist.
     unknown = refusal(client, f"{prefix}nothing.png")
     assert unknown == (403, "MEDIA_DOWNLOAD_DENIED")
-    assert refusal(client, first.key) == unknown
+    keys = sorted(found.key for found in files)
+    for key in keys:
+        assert refusal(client, key) == unknown
     assert client.get(f"/api/tasks/v1/{task_id}").json()["outputs"] == []
 
     canceled = client.post(f"/api/tasks/v1/{task_id}/cancel")
     assert canceled.status_code == 200, canceled.text
     assert canceled.json()["status"] == "canceled"
     assert canceled.json()["outputs"] == []
-    assert refusal(client, first.key) == unknown
     assert balance(funded) == (1000, 0)
 
-    # The worker still stores the second output after the cancel, and records both staged (the
-    # task ended otherwise); nothing of them is reachable, and the sweep removes them.
+    # The stopped attempt records what it fetched as staged (the task ended otherwise): nothing
+    # of it is reachable, and the sweep removes it.
     wait_for(lambda: MediaObject.objects.filter(task_id=task_id).count() == 2, timeout=20)
-    keys = list(MediaObject.objects.filter(task_id=task_id).values_list("object_key", flat=True))
+    staged = MediaObject.objects.filter(task_id=task_id, status=MediaStatus.STAGED)
+    assert sorted(staged.values_list("object_key", flat=True)) == keys
     for key in keys:
         assert refusal(client, key) == unknown
     assert staged_media_swept() == 2
@@ -233,7 +235,7 @@ def test_a_confirm_after_the_hold_expired_fails_the_run_once(worker, comfy, fund
         run_timeout=2,
         max_attempts=1,
     )
-    comfy.view_delay = 2.5
+    comfy.view_delay = 4.0  # both outputs are fetched at once, each taking 4 s
     client = api(funded)
     task_id = client.post("/api/tasks/v1/submit", json={"action": "two"}).json()["taskId"]
     done = wait_status(client, task_id, {"succeeded", "failed", "canceled"}, timeout=30)

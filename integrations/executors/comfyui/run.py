@@ -300,33 +300,40 @@ class ComfyUIRunner:
         declared = {str(n) for n in getattr(ctx, "outputs_declared", None) or []}
         outputs: list[OutputFile] = []
         for node_id, ui in (entry.get("outputs") or {}).items():
-            if declared and str(node_id) not in declared:
-                continue
-            if not isinstance(ui, dict):
-                continue
-            for key, items in ui.items():
-                if key == "text":
-                    for index, text in enumerate(items if isinstance(items, list) else [items]):
-                        outputs.append(
-                            OutputFile(
-                                filename=f"text-{index}.txt",
-                                node_id=str(node_id),
-                                kind="text",
-                                text=str(text),
-                            )
-                        )
-                    continue
-                if key not in FILE_KEYS and not (
-                    isinstance(items, list) and items and isinstance(items[0], dict)
-                ):
-                    continue
-                for item in items if isinstance(items, list) else []:
-                    if not isinstance(item, dict) or not item.get("filename"):
-                        continue
-                    if item.get("type") == "temp" and not declared:
-                        continue
-                    outputs.append(self._output_file(str(node_id), key, item))
+            outputs += self.output_files(str(node_id), ui, declared)
         return RunResult(outputs=outputs, result={"promptId": prompt_id})
+
+    def output_files(self, node_id: str, ui: Any, declared: set[str]) -> list[OutputFile]:
+        """The outputs one node reports (its ``ui``: in ``/history``, or in the ``executed``
+        socket message as soon as the node ran), those of ``declared`` nodes only when any
+        are declared; a ``temp`` file (a preview) only when declared."""
+        if (declared and node_id not in declared) or not isinstance(ui, dict):
+            return []
+        outputs: list[OutputFile] = []
+        for key, items in ui.items():
+            if key == "text":
+                for index, text in enumerate(items if isinstance(items, list) else [items]):
+                    outputs.append(
+                        OutputFile(
+                            filename=f"text-{index}.txt",
+                            node_id=node_id,
+                            kind="text",
+                            text=str(text),
+                            ref=(node_id, key, index),
+                        )
+                    )
+                continue
+            if key not in FILE_KEYS and not (
+                isinstance(items, list) and items and isinstance(items[0], dict)
+            ):
+                continue
+            for item in items if isinstance(items, list) else []:
+                if not isinstance(item, dict) or not item.get("filename"):
+                    continue
+                if item.get("type") == "temp" and not declared:
+                    continue
+                outputs.append(self._output_file(node_id, key, item))
+        return outputs
 
     def _output_file(self, node_id: str, key: str, item: dict) -> OutputFile:
         query = {
@@ -356,7 +363,12 @@ class ComfyUIRunner:
             key, "video" if "video" in key else "file"
         )
         return OutputFile(
-            filename=item["filename"], node_id=node_id, mime_type=mime, kind=kind, open=opener
+            filename=item["filename"],
+            node_id=node_id,
+            mime_type=mime,
+            kind=kind,
+            open=opener,
+            ref=(node_id, key, query["filename"], query["subfolder"], query["type"]),
         )
 
     # --- Cancel and lookup -----------------------------------------------------------------

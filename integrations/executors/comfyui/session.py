@@ -51,6 +51,8 @@ class Watch:
     prompt_id: str
     on_progress: Callable[[float, dict | None], None]
     on_ended: Callable[[dict | None, ExecutorError | None], None]
+    # (node id, its ``ui``) of an ``executed`` message: the node's outputs exist from now on
+    on_output: Callable[[str, dict], None] | None = None
     total_nodes: int = 1
     own: bool = True  # submitted under this session's client_id: its messages come to us
     polling: bool = False
@@ -125,16 +127,20 @@ class ComfyUISession:
         *,
         on_progress: Callable[[float, dict | None], None],
         on_ended: Callable[[dict | None, ExecutorError | None], None],
+        on_output: Callable[[str, dict], None] | None = None,
         total_nodes: int = 1,
         own: bool = True,
         check_now: bool = False,
     ) -> Watch:
         """Follow ``prompt_id`` until it ends. ``check_now`` reads ``/history`` at once (a
-        resumed run: the prompt may have ended while nobody followed it)."""
+        resumed run: the prompt may have ended while nobody followed it). ``on_output`` hears
+        each node that reported outputs, in the reader thread (it must not block), before the
+        prompt ends; ``on_ended`` still decides from ``/history``."""
         watch = Watch(
             prompt_id=prompt_id,
             on_progress=on_progress,
             on_ended=on_ended,
+            on_output=on_output,
             total_nodes=max(total_nodes, 1),
             own=own,
             polling=not own,
@@ -259,6 +265,10 @@ class ComfyUISession:
         if ended:
             self._spawn(self._confirm, watch, True)
             return
+        if kind == "executed" and watch.on_output is not None:
+            node, ui = data.get("node"), data.get("output")
+            if node is not None and isinstance(ui, dict):
+                watch.on_output(str(node), ui)
         percent, detail = self._progress_of(watch, kind, data)
         if percent is not None:
             watch.on_progress(percent, detail)
