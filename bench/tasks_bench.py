@@ -2,7 +2,7 @@
 """Tasks benchmark (README "Benchmarks: tasks"): submit throughput and latency, dispatch overhead, idle memory.
 
 Everything runs on PostgreSQL + Redis against the whole platform started as a real subprocess
-(``manage.py up``: web + worker + reconciler in ONE process; ``--split`` runs ``daphne`` +
+(``manage.py up``: its web processes, the worker and the reconciler; ``--split`` runs ``daphne`` +
 ``manage.py rundramatiq`` + ``manage.py reconcile --loop`` instead), with a protocol-faithful
 ComfyUI test server (``tests/servers/comfyui.py``, ``node_delay=0``) in this process:
 
@@ -285,8 +285,8 @@ def start_platform(args, env: dict, procs: Processes) -> dict:
         )
         worker = web
         mode = (
-            f"manage.py up (Daphne web + Dramatiq worker with WORKER_THREADS="
-            f"{args.worker_threads} + reconciler in ONE process)"
+            f"manage.py up (its web processes, WEB_CONCURRENCY or one per core with Redis, the "
+            f"Dramatiq worker with WORKER_THREADS={args.worker_threads} and the reconciler)"
         )
     wait_http(web, base, "web", procs)
     return {"base": base, "port": port, "web": web, "worker": worker, "mode": mode}
