@@ -268,7 +268,10 @@ class ComfyUISession:
         if kind == "executed" and watch.on_output is not None:
             node, ui = data.get("node"), data.get("output")
             if node is not None and isinstance(ui, dict):
-                watch.on_output(str(node), ui)
+                try:
+                    watch.on_output(str(node), ui)
+                except Exception:  # the reader must live on: the conclusion fetches it anyway
+                    logger.exception("handing on the outputs of %s failed", prompt_id)
         percent, detail = self._progress_of(watch, kind, data)
         if percent is not None:
             watch.on_progress(percent, detail)
