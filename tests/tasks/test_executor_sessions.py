@@ -211,6 +211,43 @@ def test_a_confirmation_that_never_comes_back_is_polled_instead(comfy, caplog):
         session.close()
 
 
+def test_outputs_reported_before_the_prompt_is_followed_are_handed_on(comfy):
+    """A node can run (and report its files in ``executed``) before ``follow`` is called for its
+    prompt, right after ``POST /prompt``: the session keeps those messages and hands them on when
+    the prompt is followed (docs/adr/0026-outputs-fetched-early.md)."""
+    runner = ComfyUIRunner(
+        base_url=comfy.url, connect_timeout=5, read_timeout=10, headers={}, poll_every=0.2
+    )
+
+    def spawn(fn, *args):
+        threading.Thread(target=fn, args=args, daemon=True).start()
+
+    session = ComfyUISession(runner, spawn=spawn, name="early").start()
+    try:
+        prompt_id = str(uuid.uuid4())
+        graph = {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "e"}},
+            "3": {"class_type": "PodiTestSleep", "inputs": {"image": ["1", 0], "seconds": 30, "steps": 300}},
+        }  # fmt: skip
+        body = {"prompt": graph, "client_id": session.client_id, "prompt_id": prompt_id}
+        assert runner.client.post("/api/prompt", json=body).status_code == 200
+        wait_for(lambda: any(m["type"] == "executed" for m in comfy.sent), timeout=10)
+        time.sleep(0.2)  # the reader has it too
+        heard: list = []
+        session.follow(
+            prompt_id,
+            on_progress=lambda percent, detail: None,
+            on_ended=lambda entry, error: None,
+            on_output=lambda node, ui: heard.append((node, ui)),
+        )
+        ((node, ui),) = heard
+        assert node == "2" and ui["images"][0]["filename"].startswith("e_")
+        runner.cancel(prompt_id, {})
+    finally:
+        session.close()
+
+
 def test_followed_attempts_are_heartbeaten_per_process_and_a_cancel_stops_following(
     worker, comfy, funded, api
 ):

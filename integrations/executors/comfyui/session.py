@@ -79,6 +79,9 @@ class ComfyUISession:
         self._lock = threading.Lock()
         self._watches: dict[str, Watch] = {}
         self._ended_early: OrderedDict[str, None] = OrderedDict()
+        # (node, ui) of ``executed`` messages that came before their prompt was followed (a
+        # node can run before ``follow`` returns from its ``POST /prompt``)
+        self._outputs_early: OrderedDict[str, list[tuple[str, dict]]] = OrderedDict()
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._socket = None
@@ -147,6 +150,7 @@ class ComfyUISession:
         )
         with self._lock:
             self._watches[prompt_id] = watch
+            outputs = self._outputs_early.pop(prompt_id, [])
             ended = prompt_id in self._ended_early
             if ended:
                 del self._ended_early[prompt_id]
@@ -155,6 +159,8 @@ class ComfyUISession:
             confirm = ended or check_now
             if confirm:
                 watch.confirm()
+        for node, ui in outputs if on_output is not None else ():
+            self._hand_on(watch, node, ui)
         if confirm:
             self._spawn(self._confirm, watch, ended)
         return watch
@@ -256,6 +262,10 @@ class ComfyUISession:
                     self._ended_early[prompt_id] = None
                     while len(self._ended_early) > ENDED_EARLY_KEPT:
                         self._ended_early.popitem(last=False)
+                elif kind == "executed" and self._output_of(data) is not None:
+                    self._outputs_early.setdefault(prompt_id, []).append(self._output_of(data))
+                    while len(self._outputs_early) > ENDED_EARLY_KEPT:
+                        self._outputs_early.popitem(last=False)
                 return
             watch.seen, watch.heard = True, time.monotonic()
             if ended:
@@ -266,15 +276,25 @@ class ComfyUISession:
             self._spawn(self._confirm, watch, True)
             return
         if kind == "executed" and watch.on_output is not None:
-            node, ui = data.get("node"), data.get("output")
-            if node is not None and isinstance(ui, dict):
-                try:
-                    watch.on_output(str(node), ui)
-                except Exception:  # the reader must live on: the conclusion fetches it anyway
-                    logger.exception("handing on the outputs of %s failed", prompt_id)
+            output = self._output_of(data)
+            if output is not None:
+                self._hand_on(watch, *output)
         percent, detail = self._progress_of(watch, kind, data)
         if percent is not None:
             watch.on_progress(percent, detail)
+
+    @staticmethod
+    def _output_of(data: dict) -> tuple[str, dict] | None:
+        """(node id, ui) of an ``executed`` message that names outputs."""
+        node, ui = data.get("node"), data.get("output")
+        return (str(node), ui) if node is not None and isinstance(ui, dict) else None
+
+    @staticmethod
+    def _hand_on(watch: Watch, node: str, ui: dict) -> None:
+        try:
+            watch.on_output(node, ui)
+        except Exception:  # the reader must live on: the conclusion fetches them anyway
+            logger.exception("handing on the outputs of %s failed", watch.prompt_id)
 
     @staticmethod
     def _progress_of(watch: Watch, kind: Any, data: dict) -> tuple[float | None, dict | None]:
