@@ -2,7 +2,8 @@
 by the server, and a statement run ``DATABASE_PREPARE_THRESHOLD`` (5) times on one connection is
 prepared there, so the money statements and the success statement are parsed and planned once per
 connection, not on every call. A statement whose plan went stale (a column's type changed under
-it) is prepared afresh (``podi/prepared.py``), never left failing."""
+it) is prepared afresh (``podi/prepared.py``), never left failing, and an integer beyond its
+column's range is refused, never wrapped to the column's width."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import logging
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import NotSupportedError, connection, transaction
+from django.db import DataError, NotSupportedError, connection, transaction
 
+from integrations.models import Ability
 from wallet.models import Account
 from wallet.services import hold_confirm, hold_freeze, wallet_grant
 
@@ -86,3 +88,23 @@ def _other() -> psycopg.Connection:
     params = connection.get_connection_params()
     keep = {k: params[k] for k in ("dbname", "user", "host", "port", "password") if k in params}
     return psycopg.connect(autocommit=True, **keep)
+
+
+def test_an_integer_out_of_its_columns_range_is_refused_never_wrapped(staff, client_for):
+    """Bound by the server, Django's ``Int4`` of 2**40 would arrive as 0 (the width wraps): it is
+    refused as PostgreSQL refuses it with client-side binding, and the API answers 400."""
+    for points in (2**40, 2**31, -(2**31) - 1):
+        with pytest.raises(DataError, match="out of range"):
+            Ability.objects.create(code=f"big-{abs(points)}", display_name="x", points=points)
+    with pytest.raises(DataError, match="out of range"):
+        Ability.objects.bulk_create([Ability(code="bulk", display_name="x", points=2**32 + 5)])
+    assert not Ability.objects.exists()
+    assert (
+        Ability.objects.create(code="edge", display_name="x", points=2**31 - 1).points == 2**31 - 1
+    )
+
+    response = client_for(staff).post(
+        "/api/admin/abilities", json={"code": "price", "displayName": "x", "points": 4064440463}
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "VALIDATION_ERROR")
+    assert not Ability.objects.filter(code="price").exists()
