@@ -5,7 +5,9 @@ prompt this process submits carries that ``client_id``, so ComfyUI sends all the
 that socket. A reader thread turns them into progress and notices ``executing`` with
 ``node: null`` — the last message ComfyUI sends for a prompt, after its history entry is
 written — and then the outcome is read with ONE ``GET /history/{id}`` (in a thread of the
-caller's ``spawn``, never in the reader).
+caller's ``spawn``, never in the reader). An ``executed`` message's files are handed on to the
+follower at once (``on_output``; kept until ``follow`` when the node ran before it), so they can
+be fetched while the prompt still runs (docs/adr/0026-outputs-fetched-early.md).
 
 Polling is the fallback: while the socket is down every followed prompt is polled (``/history``,
 then one ``/queue`` per round for the lost-prompt rule); prompts submitted under another
