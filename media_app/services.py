@@ -532,14 +532,13 @@ def media_write_output(
     )
 
 
-def media_stage(media: list[MediaObject]) -> list[MediaObject]:
+def media_stage(media: list[MediaObject]) -> None:
     """Record the unsaved objects of :func:`media_write_output` as staged (one upsert each; a
     row left by an earlier attempt, or a concurrent writer of the same output, whose bytes are
     the ones just written, takes these values). Saved ones are left as they are."""
     for item in media:
         if item.pk is None:
             _upsert(item)
-    return media
 
 
 def _stored_status(object_key: str) -> str | None:
@@ -552,15 +551,23 @@ def _stored_status(object_key: str) -> str | None:
 
 
 @functools.cache
-def _upsert_sql() -> tuple[str, list]:
+def _upsert_parts() -> tuple[str, list, str, str]:
+    """The table, the written fields, their column list and the ``DO UPDATE SET`` of an output's
+    upsert (an earlier row keeps its key and its birth)."""
     quote = connection.ops.quote_name
     fields = [f for f in MediaObject._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(quote(f.column) for f in fields)
-    kept = {"object_key", "created_at"}  # an earlier row keeps its key and its birth
+    kept = {"object_key", "created_at"}
     updates = ", ".join(
         f"{quote(f.column)} = excluded.{quote(f.column)}" for f in fields if f.attname not in kept
     )
-    table = quote(MediaObject._meta.db_table)
+    return quote(MediaObject._meta.db_table), fields, columns, updates
+
+
+@functools.cache
+def _upsert_sql() -> tuple[str, list]:
+    quote = connection.ops.quote_name
+    table, fields, columns, updates = _upsert_parts()
     sql = (
         f"INSERT INTO {table} ({columns}) "  # noqa: S608
         f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT (object_key) "
@@ -632,15 +639,8 @@ def media_publish_in_statement(*, media: list[MediaObject], when_sql: str) -> tu
 
 @functools.cache
 def _publish_sql() -> tuple[str, list]:
-    quote = connection.ops.quote_name
-    table = quote(MediaObject._meta.db_table)
-    fields = [f for f in MediaObject._meta.concrete_fields if not f.primary_key]
-    names = ", ".join(quote(f.column) for f in fields)
+    table, fields, names, updates = _upsert_parts()
     arrays = ", ".join(f"%s::{f.db_type(connection).split(' CHECK')[0]}[]" for f in fields)
-    kept = {"object_key", "created_at"}  # an earlier row keeps its key and its birth
-    updates = ", ".join(
-        f"{quote(f.column)} = excluded.{quote(f.column)}" for f in fields if f.attname not in kept
-    )
     sql = (
         f"media_published AS (INSERT INTO {table} ({names}) "  # noqa: S608
         f"SELECT * FROM unnest({arrays}) WHERE {{when}} "

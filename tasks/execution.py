@@ -308,17 +308,21 @@ class Early:
                 "task %s: an early fetch failed (%s); fetching again", self.task.public_id, exc
             )
             return None
-        media.node_id = output.node_id
-        return media
+        return media  # ``_write_output`` set its node
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             left = list(self._fetches.values())
             self._fetches.clear()
-        done = [f.result() for f in left if not f.cancel() and f.done() and not f.exception()]
-        if done:
-            media_stage(done)
+        fetched = []
+        for future in left:
+            if future.cancel() or not future.done():
+                continue  # called off, or still under way (it stages its own result)
+            if future.exception() is None:
+                fetched.append(future.result())
+        if fetched:
+            media_stage(fetched)
 
 
 # Attempts whose actor thread is in this process now: a duplicate message for one is skipped

@@ -28,7 +28,15 @@ SAVE_THEN_SLEEP = {
 }  # fmt: skip
 
 
-def _submit(api, user) -> str:
+def _submit(comfy, api, user) -> str:
+    """Submit one task of an ability bound to ``SAVE_THEN_SLEEP`` on ``comfy``."""
+    make_ability(
+        "early",
+        [make_executor("gpu-1", comfy.url)],
+        graph=SAVE_THEN_SLEEP,
+        schema={"type": "object"},
+        points=1,
+    )
     response = api(user).post("/api/tasks/v1/submit", json={"action": "early"})
     assert response.status_code == 202, response.text
     return response.json()["taskId"]
@@ -41,14 +49,7 @@ def _done(task_id: str) -> Task:
 
 
 def test_an_output_is_fetched_while_the_prompt_runs_and_only_once(worker, comfy, funded, api):
-    make_ability(
-        "early",
-        [make_executor("gpu-1", comfy.url)],
-        graph=SAVE_THEN_SLEEP,
-        schema={"type": "object"},
-        points=1,
-    )
-    task_id = _submit(api, funded)
+    task_id = _submit(comfy, api, funded)
     prefix = f"results/{funded.pk}/{task_id}/"
     # The bytes are in storage while the prompt still sleeps (nothing names them yet).
     (early,) = wait_for(lambda: get_backend().list(prefix), timeout=20)
@@ -72,15 +73,8 @@ def test_an_output_is_fetched_while_the_prompt_runs_and_only_once(worker, comfy,
 
 
 def test_what_was_fetched_for_a_prompt_that_then_fails_is_swept(worker, comfy, funded, api):
-    make_ability(
-        "early",
-        [make_executor("gpu-1", comfy.url)],
-        graph=SAVE_THEN_SLEEP,
-        schema={"type": "object"},
-        points=1,
-    )
     comfy.fail_next_prompt_with = {"message": "out of memory", "node_id": "3"}
-    task_id = _submit(api, funded)
+    task_id = _submit(comfy, api, funded)
     task = _done(task_id)
     assert (task.status, task.error_code) == ("failed", "EXECUTION_ERROR")
     assert len(comfy.requests_to("/view")) == 1  # fetched early, after node 2 ran

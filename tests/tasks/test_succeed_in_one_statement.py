@@ -50,24 +50,12 @@ def _output(task: Task, name: str = "1-out.png", *, recorded: bool = False) -> M
     """An output as the worker hands it over: its bytes written, its row not yet (``recorded``:
     staged already, as an earlier attempt or another caller leaves it)."""
     data = solid_png(8, 8)
+    written = {"user_id": task.user_id, "task_id": task.public_id, "filename": name,
+               "stream": io.BytesIO(data), "mime_type": "image/png"}  # fmt: skip
     if recorded:
-        media = media_store_output(
-            user_id=task.user_id,
-            task_id=task.public_id,
-            filename=name,
-            stream=io.BytesIO(data),
-            mime_type="image/png",
-            size=len(data),
-            staged=True,
-        )
+        media = media_store_output(**written, size=len(data), staged=True)
     else:
-        media = media_write_output(
-            user_id=task.user_id,
-            task_id=task.public_id,
-            filename=name,
-            stream=io.BytesIO(data),
-            mime_type="image/png",
-        )
+        media = media_write_output(**written)
         assert media.pk is None and not MediaObject.objects.filter(object_key=media.object_key)
     media.node_id = "9"
     return media

@@ -257,6 +257,7 @@ class ComfyUISession:
             return
         prompt_id = data["prompt_id"]
         ended = kind == "executing" and data.get("node") is None
+        output = self._output_of(data) if kind == "executed" else None
         with self._lock:
             watch = self._watches.get(prompt_id)
             if watch is None:
@@ -264,8 +265,8 @@ class ComfyUISession:
                     self._ended_early[prompt_id] = None
                     while len(self._ended_early) > ENDED_EARLY_KEPT:
                         self._ended_early.popitem(last=False)
-                elif kind == "executed" and self._output_of(data) is not None:
-                    self._outputs_early.setdefault(prompt_id, []).append(self._output_of(data))
+                elif output is not None:
+                    self._outputs_early.setdefault(prompt_id, []).append(output)
                     while len(self._outputs_early) > ENDED_EARLY_KEPT:
                         self._outputs_early.popitem(last=False)
                 return
@@ -277,10 +278,8 @@ class ComfyUISession:
         if ended:
             self._spawn(self._confirm, watch, True)
             return
-        if kind == "executed" and watch.on_output is not None:
-            output = self._output_of(data)
-            if output is not None:
-                self._hand_on(watch, *output)
+        if output is not None and watch.on_output is not None:
+            self._hand_on(watch, *output)
         percent, detail = self._progress_of(watch, kind, data)
         if percent is not None:
             watch.on_progress(percent, detail)
