@@ -140,6 +140,11 @@ REDIS_URL = env.url("REDIS_URL", ("redis", "rediss", "unix"))
 WEB_CONCURRENCY = env.int(
     "WEB_CONCURRENCY", (os.cpu_count() or 1) if REDIS_URL else 1, min_value=1, max_value=64
 )
+# Threads per web process that run requests (docs/adr/0027-request-threads.md): each request's
+# synchronous part (signals, middleware, view) runs on one of them in one hop. Requests past
+# the database pool wait there for a connection and answer 503 DATABASE_BUSY after
+# DATABASE_POOL_TIMEOUT; requests past WEB_THREADS queue for a thread.
+WEB_THREADS = env.int("WEB_THREADS", 64, min_value=1, max_value=1024)
 if WEB_CONCURRENCY > 1 and not REDIS_URL:
     raise ImproperlyConfigured(
         "WEB_CONCURRENCY > 1 needs REDIS_URL: the embedded channel layer and broker live in one "

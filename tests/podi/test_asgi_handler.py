@@ -1,5 +1,6 @@
-"""HTTP through ``podi.asgi`` (ADR 0020): Django's middleware chain and the view run in one thread
-hop per request, and every middleware still does its part."""
+"""HTTP through ``podi.asgi`` (ADRs 0020, 0027): everything synchronous of a request (its signals,
+Django's middleware chain and the view) runs in one hop to a long-lived thread of the handler's
+pool, and every middleware still does its part."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 
 import httpx
 import pytest
 from asgiref.sync import iscoroutinefunction
+from django.core import signals
 
 from podi.asgi import application, django_application
 from podi.asgi_handler import OneHopASGIHandler
+from tests.podi.urls import STREAMED_BODY
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,6 +68,81 @@ def test_requests_in_parallel_each_get_their_own_answer(settings):
     assert [r.headers["X-Request-ID"] for r in responses] == [f"r{i}" for i in range(20)]
     assert {r.status_code for r in responses} == {200}
     assert threading.active_count() < 200  # no thread left per request
+
+
+def _run(app, paths: list[str], *, parallel: bool) -> list[httpx.Response]:
+    async def call():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            if parallel:
+                return await asyncio.gather(*(client.get(path) for path in paths))
+            return [await client.get(path) for path in paths]
+
+    return asyncio.run(call())
+
+
+@pytest.fixture
+def request_threads():
+    """(signal name, thread) for every request_started / request_finished while the test runs."""
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def started(**kwargs):
+        seen.append(("started", threading.current_thread()))
+
+    def finished(**kwargs):
+        seen.append(("finished", threading.current_thread()))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    yield seen
+    signals.request_started.disconnect(started)
+    signals.request_finished.disconnect(finished)
+
+
+def test_requests_run_on_the_pools_long_lived_threads_not_a_thread_each(settings, request_threads):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    handler = OneHopASGIHandler(threads=3)
+    try:
+        sequential = _run(handler, ["/health"] * 15, parallel=False)
+        assert {r.status_code for r in sequential} == {200}
+        threads = {thread for _, thread in request_threads}
+        # One after another: the same thread serves them all, and it is the pool's.
+        assert len(threads) == 1, threads
+        assert next(iter(threads)).name.startswith("podi-web")
+        assert [name for name, _ in request_threads] == ["started", "finished"] * 15
+
+        request_threads.clear()
+        parallel = _run(handler, ["/health"] * 30, parallel=True)
+        assert {r.status_code for r in parallel} == {200}
+        # At once: never more threads than the pool has.
+        assert 1 <= len({thread for _, thread in request_threads}) <= 3
+    finally:
+        handler.pool.shutdown()
+
+
+def test_a_request_is_finished_on_the_thread_it_started_on(settings, request_threads):
+    """request_finished hands the thread's database connection back (close_old_connections): it
+    must run where the view ran, which is why the whole request is one hop."""
+    settings.ALLOWED_HOSTS = ["testserver"]
+    responses = _run(application, ["/health", "/nope", "/api/tasks/v1"] * 5, parallel=True)
+    assert sorted({r.status_code for r in responses}) == [200, 401, 404]
+    started = [thread for name, thread in request_threads if name == "started"]
+    finished = [thread for name, thread in request_threads if name == "finished"]
+    assert len(started) == len(finished) == 15
+    assert sorted(t.ident for t in started) == sorted(t.ident for t in finished)
+
+
+@pytest.mark.urls("tests.podi.urls")
+def test_a_streamed_answer_arrives_whole_and_is_closed_after_it(settings, request_threads):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    with warnings.catch_warnings():
+        # Django's own handler warns, then reads a synchronous stream whole into memory.
+        warnings.simplefilter("error")
+        (response,) = _run(application, ["/api/test/streamed"], parallel=False)
+    assert response.status_code == 200
+    assert response.content == STREAMED_BODY
+    # A streamed answer is closed (request_finished) once its last chunk went out.
+    assert [name for name, _ in request_threads] == ["started", "finished"]
 
 
 def test_a_web_process_freezes_its_startup_heap_with_every_view_loaded():

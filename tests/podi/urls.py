@@ -1,6 +1,9 @@
 """Test-only routes layered over the real URL map (used with ``@pytest.mark.urls``)."""
 
+import io
+
 from django.contrib.auth import get_user_model
+from django.http import FileResponse
 from django.urls import path
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -62,7 +65,16 @@ class UserListApi(APIView):
         return paginate(request, get_user_model().objects.order_by("pk"), self.OutputSerializer)
 
 
+def streamed_file(request):
+    """A streamed answer (a ``FileResponse``) larger than the ASGI handler's chunk size."""
+    return FileResponse(io.BytesIO(STREAMED_BODY), content_type="application/octet-stream")
+
+
+STREAMED_BODY = bytes(range(256)) * 1024  # 256 KiB
+
+
 urlpatterns = [
+    path("api/test/streamed", streamed_file),
     path("api/test/staff-only", StaffOnlyApi.as_view()),
     path("api/test/scoped", ScopedApi.as_view()),
     path("api/test/users", UserListApi.as_view()),
