@@ -25,6 +25,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import FileResponse
 from django.urls import set_script_prefix
 
@@ -50,9 +51,13 @@ class OneHopASGIHandler(ASGIHandler):
             response = await sync_to_async(
                 self._respond, thread_sensitive=False, executor=self.pool
             )(scope, body_file)
-            await self.send_response(response, send)
-            if response.streaming:
-                await sync_to_async(response.close, thread_sensitive=False, executor=self.pool)()
+            try:
+                await self.send_response(response, send)
+            finally:
+                if response.streaming:
+                    await sync_to_async(
+                        response.close, thread_sensitive=False, executor=self.pool
+                    )()
         finally:
             body_file.close()
 
@@ -67,10 +72,14 @@ class OneHopASGIHandler(ASGIHandler):
                 response.block_size = self.chunk_size
         if not response.streaming:
             response.close()  # request_finished: the connection goes back before the bytes go out
-        elif not response.is_async:
-            # Django would read a synchronous stream whole into memory to send it over ASGI;
-            # read it a chunk at a time on the pool instead.
-            response.streaming_content = self._chunks(response.streaming_content)
+        else:
+            # Its close() comes after the last chunk, maybe on another of the pool's threads:
+            # hand this thread's database connection back now, as request_finished would.
+            close_old_connections()
+            if not response.is_async:
+                # Django would read a synchronous stream whole into memory to send it over
+                # ASGI; read it a chunk at a time on the pool instead.
+                response.streaming_content = self._chunks(response.streaming_content)
         return response
 
     async def _chunks(self, iterator):

@@ -18,7 +18,7 @@ from django.core import signals
 
 from podi.asgi import application, django_application
 from podi.asgi_handler import OneHopASGIHandler
-from tests.podi.urls import STREAMED_BODY
+from tests.podi.urls import STREAMED_BODY, STREAMED_CONNECTIONS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -140,6 +140,7 @@ def test_a_request_is_finished_on_the_thread_it_started_on(settings, request_thr
 @pytest.mark.urls("tests.podi.urls")
 def test_a_streamed_answer_arrives_whole_and_is_closed_after_it(settings, request_threads):
     settings.ALLOWED_HOSTS = ["testserver"]
+    STREAMED_CONNECTIONS.clear()
     with warnings.catch_warnings():
         # Django's own handler warns, then reads a synchronous stream whole into memory.
         warnings.simplefilter("error")
@@ -148,6 +149,10 @@ def test_a_streamed_answer_arrives_whole_and_is_closed_after_it(settings, reques
     assert response.content == STREAMED_BODY
     # A streamed answer is closed (request_finished) once its last chunk went out.
     assert [name for name, _ in request_threads] == ["started", "finished"]
+    # The view's thread handed its database connection back (to the pool on PostgreSQL) when
+    # the view returned, not at the close() after the last chunk, which may run on another
+    # thread and would leave it checked out.
+    assert STREAMED_CONNECTIONS and set(STREAMED_CONNECTIONS) == {None}
 
 
 def test_a_web_process_freezes_its_startup_heap_with_every_view_loaded():

@@ -3,6 +3,7 @@
 import io
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.http import FileResponse
 from django.urls import path
 from rest_framework import serializers
@@ -66,11 +67,22 @@ class UserListApi(APIView):
 
 
 def streamed_file(request):
-    """A streamed answer (a ``FileResponse``) larger than the ASGI handler's chunk size."""
-    return FileResponse(io.BytesIO(STREAMED_BODY), content_type="application/octet-stream")
+    """A streamed answer (a ``FileResponse``) larger than the ASGI handler's chunk size, from a
+    view that used the database, as the media download does."""
+    get_user_model().objects.exists()
+    used = connection  # this thread's connection wrapper
+
+    class Body(io.BytesIO):
+        def read(self, *args):
+            # Whether the view's thread still held its connection while the answer streams.
+            STREAMED_CONNECTIONS.append(used.connection)
+            return super().read(*args)
+
+    return FileResponse(Body(STREAMED_BODY), content_type="application/octet-stream")
 
 
 STREAMED_BODY = bytes(range(256)) * 1024  # 256 KiB
+STREAMED_CONNECTIONS: list = []
 
 
 urlpatterns = [
