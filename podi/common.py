@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import ProtectedError, QuerySet, RestrictedError
+from django.db.models.sql.subqueries import UpdateQuery
 
 from podi import error_codes as codes
 from podi.errors import AppError, ErrorCode, validation_error
@@ -101,3 +102,23 @@ def get_or_error(queryset: QuerySet[ModelT], pk: Any, error: ErrorCode) -> Model
     if found is None:
         raise AppError(error)
     return found
+
+
+def update_statement(queryset: QuerySet, **values: Any) -> tuple[str, tuple]:
+    """The statement ``queryset.update(**values)`` would run, compiled by the ORM, for a caller
+    to keep and run again with :func:`update_run` (docs/adr/0028-statements-compiled-once.md).
+
+    Compiling a guarded update with a subquery costs more CPU than running it; a hot path whose
+    statement depends on a few values only (an executor's id) compiles it once per value."""
+    query = queryset.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    sql, params = query.get_compiler(queryset.db).as_sql()
+    return sql, tuple(params)
+
+
+def update_run(statement: tuple[str, tuple], *, using: str = "default") -> int:
+    """Run a statement from :func:`update_statement`; the number of rows it changed."""
+    sql, params = statement
+    with transaction.mark_for_rollback_on_error(using), connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
