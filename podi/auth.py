@@ -11,6 +11,7 @@ and every access token of the user issued in an earlier second, for one access-t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -26,6 +27,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from podi import error_codes as codes
 from podi.access import READ, WRITE, Principal
+from podi.common import RowReader
 from podi.errors import AppError, validation_error
 from podi.models import SERVICE_KEY_PREFIX, ServiceKey, hash_service_key
 
@@ -84,8 +86,7 @@ def user_from_access_token(raw: str):
         raise AppError(codes.AUTH_INVALID, f"Access token rejected: {exc}") from None
     if access_token_revoked(token.payload):
         raise AppError(codes.AUTH_INVALID, "Access token revoked (logged out).")
-    user_id = token.get("user_id")
-    user = get_user_model().objects.filter(pk=user_id).first()
+    user = _users().get(token.get("user_id"))
     if user is None:
         raise AppError(codes.AUTH_INVALID, "Access token names no user.")
     if not user.is_active:
@@ -93,10 +94,21 @@ def user_from_access_token(raw: str):
     return user, token
 
 
+@functools.cache
+def _users() -> RowReader:
+    model = get_user_model()
+    return RowReader(model, model._meta.pk.name)
+
+
+_SERVICE_KEYS = RowReader(ServiceKey, "key_hash")
+
+
 def service_key_from_raw(raw: str) -> ServiceKey:
-    key = ServiceKey.objects.select_related("user").filter(key_hash=hash_service_key(raw)).first()
-    if key is None or not key.is_active or not key.user.is_active:
+    key = _SERVICE_KEYS.get(hash_service_key(raw))
+    user = _users().get(key.user_id) if key is not None and key.is_active else None
+    if user is None or not user.is_active:
         raise AppError(codes.AUTH_INVALID, "Service key rejected.")
+    key.user = user
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         ServiceKey.objects.filter(pk=key.pk).update(last_used_at=now)

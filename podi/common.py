@@ -122,3 +122,46 @@ def update_run(statement: tuple[str, tuple], *, using: str = "default") -> int:
     with transaction.mark_for_rollback_on_error(using), connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+class RowReader:
+    """One row of ``model`` by the value of one column, as ``model.objects.filter(column=value)``
+    would read it, the ORM's SQL compiled once per process (ADR 0028). For the reads every
+    request makes (the caller's user): building and compiling the queryset cost several times
+    more CPU than the indexed read itself.
+
+    ``get(value)`` returns the instance or None; a value the column cannot hold is None too."""
+
+    def __init__(self, model: type[models.Model], column: str, *, using: str = "default"):
+        self.model, self.column, self.using = model, column, using
+        self._compiled: tuple | None = None
+
+    def _compile(self) -> tuple:
+        field = self.model._meta.get_field(self.column)
+        query = self.model._default_manager.filter(**{self.column: field.to_python(0)}).query
+        compiler = query.get_compiler(self.using)
+        sql, params = compiler.as_sql()
+        if len(params) != 1:  # pragma: no cover - a model whose default manager adds filters
+            raise ValueError(f"{self.model.__name__}.{self.column}: not a one-parameter read")
+        columns = [column for column, _, _ in compiler.select]
+        converters = compiler.get_converters(columns)
+        names = [column.target.attname for column in columns]
+        return field, sql, names, compiler, converters
+
+    def get(self, value: Any) -> models.Model | None:
+        if self._compiled is None:
+            self._compiled = self._compile()
+        field, sql, names, compiler, converters = self._compiled
+        connection = connections[self.using]
+        try:
+            value = field.get_db_prep_value(value, connection, prepared=False)
+        except (TypeError, ValueError, DjangoValidationError):
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(sql, (value,))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        if converters:
+            row = next(iter(compiler.apply_converters([row], converters)))
+        return self.model.from_db(self.using, names, row)

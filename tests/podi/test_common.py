@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from integrations.models import Executor
-from podi.common import model_update
+from podi.common import RowReader, model_update
 from podi.errors import AppError
 
 pytestmark = pytest.mark.django_db
@@ -57,3 +57,35 @@ def test_model_update_validates_the_row_before_saving(executor):
     assert caught.value.code == "VALIDATION_ERROR"
     assert "__all__" in caught.value.details["fields"]
     assert Executor.objects.get(pk=executor.pk).max_concurrency == 1
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_row_reader_reads_what_the_orm_reads_in_one_statement(executor, django_user_model):
+    user = django_user_model.objects.create_user(username="reader", password="x" * 12)
+    users = RowReader(django_user_model, "id")
+    names = RowReader(Executor, "name")
+    with CaptureQueriesContext(connection) as queries:
+        read = users.get(user.pk)
+        by_name = names.get(executor.name)
+    assert len(queries) == 2
+    # Every column, converted as the ORM converts it (aware datetimes on SQLite too).
+    assert _fields(read) == _fields(django_user_model.objects.get(pk=user.pk))
+    assert read.date_joined.tzinfo is not None
+    assert not read._state.adding  # a loaded row: save() updates it
+    assert _fields(by_name) == _fields(Executor.objects.get(pk=executor.pk))
+    assert users.get(str(user.pk)).pk == user.pk  # the token's claim may be text
+
+
+def test_row_reader_answers_none_for_a_missing_row_or_a_value_the_column_cannot_hold(
+    django_user_model,
+):
+    users = RowReader(django_user_model, "id")
+    assert users.get(987654) is None
+    with CaptureQueriesContext(connection) as queries:
+        assert users.get("not a number") is None
+    assert len(queries) == 0
+    assert users.get(None) is None
+    assert RowReader(Executor, "name").get("no such executor") is None
