@@ -9,7 +9,10 @@ Phases of ``--seconds`` each (default 10), in one run on one machine:
    the app as configured (the realtime layer persists every ``wallet.points`` event);
 3. diagnostic (no target) — the same with the event recorder off: the wallet's own cost;
 4. HTTP — ``POST freeze`` + ``POST confirm`` by 16 concurrent httpx clients against a real
-   Daphne process serving ``podi.asgi:application`` (authenticated with a wallet:write key);
+   Daphne process serving ``podi.asgi:application`` (authenticated with a wallet:write key),
+   configured as in production: its own connection pool, and Redis (``--redis-url``) for the
+   cache and rate limits (before session 10 it ran without either: a new PostgreSQL
+   connection per request);
 5. the reference again; ratios use the mean of both reference runs (the machine is shared).
 
 Targets: services ≥ 25 % and HTTP ≥ 10 % of the reference tps; the wallet invariants must hold
@@ -372,6 +375,11 @@ def main() -> int:
     parser.add_argument("--admin-url", default=default_admin_url(), help="a PostgreSQL URL")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        help="Redis for the HTTP phase's server (cache and rate limits), as in production",
+    )
+    parser.add_argument(
         "--skip-diagnostic", action="store_true", help="skip the services phase without events"
     )
     args = parser.parse_args()
@@ -455,7 +463,16 @@ def run(args, url: str, env: dict) -> int:
         http_user = User.objects.create_user("bench-http")
         wallet_grant(user=http_user, points=10**9, reason="bench")
         _, key = service_key_create(name="bench", scopes=["wallet:write"])
-        figures["http"] = phase_http(env, key, http_user.pk, clients, seconds)
+        # The server is a process of its own, configured as in production: its own pool (the
+        # clients' no-pool setting is for forked processes) and Redis under a private prefix.
+        server_env = {
+            **env,
+            "DATABASE_POOL": "true",
+            "REDIS_URL": args.redis_url,
+            "REDIS_PREFIX": urlsplit(url).path.strip("/"),
+            "WEB_CONCURRENCY": "1",
+        }
+        figures["http"] = phase_http(server_env, key, http_user.pk, clients, seconds)
         invariants["http"] = check_invariants(http_user)
 
     # The machine is shared: measure the reference again at the end and compare to the mean.
