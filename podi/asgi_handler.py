@@ -14,6 +14,7 @@ the request, the middleware chain and the view, and (for a response that is not 
 ``close()``, which sends ``request_finished`` and hands the database connection back. Reading the
 body and sending the response stay on the loop; a streamed answer (a local file download) is
 read a chunk at a time on the pool, never whole into memory. PODI has no async views.
+``__call__`` replaces Django's ``handle``, whose async path this sync chain would not serve.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from django.urls import set_script_prefix
 class OneHopASGIHandler(ASGIHandler):
     def __init__(self, threads: int | None = None):
         super().__init__()
-        self.threads = threads or settings.WEB_THREADS
-        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="podi-web")
+        self.pool = ThreadPoolExecutor(
+            max_workers=threads or settings.WEB_THREADS, thread_name_prefix="podi-web"
+        )
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -87,8 +89,3 @@ class OneHopASGIHandler(ASGIHandler):
         done = object()
         while (part := await step(iterator, done)) is not done:
             yield part
-
-    async def get_response_async(self, request):
-        return await sync_to_async(self.get_response, thread_sensitive=False, executor=self.pool)(
-            request
-        )
