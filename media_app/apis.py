@@ -12,7 +12,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers
 from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from media_app import selectors, services, tokens
@@ -25,6 +24,7 @@ from podi.error_codes import METHOD_NOT_ALLOWED
 from podi.errors import AppError, json_error, validation_error
 from podi.pagination import paginate
 from podi.schema import error_responses
+from podi.throttling import WindowRateThrottle
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -109,7 +109,7 @@ class UploadKeyRevokeApi(APIView):
 # --- Upload grants -----------------------------------------------------------------------------
 
 
-class UploadKeyThrottle(SimpleRateThrottle):
+class UploadKeyThrottle(WindowRateThrottle):
     """Per upload-key user at the principal rate; per address at the anonymous rate otherwise."""
 
     scope = "principal"

@@ -13,6 +13,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from integrations.selectors import catalog_changed
 from podi.realtime.events import register_sink, unregister_sink
 from podi.services import service_key_create
+from podi.throttling import reset_rate_limits
 
 PASSWORD = "correct horse battery staple"
 
@@ -52,6 +53,7 @@ def queued_submits(settings):
 @pytest.fixture(autouse=True)
 def _no_throttle_state():
     cache.clear()
+    reset_rate_limits()
     yield
 
 

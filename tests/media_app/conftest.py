@@ -14,6 +14,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from media_app.storage import oss_signing
+from podi.throttling import reset_rate_limits
 
 
 def png_bytes(width: int = 7, height: int = 5, color: str = "red") -> bytes:
@@ -32,6 +33,7 @@ def closed_port() -> int:
 @pytest.fixture(autouse=True)
 def _fresh_media_caches():
     cache.clear()
+    reset_rate_limits()
     oss_signing.clear_public_key_cache()
     yield
     oss_signing.clear_public_key_cache()
