@@ -12,7 +12,7 @@ DAY_MS = 24 * 3600 * 1000
 
 @dramatiq.actor(actor_name=services.DISPATCH_ACTOR, max_retries=0, time_limit=120_000)
 def dispatch_pending() -> None:
-    services.tasks_dispatch_pending()
+    services.tasks_dispatch_doorbell()
 
 
 @dramatiq.actor(actor_name=services.RUN_ACTOR, queue_name="runs", max_retries=0, time_limit=DAY_MS)

@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import logging
+import threading
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,7 @@ from wallet.services import (
     hold_freeze,
     hold_outlive,
     hold_release_by_id,
+    new_hold_id,
 )
 
 if TYPE_CHECKING:
@@ -481,20 +483,11 @@ def task_submit(
         if started is not None:
             task.run_timeout = started.run_timeout  # before the hold's lifetime is computed
         if task.points > 0:
-            # Freeze first (the hold names the task by its public id), then insert the task
-            # with its hold: one statement fewer on the hot path.
-            hold, _ = hold_freeze(
-                user=user,
-                task_id=task.public_id,
-                points=task.points,
-                action=ability.code,
-                channel="task",
-                ttl_seconds=task_token_max_age(task),
-                new_task=True,
-            )
-            task.hold_id = hold.public_id
+            task.hold_id = new_hold_id()  # frozen below, after the task's own rows
+        # "queued", as every task's stream begins: emitted after the freeze's event, as read
+        # before the start below changes the task.
+        queued = copy.copy(task) if started is not None else None
         if started is not None:
-            _emit_status(task)  # "queued", as every task's stream begins
             _start(task, started, now)
             _observe_dispatch(task, now)
         task.save(force_insert=True)
@@ -508,6 +501,21 @@ def task_submit(
                     mime_type=item.get("mimeType") or "",
                     size=item.get("size"),
                 )
+        if task.points > 0:
+            # The freeze last: the user's account row, which all the user's submits and
+            # settles share, stays locked only from here to the commit (ADR 0030).
+            hold_freeze(
+                user=user,
+                task_id=task.public_id,
+                points=task.points,
+                action=ability.code,
+                channel="task",
+                ttl_seconds=task_token_max_age(task),
+                new_task=True,
+                hold_id=task.hold_id,
+            )
+        if queued is not None:
+            _emit_status(queued)
         _emit_status(task)
         if started is not None:
             enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
@@ -548,14 +556,19 @@ def _claim_at_submit(bindings: list) -> WorkflowBinding | None:
 @functools.lru_cache(maxsize=1024)
 def _claim_at_submit_statement(executor_id: int) -> tuple[str, tuple]:
     """``_claim_at_submit``'s guarded update for one executor, compiled once per process (ADR
-    0028): the ORM took longer to build it than PostgreSQL to run it."""
+    0028): the ORM took longer to build it than PostgreSQL to run it. A row locked by another
+    claim or release is skipped, not waited for (ADR 0030)."""
     waiting = Task.objects.filter(
         status=TaskStatus.QUEUED,
         ability__bindings__executor_id=OuterRef("pk"),
         ability__bindings__enabled=True,
     )
+    # SKIP LOCKED: a submit never waits for another transaction's claim or release of the same
+    # row (in a burst every submit queued behind it); it leaves the task to the dispatch pass.
+    free = _claimable(executor_id).filter(~Exists(waiting)).order_by()
+    free = free.select_for_update(skip_locked=True)
     return update_statement(
-        _claimable(executor_id).filter(~Exists(waiting)), in_flight=F("in_flight") + 1
+        Executor.objects.filter(pk__in=free.values("pk")), in_flight=F("in_flight") + 1
     )
 
 
@@ -850,6 +863,57 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
         if len(candidates) < limit:
             break
     return started
+
+
+class _PassCoalescer:
+    """One dispatch pass at a time per process, however many doorbells ring (ADR 0030).
+
+    A burst of submits rings a doorbell per queued task. Run as they came, the passes ran side
+    by side on the worker threads, each queueing on the same executor row, and a run message
+    waited behind them. Here a doorbell that arrives while a pass runs only asks for one more
+    pass, started after the running one ends: that pass begins after the doorbell arrived, so
+    after the commit that rang it, and sees its task. Nothing rung is dropped; a thousand
+    doorbells during one pass cost one more pass."""
+
+    def __init__(self, ring_again):
+        self._ring_again = ring_again  # sends a doorbell (the dispatch actor's message)
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    def ring(self, run_pass) -> int | None:
+        """Run ``run_pass`` now, and again while doorbells arrived during it; None when a pass
+        already running takes this doorbell."""
+        with self._lock:
+            if self._running:
+                self._again = True
+                return None
+            self._running = True
+        started = 0
+        try:
+            while True:
+                started += run_pass()
+                with self._lock:
+                    if not self._again:
+                        self._running = False
+                        return started
+                    self._again = False
+        except BaseException:
+            with self._lock:
+                self._running = False
+                rung = self._again
+                self._again = False
+            if rung:
+                self._ring_again()  # a doorbell taken by this pass is not lost with it
+            raise
+
+
+_passes = _PassCoalescer(lambda: _enqueue_dispatch())
+
+
+def tasks_dispatch_doorbell() -> int | None:
+    """The dispatch actor's entry: a pass, coalesced with the others of this process."""
+    return _passes.ring(tasks_dispatch_pending)
 
 
 def _dispatch_one(pk: int, now, bindings: dict, *, started_on: list | None = None) -> str:

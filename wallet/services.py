@@ -40,7 +40,7 @@ from podi.access import owner_sql_of, owners_of
 from podi.errors import AppError, validation_error
 from podi.realtime.events import StatementEvent, emit, emit_in_statement
 from wallet import error_codes as codes
-from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry
+from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry, new_hold_id
 from wallet.selectors import account_for_user, hold_get
 
 EVENT_TYPE = "wallet.points"
@@ -582,6 +582,7 @@ def hold_freeze(
     ttl_seconds: int | None = None,
     owner_settles: bool = False,
     new_task: bool = False,
+    hold_id: str = "",
 ) -> tuple[Hold, bool]:
     """Move ``points`` from balance to frozen under a new hold; ``(hold, created)``.
 
@@ -596,7 +597,9 @@ def hold_freeze(
 
     ``new_task``: the caller creates the task ``task_id`` (a fresh id) for ``user`` in its own
     transaction, so there is no owner to look up and no earlier hold to find: the freeze runs
-    in that transaction without a savepoint of its own.
+    in that transaction without a savepoint of its own. It may name the hold (``hold_id``, from
+    ``new_hold_id``) so that it can write the task before the freeze: the account's row, which
+    every task of the user shares, is then locked only from the freeze to the commit.
     """
     points = _points(points)
     task_id = task_id or ""
@@ -604,6 +607,8 @@ def hold_freeze(
         raise validation_error({"taskId": ["At most 64 characters."]})
     if new_task and not (task_id and transaction.get_connection().in_atomic_block):
         raise ValueError("new_task needs the task id and the caller's transaction")
+    if hold_id and not new_task:
+        raise ValueError("only a new task's hold is named by its caller")
     # On PostgreSQL the freeze's own statement checks whose task it is (one round trip less).
     owner_sql = ""
     if task_id and not new_task:
@@ -616,6 +621,7 @@ def hold_freeze(
         raise validation_error({"ttlSeconds": ["Must be a positive integer."]})
     now = timezone.now()
     hold = Hold(
+        public_id=hold_id or new_hold_id(),
         task_id=task_id,
         points=points,
         expires_at=now + timedelta(seconds=ttl_seconds),
