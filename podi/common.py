@@ -130,38 +130,82 @@ class RowReader:
     request makes (the caller's user): building and compiling the queryset cost several times
     more CPU than the indexed read itself.
 
+    ``where``: constant filters added to the read (``{"status": "queued"}``). ``lock``: read
+    the row ``FOR UPDATE`` (``"update"``) or ``FOR UPDATE SKIP LOCKED`` (``"skip_locked"``),
+    of the model's own table; such a read must run inside a transaction, as the ORM's would.
+
     ``get(value)`` returns the instance or None; a value the column cannot hold is None too."""
 
-    def __init__(self, model: type[models.Model], column: str, *, using: str = "default"):
+    _SAMPLES = (-987_654_321, "~podi-row-reader-sample~")
+
+    def __init__(
+        self,
+        model: type[models.Model],
+        column: str,
+        *,
+        using: str = "default",
+        where: dict[str, Any] | None = None,
+        lock: str = "",
+    ):
+        if lock not in ("", "update", "skip_locked"):
+            raise ValueError(f"lock: {lock!r}")
         self.model, self.column, self.using = model, column, using
+        self.where, self.lock = dict(where or {}), lock
         self._compiled: tuple | None = None
 
     def _compile(self) -> tuple:
-        field = self.model._meta.get_field(self.column)
-        query = self.model._default_manager.filter(**{self.column: field.to_python(0)}).query
-        compiler = query.get_compiler(self.using)
+        meta = self.model._meta
+        field = meta.pk if self.column == "pk" else meta.get_field(self.column)
+        connection = connections[self.using]
+        # A value no caller gives, to find the column's parameter among the constants'.
+        sample = next(
+            value
+            for value in self._SAMPLES
+            if _holds(field, value) and value not in self.where.values()
+        )
+        queryset = self.model._default_manager.filter(**{self.column: sample}, **self.where)
+        if self.lock:
+            queryset = queryset.select_for_update(
+                of=("self",), skip_locked=self.lock == "skip_locked"
+            )
+        compiler = queryset.query.get_compiler(self.using)
         sql, params = compiler.as_sql()
-        if len(params) != 1:  # pragma: no cover - a model whose default manager adds filters
-            raise ValueError(f"{self.model.__name__}.{self.column}: not a one-parameter read")
+        prepared = field.get_db_prep_value(sample, connection, prepared=False)
+        at = [index for index, param in enumerate(params) if param == prepared]
+        if len(at) != 1:  # pragma: no cover - a model whose default manager adds filters
+            raise ValueError(f"{self.model.__name__}.{self.column}: not a one-value read")
         columns = [column for column, _, _ in compiler.select]
         converters = compiler.get_converters(columns)
         names = [column.target.attname for column in columns]
-        return field, sql, names, compiler, converters
+        return field, sql, list(params), at[0], names, compiler, converters
 
     def get(self, value: Any) -> models.Model | None:
         if self._compiled is None:
             self._compiled = self._compile()
-        field, sql, names, compiler, converters = self._compiled
+        field, sql, params, at, names, compiler, converters = self._compiled
         connection = connections[self.using]
         try:
             value = field.get_db_prep_value(value, connection, prepared=False)
         except (TypeError, ValueError, DjangoValidationError):
             return None
+        if len(params) > 1:
+            params = params.copy()
+            params[at] = value
+        else:
+            params = (value,)
         with connection.cursor() as cursor:
-            cursor.execute(sql, (value,))
+            cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is None:
             return None
         if converters:
             row = next(iter(compiler.apply_converters([row], converters)))
         return self.model.from_db(self.using, names, row)
+
+
+def _holds(field: models.Field, value: Any) -> bool:
+    try:
+        field.run_validators(field.to_python(value))
+    except DjangoValidationError:
+        return False
+    return isinstance(field.to_python(value), type(value))

@@ -42,7 +42,14 @@ from media_app.services import (
     media_store_output,
     signed_download_url,
 )
-from podi.common import model_delete, model_update, required_text, update_run, update_statement
+from podi.common import (
+    RowReader,
+    model_delete,
+    model_update,
+    required_text,
+    update_run,
+    update_statement,
+)
 from podi.errors import AppError, validation_error
 from podi.events import actor_named, enqueue_on_commit
 from podi.ids import new_id
@@ -763,28 +770,43 @@ def _claim_executor(task: Task, cache: dict):
     return None
 
 
-def _release_slot(task: Task) -> bool | None:
+def _release_slot(task: Task) -> tuple[bool | None, str | None]:
     """Give back the run slot of a task that leaves ``running`` (called under the task's lock,
     in the transaction that changes its status, so exactly once per claimed slot).
 
-    On PostgreSQL the same statement tells whether a queued task could take the freed slot:
-    False when none could (a finish then skips its hand-off), None when not known."""
+    Returns (waiting, the executor's name). On PostgreSQL the same statement tells whether a
+    queued task could take the freed slot (False when none could: a finish then skips its
+    hand-off; None when not known) and names the executor (None when not read)."""
     if task.status != TaskStatus.RUNNING or not task.executor_id:
-        return None
-    slot = Executor.objects.filter(pk=task.executor_id, in_flight__gt=0)
+        return None, None
     if connection.vendor != "postgresql":
+        slot = Executor.objects.filter(pk=task.executor_id, in_flight__gt=0)
         slot.update(in_flight=F("in_flight") - 1)
-        return None
-    waiting, params = _queued_for(task.executor_id).values("pk")[:1].query.sql_with_params()
-    table = connection.ops.quote_name(Executor._meta.db_table)
+        return None, None
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET in_flight = in_flight - 1 "  # noqa: S608 - our names only
-            f"WHERE id = %s AND in_flight > 0 RETURNING EXISTS ({waiting})",
-            [task.executor_id, *params],
-        )
+        cursor.execute(*_release_statement(task.executor_id))
         row = cursor.fetchone()
-    return None if row is None else bool(row[0])
+    return (None, None) if row is None else (bool(row[0]), row[1])
+
+
+@functools.lru_cache(maxsize=1024)
+def _release_statement(executor_id: int) -> tuple[str, tuple]:
+    """``_release_slot``'s statement for one executor, compiled once per process (ADR 0028)."""
+    waiting, params = _queued_for(executor_id).values("pk")[:1].query.sql_with_params()
+    table = connection.ops.quote_name(Executor._meta.db_table)
+    return (
+        f"UPDATE {table} SET in_flight = in_flight - 1 "  # noqa: S608 - our names only
+        f"WHERE id = %s AND in_flight > 0 RETURNING EXISTS ({waiting}), name",
+        (executor_id, *params),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_in_line_statement(executor_id: int) -> tuple[str, tuple]:
+    """The queued task first in line (priority, then age) among those that could run on the
+    executor: its id. Compiled once per executor per process (ADR 0028)."""
+    first = _queued_for(executor_id).order_by("-priority", "created_at", "pk")
+    return first.values_list("pk", flat=True)[:1].query.sql_with_params()
 
 
 def _queued_for(executor_id: int) -> QuerySet[Task]:
@@ -921,12 +943,7 @@ def _dispatch_one(pk: int, now, bindings: dict, *, started_on: list | None = Non
     ``started_on`` gets the executor's id when it started."""
     with transaction.atomic():
         # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
-        task = (
-            Task.objects.select_for_update(of=("self",), skip_locked=True)
-            .select_related("ability")
-            .filter(pk=pk, status=TaskStatus.QUEUED)
-            .first()
-        )
+        task = _QUEUED_TASK_TO_START.get(pk)
         if task is None:
             return "skipped"
         not_before = task.executor_state.get("notBefore")
@@ -966,13 +983,11 @@ def _hand_off(executor_id: int, now) -> bool:
     among those that could run on the executor whose slot the finish just freed; True when the
     slot was taken that way (ADR 0018). Its own savepoint: a failure here never fails the
     finish, which then rings the dispatch doorbell instead."""
-    first = (
-        _queued_for(executor_id)
-        .order_by("-priority", "created_at", "pk")
-        .values_list("pk", flat=True)[:1]
-    )
     started_on: list[int] = []
     try:
+        with connection.cursor() as cursor:
+            cursor.execute(*_first_in_line_statement(executor_id))
+            first = [pk for (pk,) in cursor.fetchall()]
         # Its events are dropped with its savepoint if it fails.
         with events_batched():
             for pk in first:
@@ -1124,6 +1139,20 @@ def _asset_dict(asset: TaskAsset | MediaObject) -> dict[str, Any]:
     return item
 
 
+# The reads of the dispatch and finish paths, compiled once per process (ADR 0028).
+_QUEUED_TASK_TO_START = RowReader(
+    Task, "pk", where={"status": TaskStatus.QUEUED}, lock="skip_locked"
+)
+_TASK_TO_FINISH = RowReader(Task, "public_id", lock="update")
+
+
+def _executor_name(task: Task, released_from: str | None) -> str:
+    """The executor's name for a metric label: as the slot's release read it, else its row."""
+    if released_from is not None:
+        return released_from
+    return task.executor.name if task.executor_id else ""
+
+
 def task_finish(
     *,
     task_id: str,
@@ -1167,16 +1196,14 @@ def task_finish(
         # the sweep finds what it does not publish.
         media_stage(outputs)
     with transaction.atomic(), events_batched():
-        task = (
-            Task.objects.select_for_update(of=("self",))
-            .select_related("executor")
-            .get(public_id=task_id)
-        )
+        task = _TASK_TO_FINISH.get(task_id)
+        if task is None:
+            raise Task.DoesNotExist(f"task {task_id}")
         if task.is_terminal or (attempt is not None and task.attempts != attempt):
             return task
         # The run slot first: every transaction that touches an executor row does so before
         # the wallet and event rows (dispatch: task, executor, hold, cursor), or the two deadlock.
-        waiting = _release_slot(task)
+        waiting, executor_name = _release_slot(task)
         freed = task.status == TaskStatus.RUNNING and task.executor_id and waiting is not False
         # Settle first: a success whose hold expired ends failed, deterministically.
         if task.hold_id:
@@ -1204,7 +1231,7 @@ def task_finish(
                 TASK_RUN_SECONDS,
                 (now - task.dispatched_at).total_seconds(),
                 ability=task.action,
-                executor=task.executor.name if task.executor_id else "",
+                executor=_executor_name(task, executor_name),
                 status=status,
             )
         output_items = None

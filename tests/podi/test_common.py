@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from integrations.models import Executor
@@ -89,3 +89,23 @@ def test_row_reader_answers_none_for_a_missing_row_or_a_value_the_column_cannot_
     assert len(queries) == 0
     assert users.get(None) is None
     assert RowReader(Executor, "name").get("no such executor") is None
+
+
+def test_row_reader_with_constant_filters_and_a_row_lock(executor):
+    """``where`` adds constant filters; ``lock`` reads FOR UPDATE (SKIP LOCKED) on PostgreSQL
+    and, as the ORM's own locking read, only inside a transaction."""
+    enabled = RowReader(Executor, "pk", where={"enabled": True, "kind": "comfyui"}, lock="update")
+    skipping = RowReader(Executor, "name", where={"enabled": True}, lock="skip_locked")
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            assert enabled.get(executor.pk).name == "gpu-1"
+            assert skipping.get("gpu-1").pk == executor.pk
+        if connection.vendor == "postgresql":
+            assert "FOR UPDATE" in queries[0]["sql"]
+            assert "SKIP LOCKED" in queries[1]["sql"] and "SKIP LOCKED" not in queries[0]["sql"]
+    Executor.objects.filter(pk=executor.pk).update(enabled=False)
+    with transaction.atomic():
+        assert enabled.get(executor.pk) is None  # the constant filter holds, value by value
+        assert skipping.get("gpu-1") is None
+    with pytest.raises(ValueError):
+        RowReader(Executor, "pk", lock="share")
