@@ -45,6 +45,7 @@ from media_app.paths import (
 from media_app.storage import get_backend
 from media_app.storage.base import CHUNK_SIZE, ImageInfo, probe_image
 from media_app.storage.oss_signing import CallbackRefused, verify_callback
+from podi.common import RowReader
 from podi.errors import AppError
 
 logger = logging.getLogger("media_app")
@@ -208,6 +209,10 @@ def local_upload_receive(
     return media
 
 
+# Every local download reads its row: compiled once per process (ADR 0028).
+_UPLOADED = RowReader(MediaObject, "object_key", where={"status": MediaStatus.UPLOADED})
+
+
 def local_download_open(*, token: str) -> tuple[BinaryIO, MediaObject]:
     """The stream and row behind a local signed download URL (403 when expired or forged)."""
     try:
@@ -215,7 +220,7 @@ def local_download_open(*, token: str) -> tuple[BinaryIO, MediaObject]:
     except tokens.TokenInvalid as exc:
         raise AppError(MEDIA_DOWNLOAD_DENIED, f"The download URL is not valid ({exc}).") from None
     backend = get_backend()
-    media = MediaObject.objects.filter(object_key=object_key, status=MediaStatus.UPLOADED).first()
+    media = _UPLOADED.get(object_key)
     if backend.name != "local" or media is None or not backend.exists(object_key):
         raise AppError(MEDIA_OBJECT_NOT_FOUND)
     return backend.open(object_key), media

@@ -38,6 +38,7 @@ from media_app.services import (
     media_write_output,
     signed_download_url,
 )
+from podi.common import RowReader
 from podi.events import actor_named, enqueue_on_commit
 from podi.models import Lease
 from podi.runtime import WORKER_LEASE_PREFIX, current_worker_id, worker_lease_name
@@ -369,10 +370,13 @@ class _Attempt:
         self.early: Early | None = None  # outputs fetched while a followed prompt runs
 
 
+_TASKS = RowReader(Task, "public_id")  # compiled once per process (ADR 0028)
+
+
 def _load(task_id: str) -> Task | None:
     """The task row, its binding (workflow, versions) and executor from the process's catalog
     cache (ADR 0018) when they are there, read with the row when they are not."""
-    task = Task.objects.filter(public_id=task_id).first()
+    task = _TASKS.get(task_id)
     if task is None or not task.binding_id:
         return task
     binding = next(

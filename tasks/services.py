@@ -749,7 +749,7 @@ def _own_copy(binding: WorkflowBinding) -> WorkflowBinding:
     return mine
 
 
-def _claim_executor(task: Task, cache: dict):
+def _claim_executor(task: Task, cache: dict, *, only: int | None = None):
     """Claim a run slot for ``task`` on the best binding's executor; (binding, executor) or None.
 
     A slot is claimed with one guarded update of the executor's ``in_flight`` counter (it only
@@ -758,7 +758,11 @@ def _claim_executor(task: Task, cache: dict):
     """
     # Capacity, health and enablement as read (possibly from the process's catalog cache) only
     # rank the candidates; the guarded update below decides on the row as it is now.
-    bindings = [b for b in _candidate_bindings(task, cache) if not b.missing_node_classes]
+    bindings = [
+        b
+        for b in _candidate_bindings(task, cache)
+        if not b.missing_node_classes and only in (None, b.executor_id)
+    ]
     if not bindings:
         return None
     tried = frozenset(task.executor_state.get("triedExecutors", []))
@@ -938,9 +942,11 @@ def tasks_dispatch_doorbell() -> int | None:
     return _passes.ring(tasks_dispatch_pending)
 
 
-def _dispatch_one(pk: int, now, bindings: dict, *, started_on: list | None = None) -> str:
+def _dispatch_one(
+    pk: int, now, bindings: dict, *, started_on: list | None = None, only: int | None = None
+) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped".
-    ``started_on`` gets the executor's id when it started."""
+    ``started_on`` gets the executor's id when it started; ``only`` limits it to one executor."""
     with transaction.atomic():
         # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
         task = _QUEUED_TASK_TO_START.get(pk)
@@ -949,7 +955,7 @@ def _dispatch_one(pk: int, now, bindings: dict, *, started_on: list | None = Non
         not_before = task.executor_state.get("notBefore")
         if not_before and not_before > now.timestamp():
             return "skipped"
-        claim = _claim_executor(task, bindings)
+        claim = _claim_executor(task, bindings, only=only)
         if claim is None:
             return "blocked"
         binding, _ = claim
@@ -990,8 +996,11 @@ def _hand_off(executor_id: int, now) -> bool:
             first = [pk for (pk,) in cursor.fetchall()]
         # Its events are dropped with its savepoint if it fails.
         with events_batched():
+            # Only the freed executor: its row is already this transaction's, while another
+            # executor's row would be locked after the wallet's, against the order every
+            # transaction keeps (executor, then wallet), and deadlock with a submit.
             for pk in first:
-                _dispatch_one(pk, now, {}, started_on=started_on)
+                _dispatch_one(pk, now, {}, started_on=started_on, only=executor_id)
     except DatabaseError as exc:
         logger.warning("handing executor %s's freed slot on failed: %s", executor_id, exc)
         return False

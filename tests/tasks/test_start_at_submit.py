@@ -12,6 +12,7 @@ import pytest
 from django.db import close_old_connections, connection, transaction
 
 from integrations.models import Executor
+from integrations.selectors import catalog_changed
 from podi.realtime.models import Event
 from tasks.models import Task, TaskStatus
 from tasks.services import task_cancel, task_finish, task_submit, tasks_dispatch_pending
@@ -229,3 +230,46 @@ def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded
     task.refresh_from_db()
     assert (task.status, task.executor_id) == (TaskStatus.RUNNING, executor.pk)
     assert Executor.objects.get(pk=executor.pk).in_flight == 1
+
+
+def test_a_finish_hands_its_slot_on_without_touching_another_executor(funded, comfy, comfy2):
+    """The freed slot goes to the first in line for that executor, on that executor: the
+    finish never locks a second executor's row after the wallet's (a submit holding that row
+    and waiting for the wallet deadlocked with it, seen in the 200-task burst)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: SQLite locks the whole database for any writer")
+    freed = make_executor("gpu-1", comfy.url, max_concurrency=1)
+    preferred = make_executor("gpu-2", comfy2.url, max_concurrency=4, enabled=False)
+    ability = sleep_ability(freed)
+    add_binding(ability, preferred, priority=10)
+    running = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    waiting = task_submit(user=funded, action="sleep", params={"seconds": 1})
+    assert (running.status, waiting.status) == (TaskStatus.RUNNING, TaskStatus.QUEUED)
+    Executor.objects.filter(pk=preferred.pk).update(enabled=True)
+    catalog_changed()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():  # a submit that claimed the preferred executor, not yet committed
+        try:
+            with transaction.atomic():
+                Executor.objects.select_for_update().get(pk=preferred.pk)
+                locked.set()
+                release.wait(15)
+        finally:
+            close_old_connections()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        began = time.monotonic()
+        task_finish(task_id=running.public_id, status=TaskStatus.SUCCEEDED, attempt=1)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+        holder.join(30)
+    assert took < 5  # it never waited for the other executor's row
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.executor_id) == (TaskStatus.RUNNING, freed.pk)
+    assert Executor.objects.get(pk=freed.pk).in_flight == 1
+    assert Executor.objects.get(pk=preferred.pk).in_flight == 0
