@@ -4,6 +4,7 @@ outlives the binding it started on, and the stream's usual ``queued`` → ``runn
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from datetime import timedelta
@@ -194,6 +195,31 @@ def test_concurrent_submits_never_overfill_an_executor(funded, comfy, comfy2):
         assert Executor.objects.get(pk=executor.pk).in_flight == cap
 
 
+@contextlib.contextmanager
+def executor_row_held(executor: Executor, *, at_most: float = 15):
+    """Another transaction holds ``executor``'s row (a submit's claim or a finish's release not
+    yet committed) until the block ends, or ``at_most`` seconds."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        try:
+            with transaction.atomic():
+                Executor.objects.select_for_update().get(pk=executor.pk)
+                locked.set()
+                release.wait(at_most)
+        finally:
+            close_old_connections()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded, comfy):
     """The claim at submit skips an executor row another transaction holds (a finish giving
     its slot back, another submit's claim): the task queues for the dispatch pass at once,
@@ -202,27 +228,10 @@ def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded
         pytest.skip("row locks: SQLite locks the whole database for any writer")
     executor = make_executor("gpu-1", comfy.url, max_concurrency=4)
     sleep_ability(executor)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row():
-        try:
-            with transaction.atomic():
-                Executor.objects.select_for_update().get(pk=executor.pk)
-                locked.set()
-                release.wait(30)
-        finally:
-            close_old_connections()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with executor_row_held(executor):
         began = time.monotonic()
         task = task_submit(user=funded, action="sleep", params={"seconds": 1})
         waited = time.monotonic() - began
-    finally:
-        release.set()
-        holder.join(30)
     assert task.status == TaskStatus.QUEUED
     assert waited < 5  # it did not wait for the holder (which lets go only when told)
     assert Executor.objects.get(pk=executor.pk).in_flight == 0
@@ -247,27 +256,10 @@ def test_a_finish_hands_its_slot_on_without_touching_another_executor(funded, co
     assert (running.status, waiting.status) == (TaskStatus.RUNNING, TaskStatus.QUEUED)
     Executor.objects.filter(pk=preferred.pk).update(enabled=True)
     catalog_changed()
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row():  # a submit that claimed the preferred executor, not yet committed
-        try:
-            with transaction.atomic():
-                Executor.objects.select_for_update().get(pk=preferred.pk)
-                locked.set()
-                release.wait(15)
-        finally:
-            close_old_connections()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with executor_row_held(preferred):  # a submit that claimed it, not yet committed
         began = time.monotonic()
         task_finish(task_id=running.public_id, status=TaskStatus.SUCCEEDED, attempt=1)
         took = time.monotonic() - began
-    finally:
-        release.set()
-        holder.join(30)
     assert took < 5  # it never waited for the other executor's row
     waiting.refresh_from_db()
     assert (waiting.status, waiting.executor_id) == (TaskStatus.RUNNING, freed.pk)
