@@ -934,7 +934,7 @@ class _PassCoalescer:
             raise
 
 
-_passes = _PassCoalescer(lambda: _enqueue_dispatch())
+_passes = _PassCoalescer(_enqueue_dispatch)
 
 
 def tasks_dispatch_doorbell() -> int | None:
