@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from datetime import UTC, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.core import signing
@@ -73,6 +73,7 @@ from wallet.services import (
     hold_confirm_in_statement,
     hold_freeze,
     hold_outlive,
+    hold_outlive_in_statement,
     hold_release_by_id,
     new_hold_id,
 )
@@ -807,10 +808,11 @@ def _release_statement(executor_id: int) -> tuple[str, tuple]:
 
 @functools.lru_cache(maxsize=1024)
 def _first_in_line_statement(executor_id: int) -> tuple[str, tuple]:
-    """The queued task first in line (priority, then age) among those that could run on the
-    executor: its id. Compiled once per executor per process (ADR 0028)."""
+    """The queued tasks first in line (priority, then age) among those that could run on the
+    executor, three at most: (id, ability id, executor state). Compiled once per executor per
+    process (ADR 0028)."""
     first = _queued_for(executor_id).order_by("-priority", "created_at", "pk")
-    return first.values_list("pk", flat=True)[:1].query.sql_with_params()
+    return first.values_list("pk", "ability_id", "executor_state")[:3].query.sql_with_params()
 
 
 def _queued_for(executor_id: int) -> QuerySet[Task]:
@@ -874,12 +876,12 @@ def tasks_dispatch_pending(*, limit: int = 100, max_rounds: int = 20) -> int:
             .exclude(ability_id__in=blocked_abilities)
             .exclude(pk__in=waiting)
             .order_by("-priority", "created_at", "pk")
-            .values_list("pk", "ability_id")[:limit]
+            .values_list("pk", "ability_id", "executor_state")[:limit]
         )
-        for pk, ability_id in candidates:
+        for pk, ability_id, state in candidates:
             if ability_id in blocked_abilities:
                 continue
-            outcome = _dispatch_one(pk, now, bindings)
+            outcome = _dispatch_one(pk, now, bindings, queued=_Queued(pk, ability_id, state))
             if outcome == "started":
                 started += 1
             elif outcome == "blocked":
@@ -942,12 +944,35 @@ def tasks_dispatch_doorbell() -> int | None:
     return _passes.ring(tasks_dispatch_pending)
 
 
+class _Queued(NamedTuple):
+    """What a dispatch pass reads of a queued task to rank its bindings, without locking it."""
+
+    pk: int
+    ability_id: int
+    executor_state: dict
+
+
 def _dispatch_one(
-    pk: int, now, bindings: dict, *, started_on: list | None = None, only: int | None = None
+    pk: int,
+    now,
+    bindings: dict,
+    *,
+    started_on: list | None = None,
+    only: int | None = None,
+    queued: _Queued | None = None,
 ) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped".
-    ``started_on`` gets the executor's id when it started; ``only`` limits it to one executor."""
-    with transaction.atomic():
+    ``started_on`` gets the executor's id when it started; ``only`` limits it to one executor.
+    With ``queued`` (the task as read unlocked) on PostgreSQL, a start is one statement
+    (``_start_in_one``); otherwise, and when that cannot decide, the step-by-step start below."""
+    if queued is not None and connection.vendor == "postgresql":
+        outcome = _start_in_one(queued, now, bindings, only=only)
+        if outcome is not None:
+            kind, executor_id = outcome
+            if kind == "started" and started_on is not None:
+                started_on.append(executor_id)
+            return kind
+    with transaction.atomic(), events_batched():
         # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
         task = _QUEUED_TASK_TO_START.get(pk)
         if task is None:
@@ -984,27 +1009,141 @@ def _dispatch_one(
     return "started"
 
 
+class _HoldLapsed(Exception):
+    """The start's statement claimed a slot for a task whose hold can no longer be charged."""
+
+
+def _start_in_one(
+    queued: _Queued, now, cache: dict, *, only: int | None = None
+) -> tuple[str, int | None] | None:
+    """Start a queued task on the best binding with a free slot, one statement per binding
+    tried (PostgreSQL; docs/adr/0031-a-queued-start-in-one-statement.md): ("started", the
+    executor's id), ("blocked", None) or ("skipped", None) as ``_dispatch_one``; None when the
+    task's hold can no longer be charged (nothing written: the step-by-step start fails it)."""
+    candidates = [
+        b
+        for b in _candidate_bindings(queued, cache)
+        if not b.missing_node_classes and only in (None, b.executor_id)
+    ]
+    tried = frozenset(queued.executor_state.get("triedExecutors", []))
+    for binding in sorted(candidates, key=lambda b: _binding_rank(b, tried)):
+        executor = binding.executor
+        try:
+            with transaction.atomic(), events_batched():
+                outcome = _start_statement_run(queued.pk, binding, now)
+        except _HoldLapsed:
+            return None
+        if outcome == "skipped":
+            return "skipped", None
+        if outcome == "full":
+            executor.in_flight = executor.max_concurrency  # rank it last for the pass
+            continue
+        executor.in_flight += 1  # the pass's view, for ranking the next tasks
+        return "started", executor.pk
+    return "blocked", None
+
+
+def _start_statement_run(pk: int, binding: WorkflowBinding, now) -> str:
+    """Run the start's statement for one binding, inside the caller's transaction and
+    ``events_batched``: "started" (the status event raised, the run message sent on commit),
+    "full" (the executor had no free slot: nothing written) or "skipped" (the task is not queued,
+    not due, or another pass is starting it)."""
+    deadline = now + timedelta(seconds=binding.run_timeout)
+    hold_cte, hold_params = hold_outlive_in_statement(
+        key_sql="(SELECT hold_id FROM q)",
+        after_sql="EXISTS (SELECT 1 FROM x)",
+        expires_at=deadline + timedelta(seconds=settings.TASK_HOLD_MARGIN),
+        name="h",
+    )
+    claim_sql, claim_params = _claim_statement(binding.executor_id)
+    params = [
+        pk, TaskStatus.QUEUED, now.timestamp(),
+        *claim_params,
+        *hold_params,
+        TaskStatus.RUNNING, binding.pk, binding.executor_id, now, now, now,
+        binding.run_timeout, deadline, now,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_start_sql(claim_sql, hold_cte), params)
+        row = cursor.fetchone()
+    if row[0] is None:
+        return "skipped"
+    if not row[1]:
+        return "full"
+    if row[2] is None:
+        raise _HoldLapsed  # the slot was claimed: undone with the caller's transaction
+    task = _task_from_row(row[2:])
+    _observe_dispatch(task, now)
+    _emit_status(task)
+    enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
+    return "started"
+
+
+@functools.cache
+def _start_sql(claim_sql: str, hold_cte: str) -> str:
+    """One statement that starts a queued task's next attempt on a binding: lock the task (SKIP
+    LOCKED: one another pass is starting is that pass's) while it is queued and due, claim a
+    slot with the executor's guarded update (``_claim_statement``), extend the task's hold past
+    the run's deadline (``wallet``'s CTE) and move the task to running. Locks in the dispatch
+    order: task, executor, hold. Returns the task's id (none: skipped), whether a slot was
+    claimed, and the started task's columns (none with a slot claimed: the hold lapsed)."""
+    quote = connection.ops.quote_name
+    task_table, executor_table = quote(Task._meta.db_table), quote(Executor._meta.db_table)
+    task_columns = ", ".join(f"t.{quote(f.column)}" for f in Task._meta.concrete_fields)
+    # Only table and column names of our own models are interpolated; values are parameters.
+    locked = (
+        f"SELECT t.id, t.hold_id FROM {task_table} t WHERE t.id = %s AND t.status = %s "  # noqa: S608
+        "AND COALESCE((t.executor_state ->> 'notBefore')::float8, 0) <= %s "
+        "FOR UPDATE OF t SKIP LOCKED"
+    )
+    claim = f"{claim_sql} AND EXISTS (SELECT 1 FROM q) RETURNING {executor_table}.id"  # noqa: S608
+    started = (
+        f"UPDATE {task_table} t SET status = %s, binding_id = %s, executor_id = %s, "  # noqa: S608
+        "attempts = t.attempts + 1, started_at = COALESCE(t.started_at, %s), heartbeat_at = %s, "
+        "dispatched_at = %s, run_timeout = %s, run_deadline = %s, external_id = '', "
+        "executor_state = t.executor_state - 'notBefore' - 'submitted', updated_at = %s "
+        "FROM q WHERE t.id = q.id AND EXISTS (SELECT 1 FROM x) "
+        f"AND (q.hold_id = '' OR EXISTS (SELECT 1 FROM h)) RETURNING {task_columns}"
+    )
+    return (
+        f"WITH q AS ({locked}), x AS ({claim}), {hold_cte}, s AS ({started}) "  # noqa: S608
+        "SELECT (SELECT id FROM q), EXISTS (SELECT 1 FROM x), s.* "
+        "FROM (SELECT 1) one LEFT JOIN s ON true"
+    )
+
+
 def _hand_off(executor_id: int, now) -> bool:
-    """Start, in the finishing transaction, the queued task first in line (priority, then age)
-    among those that could run on the executor whose slot the finish just freed; True when the
-    slot was taken that way (ADR 0018). Its own savepoint: a failure here never fails the
-    finish, which then rings the dispatch doorbell instead."""
+    """Start the queued task first in line (priority, then age) among those that could run on
+    the executor whose slot a finish just freed; True when it started (ADR 0018). Inside the
+    finishing transaction (the step-by-step finish) under a savepoint of its own, or after a
+    success's own statement (ADR 0031). A failure here never fails the finish, which then
+    rings the dispatch doorbell instead."""
     started_on: list[int] = []
+    field = Task._meta.get_field("executor_state")
     try:
         with connection.cursor() as cursor:
             cursor.execute(*_first_in_line_statement(executor_id))
-            first = [pk for (pk,) in cursor.fetchall()]
-        # Its events are dropped with its savepoint if it fails.
-        with events_batched():
-            # Only the freed executor: its row is already this transaction's, while another
-            # executor's row would be locked after the wallet's, against the order every
-            # transaction keeps (executor, then wallet), and deadlock with a submit.
-            for pk in first:
-                _dispatch_one(pk, now, {}, started_on=started_on, only=executor_id)
+            first = cursor.fetchall()
+        # Only the freed executor: inside a finish its row is already the transaction's, while
+        # another executor's row would be locked after the wallet's, against the order every
+        # transaction keeps (executor, then wallet), and deadlock with a submit.
+        for pk, ability_id, state in first:
+            queued = _Queued(pk, ability_id, field.from_db_value(state, None, connection) or {})
+            outcome = _dispatch_one(
+                pk, now, {}, started_on=started_on, only=executor_id, queued=queued
+            )
+            if outcome != "skipped":  # one already being started by a pass: the next in line
+                break
     except DatabaseError as exc:
         logger.warning("handing executor %s's freed slot on failed: %s", executor_id, exc)
         return False
     return executor_id in started_on
+
+
+def _hand_off_after_success(executor_id: int) -> None:
+    """After a success's statement freed a slot a queued task waits for: hand it on, else ring."""
+    if not _hand_off(executor_id, timezone.now()):
+        _dispatch_if_queued()
 
 
 def queue_position(task: Task) -> int | None:
@@ -1285,9 +1424,8 @@ _NOT_CHARGED = "22012"  # division_by_zero: the statement's own way to undo itse
 def _succeed_sql(
     settle_ctes: str, settle_columns: str, media_cte: str, event_ctes: str = "", seq_sql: str = ""
 ) -> str:
-    """One statement that ends a running attempt succeeded: lock the task (only when no queued
-    task waits for its executor, else the finish must hand the slot on), give back the run
-    slot, confirm the hold (``wallet``'s CTEs), write the task's end, publish its outputs
+    """One statement that ends a running attempt succeeded: lock the task, give back the run
+    slot (and tell whether a queued task waits for it: ADR 0031), confirm the hold (``wallet``'s CTEs), write the task's end, publish its outputs
     (``media_app``'s CTE) and insert its assets. Locks in the finish's order: task, executor,
     hold, account. A hold that cannot be charged makes the statement fail (division by zero),
     which undoes all of it. With ``event_ctes`` the statement records the events too (then the
@@ -1301,12 +1439,11 @@ def _succeed_sql(
     # Only table and column names of our own models are interpolated; values are parameters.
     waiting = (
         f"SELECT 1 FROM {task_table} q JOIN {binding_table} b ON b.ability_id = q.ability_id "  # noqa: S608
-        "WHERE q.status = %s AND b.executor_id = t.executor_id AND b.enabled"
+        "WHERE q.status = %s AND b.executor_id = (SELECT executor_id FROM k) AND b.enabled"
     )
     locked = (
         f"SELECT t.id, t.executor_id, t.hold_id FROM {task_table} t WHERE t.public_id = %s "  # noqa: S608
-        "AND t.attempts = %s AND t.status = %s AND t.hold_id <> '' "
-        f"AND t.executor_id IS NOT NULL AND NOT EXISTS ({waiting})"
+        "AND t.attempts = %s AND t.status = %s AND t.hold_id <> '' AND t.executor_id IS NOT NULL"
         f"{' AND t.callback_url = %s' if event_ctes else ''} FOR UPDATE OF t"
     )
     slot = (
@@ -1331,7 +1468,8 @@ def _succeed_sql(
         f"{media_cte}, a AS ({assets}){', ' + event_ctes if event_ctes else ''} "
         # In this order: the task's lock, the slot, the hold (and account), the task's end,
         # the event cursor.
-        "SELECT (SELECT id FROM k), (SELECT name FROM x), "
+        f"SELECT (SELECT id FROM k), (SELECT name FROM x), (SELECT executor_id FROM k), "
+        f"EXISTS ({waiting}), "
         "CASE WHEN EXISTS (SELECT 1 FROM k) THEN 1 / (SELECT count(*) FROM wallet_settled)::int "
         f"END, {settle_columns}, {seq_sql or 'NULL'}, e.* FROM (SELECT 1) one LEFT JOIN e ON true"
     )
@@ -1343,8 +1481,9 @@ def _succeed_in_one(
     """``task_finish`` of a success, in one statement: inside the caller's transaction and
     ``events_batched``, or ``alone`` (outside any transaction), with its two events recorded by
     the statement itself, which is then the whole transaction. None when it did not apply, with
-    nothing written: the attempt is not current and running, the task has no hold, a queued
-    task waits for its executor, or (``alone``) the task has a callback URL."""
+    nothing written: the attempt is not current and running, the task has no hold, or
+    (``alone``) the task has a callback URL. A queued task waiting for the executor gets the
+    freed slot after the commit (ADR 0031)."""
     settle = hold_confirm_in_statement(
         key_sql="(SELECT hold_id FROM k)", after_sql="(SELECT count(*) FROM x) >= 0"
     )
@@ -1392,23 +1531,24 @@ def _succeed_in_one(
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     params = [
-        task_id, attempt, TaskStatus.RUNNING, TaskStatus.QUEUED,
+        task_id, attempt, TaskStatus.RUNNING,
         *([""] if recorded else []),
         *settle.params,
         TaskStatus.SUCCEEDED, now, result_db, now,
         *media_params,
         TaskAsset.Kind.OUTPUT, now, *columns,
         *(recorded.params if recorded else []),
+        TaskStatus.QUEUED,
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None or row[0] is None:
         return None
-    executor_name = row[1]
-    settled = row[3 : 3 + settle.width]
-    last_seq = row[3 + settle.width]
-    task = _task_from_row(row[4 + settle.width :])
+    executor_name, executor_id, waiting = row[1], row[2], row[3]
+    settled = row[5 : 5 + settle.width]
+    last_seq = row[5 + settle.width]
+    task = _task_from_row(row[6 + settle.width :])
     hold = settle.settled(settled, raise_event=recorded is None)
     if task.dispatched_at is not None:
         observe_on_commit(
@@ -1427,9 +1567,14 @@ def _succeed_in_one(
         )
     else:
         _emit_status(task, outputs=items)
-    # No queued task waited for the executor when the statement looked; one queued since is
-    # found by this check after the commit, or by the dispatch pass its own submit rang.
-    transaction.on_commit(_dispatch_if_queued, robust=True)
+    if waiting:
+        # The freed slot goes to the queued task first in line for it, after the commit
+        # (ADR 0031); a submit never takes a slot a queued task waits for (ADR 0018).
+        transaction.on_commit(functools.partial(_hand_off_after_success, executor_id), robust=True)
+    else:
+        # No queued task waited for the executor when the statement looked; one queued since
+        # is found by this check after the commit, or by the dispatch pass its submit rang.
+        transaction.on_commit(_dispatch_if_queued, robust=True)
     return task
 
 

@@ -1026,6 +1026,24 @@ def hold_outlive(*, hold_id: str, expires_at: datetime) -> bool:
     )
 
 
+def hold_outlive_in_statement(
+    *, key_sql: str, after_sql: str, expires_at: datetime, name: str = "wallet_outlived"
+) -> tuple[str, list]:
+    """``hold_outlive`` lent to a caller's statement (PostgreSQL): a CTE named ``name`` that
+    moves the held, not overdue hold whose public id the SQL expression ``key_sql`` gives (over
+    the caller's earlier CTEs) to last at least until ``expires_at``, once the condition
+    ``after_sql`` holds, and returns its id: no row when the hold can no longer be charged.
+    Returns (the CTE text, its parameters, in that place). Only our own SQL is interpolated."""
+    now = timezone.now()
+    table = connection.ops.quote_name(Hold._meta.db_table)
+    cte = (
+        f"{name} AS (UPDATE {table} h SET expires_at = GREATEST(h.expires_at, %s), "  # noqa: S608
+        f"updated_at = %s WHERE h.public_id = {key_sql} AND h.status = %s "
+        f"AND h.expires_at > %s AND {after_sql} RETURNING h.id)"
+    )
+    return cte, [expires_at, now, HoldStatus.HELD, now]
+
+
 # Hooks that name the holds whose work is still live (the tasks app registers one): expiry
 # leaves those to whoever settles the work. The wallet imports no app above it.
 _live_hold_checks: list[Callable[[list[str]], set[str]]] = []

@@ -59,9 +59,11 @@ def statements():
 # Statements per phase of one model-free task (COMMIT not counted; SQLite also counts its
 # "BEGIN IMMEDIATE" and needs two statements where PostgreSQL needs one: a CTE). "run" allows
 # for one heartbeat pass of the process's monitor (two statements) landing inside the run.
-# Inside a worker process the attempt's claim for the worker adds two (ADR 0017).
+# Inside a worker process the attempt's claim for the worker adds two (ADR 0017). On PostgreSQL
+# a dispatch pass reads its candidates, starts the task in one statement (the task, the slot,
+# the hold, ADR 0031) and records its "running" event.
 BUDGET = {
-    "postgresql": {"submit": 4, "dispatch": 6, "run": 6},
+    "postgresql": {"submit": 4, "dispatch": 3, "run": 6},
     "sqlite": {"submit": 8, "dispatch": 8, "run": 19},
 }
 # A task that starts in its submit (ADR 0018): the claim and the "running" event join the
