@@ -126,6 +126,11 @@ def progress(text: str) -> None:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _roles(meter: dict) -> str:
+    roles = meter.get("podiCpuMsPerTaskByRole") or {}
+    return " ".join(f"{role} {ms:g}" for role, ms in roles.items() if role != "up")
+
+
 def tree_cpu_seconds(root: int) -> tuple[float, list[int]]:
     """utime+stime of ``root`` and all its descendants (and of children they reaped)."""
     parents: dict[int, int] = {}
@@ -145,6 +150,20 @@ def tree_cpu_seconds(root: int) -> tuple[float, list[int]]:
             members.append(pid)
             pending.extend(child for child, parent in parents.items() if parent == pid)
     return sum(times[pid] for pid in members), sorted(members)
+
+
+def role_cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """utime+stime of each of ``pids`` summed by role (``manage.py up --role web|worker|…``;
+    the supervising parent is "up")."""
+    roles: dict[str, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            role = argv[argv.index(b"--role") + 1].decode() if b"--role" in argv else "up"
+            text = Path(f"/proc/{pid}/stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            roles[role] = roles.get(role, 0.0) + sum(int(x) for x in fields[11:13]) / TICKS
+    return roles
 
 
 def proc_cpu_seconds(pid: int | None) -> float | None:
@@ -686,6 +705,7 @@ class Meter:
         counts = self.sql.settled() if settle else self.sql.read()
         cpu, members = tree_cpu_seconds(self.podi_pid)
         return {"t": time.monotonic(), "cpu": cpu, "members": members, "sql": counts,
+                "roles": role_cpu_seconds(members),
                 "comfyCpu": proc_cpu_seconds(self.comfy_pid)}  # fmt: skip
 
     def between(self, before: dict, after: dict, tasks: int, idle_rate: float) -> dict:
@@ -698,6 +718,11 @@ class Meter:
             "podiCpuMsPerTask": round(cpu * 1000 / tasks, 2) if tasks else None,
             "podiCpuMsPerTaskNetOfIdle": round(net * 1000 / tasks, 2) if tasks else None,
             "podiProcesses": len(after["members"]),
+            # By role: processes alive at both marks (a process started between them counts whole).
+            "podiCpuMsPerTaskByRole": {
+                role: round((spent - before["roles"].get(role, 0.0)) * 1000 / tasks, 2)
+                for role, spent in sorted(after["roles"].items())
+            } if tasks else None,
             "sql": sql_split(SqlCounts.delta(after["sql"], before["sql"]), tasks),
         }
         if before["comfyCpu"] is not None and after["comfyCpu"] is not None:
@@ -1038,6 +1063,7 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
          f"burst {burst_cpu} ms", "cpuMsPerTask", " ms"),
         ("  net of idle background", f"seq {seq_meter['podiCpuMsPerTaskNetOfIdle']} ms",
          f"idle {result['idle']['podiCpuPercent']} % of a core", None, ""),
+        ("  by role (ms per task)", _roles(seq_meter), _roles(burst_meters[0]), None, ""),
     ]  # fmt: skip
     print()
     print(f"  {'what':<44} {'direct / figure':<26} {'PODI / detail':<26} {'PODI/direct':<12} "
