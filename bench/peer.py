@@ -722,7 +722,9 @@ class Meter:
             "podiCpuMsPerTaskByRole": {
                 role: round((spent - before["roles"].get(role, 0.0)) * 1000 / tasks, 2)
                 for role, spent in sorted(after["roles"].items())
-            } if tasks else None,
+            }
+            if tasks
+            else None,
             "sql": sql_split(SqlCounts.delta(after["sql"], before["sql"]), tasks),
         }
         if before["comfyCpu"] is not None and after["comfyCpu"] is not None:

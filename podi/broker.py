@@ -4,11 +4,16 @@ Dramatiq's Redis consumer finds an empty queue by fetching it, then sleeps a bac
 the worker timeout before fetching again, so a message enqueued on an idle queue waits up to that
 timeout before a worker sees it. Here ``enqueue`` also PUBLISHes a doorbell on
 ``<namespace>:bell:<queue>``, and each consumer, instead of sleeping, waits on its own
-subscription to that channel for at most the same backoff. The subscription is made when the
-consumer is created and kept for its life, so a bell rung between a fetch and the wait is read by
-that wait: none is lost. The bell is only a hint; the queue in Redis stays the truth, and without
-it (a publisher on plain ``RedisBroker``, a dropped subscription) a consumer still fetches at least
-once per backoff, as before (docs/adr/0014-platform-plumbing.md).
+subscription to that channel. The subscription is made when the consumer is created and kept for
+its life, so a bell rung between a fetch and the wait is read by that wait: none is lost.
+
+A fetch that found fewer messages than it asked for emptied the queue: the consumer then fetches
+again only after a bell (a message is pushed before its bell is published), or after the worker
+timeout. It no longer polls an idle queue with a backoff that restarts small after every message:
+that was about four fetch scripts per message on a queue fed one message at a time (ADR 0032).
+The bell is only a hint; the queue in Redis stays the truth, and without it (a publisher on plain
+``RedisBroker``, a message requeued by Dramatiq's maintenance, a dropped subscription) a consumer
+still fetches at least once per worker timeout (docs/adr/0014-platform-plumbing.md).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import time
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 # While every prefetched message is still being worked on the consumer may not fetch, so a bell
 # cannot help it: it looks again after this many seconds (a local check, no Redis round trip).
 FULL_RECHECK_SECONDS = 0.01
+# A consumer waiting for a bell with messages out returns to its worker thread this often.
+OUTSTANDING_RETURN_SECONDS = 0.05
 
 
 class DoorbellRedisBroker(RedisBroker):
@@ -54,6 +60,8 @@ class DoorbellConsumer(_RedisConsumer):
             self.pubsub.subscribe(broker.bell_channel(queue_name))
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+        self.drained = False  # the last fetch found fewer messages than it asked for
+        self.poll_at = 0.0  # when to fetch again without a bell (the worker timeout after one)
 
     def __next__(self):
         try:
@@ -61,20 +69,30 @@ class DoorbellConsumer(_RedisConsumer):
                 if self.outstanding_message_count >= self.prefetch:
                     time.sleep(FULL_RECHECK_SECONDS)
                     return None
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count
-                )
+                if self.drained:
+                    # The last fetch took all there was: only a bell says there is more (or, the
+                    # safety net for a message queued without one, the timeout since that fetch).
+                    left = self.poll_at - time.monotonic()
+                    if left > 0:
+                        # With messages out (running, or delayed ones held by the worker), the
+                        # worker's thread gets the loop back often, to ack them and to enqueue
+                        # the delayed ones when due; no Redis call comes with that.
+                        if self.outstanding_message_count:
+                            left = min(left, OUTSTANDING_RETURN_SECONDS)
+                        if not self._wait_for_bell(left):
+                            return None
+                        while self.pubsub.get_message(timeout=0) is not None:  # drain the rest
+                            pass
+                    self.drained = False
+                    return None
+                wanted = self.prefetch - self.outstanding_message_count
+                self.message_cache = self.broker.do_fetch(self.queue_name, wanted)
+                self.drained = len(self.message_cache) < wanted
+                self.poll_at = time.monotonic() + self.timeout / 1000
             if self.message_cache:
-                self.misses = 0
                 message = Message.decode(self.message_cache.pop(0))
                 self.queued_message_ids.add(message.message_id)
                 return MessageProxy(message)
-            # Empty queue: wait for a bell (or the backoff, growing to the worker timeout).
-            self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-            if self._wait_for_bell(backoff_ms / 1000):
-                self.misses = 0
-                while self.pubsub.get_message(timeout=0) is not None:  # drain other bells
-                    pass
             return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None

@@ -297,6 +297,9 @@ class Hub:
             event = message.get("event")
             if isinstance(event, dict):
                 self.route(event)
+            for event in message.get("events") or ():  # a batch (ADR 0032)
+                if isinstance(event, dict):
+                    self.route(event)
 
     def route(self, event: dict) -> None:
         event_id = event.get("id")

@@ -22,6 +22,7 @@ fills gaps from the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -37,6 +38,8 @@ STAFF_GROUP = "staff"
 # Channel-layer message types mirror event types; other types travel as "notify.event".
 KNOWN_TYPES = frozenset({"task.status", "task.progress", "wallet.points"})
 GENERIC_TYPE = "notify.event"
+# Several events published together travel as one message per group (ADR 0032).
+BATCH_TYPE = "notify.batch"
 # Events waiting for the publisher loop; past this the sink drops (subscribers recover by seq).
 MAX_PENDING = 10_000
 
@@ -64,6 +67,13 @@ def channel_message(event: Event) -> dict[str, Any]:
     return {"type": kind, "event": event}
 
 
+def channel_batch(events: list[Event]) -> dict[str, Any]:
+    """The channel-layer message for ``events`` (one alone travels as ``channel_message``)."""
+    if len(events) == 1:
+        return channel_message(events[0])
+    return {"type": BATCH_TYPE, "events": events}
+
+
 def uses_channel_layer() -> bool:
     """False when events stay in this process (no layer, or the in-memory one)."""
     layer = get_channel_layer()
@@ -78,6 +88,7 @@ class _Publisher:
         self._local: tuple[asyncio.AbstractEventLoop, Callable[[Event], None]] | None = None
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
+        self._batch: list[Event] = []  # published, not yet taken by the loop
         self.dropped = 0
 
     def attach_local(self, loop: asyncio.AbstractEventLoop, route: Callable[[Event], None]):
@@ -104,29 +115,43 @@ class _Publisher:
                 return False
             local[0].call_soon_threadsafe(local[1], dict(event))
             return True
-        layer = get_channel_layer()
         with self._lock:
             if self._pending >= MAX_PENDING:
                 self.dropped += 1
                 logger.warning("event publisher backlog full; dropped %s", event.get("id"))
                 return False
             self._pending += 1
-        future = asyncio.run_coroutine_threadsafe(
-            self._fan_out(layer, event), self._publisher_loop()
-        )
-        future.add_done_callback(self._done)
+            self._batch.append(event)
+            first = len(self._batch) == 1
+        if first:  # the events published before the loop takes this batch go with it
+            self._publisher_loop().call_soon_threadsafe(self._take_batch)
         return True
 
-    async def _fan_out(self, layer, event: Event) -> None:
-        message = channel_message(event)
-        for group in groups_for(event):
-            await layer.group_send(group, message)
-
-    def _done(self, future) -> None:
+    def _take_batch(self) -> None:
         with self._lock:
-            self._pending -= 1
+            events, self._batch = self._batch, []
+        if events:
+            task = asyncio.ensure_future(self._fan_out(get_channel_layer(), events))
+            task.add_done_callback(functools.partial(self._done, len(events)))
+
+    async def _fan_out(self, layer, events: list[Event]) -> None:
+        """One channel-layer message per group for the events published together (a commit's
+        events, a burst's): each group gets them in order (ADR 0032)."""
+        by_group: dict[str, list[Event]] = {}
+        for event in events:
+            for group in groups_for(event):
+                by_group.setdefault(group, []).append(event)
+        for group, batch in by_group.items():
+            try:
+                await layer.group_send(group, channel_batch(batch))
+            except Exception:  # the next groups still get theirs; subscribers recover by seq
+                logger.exception("publishing %s event(s) to %s failed", len(batch), group)
+
+    def _done(self, count: int, future) -> None:
+        with self._lock:
+            self._pending -= count
         if not future.cancelled() and future.exception() is not None:
-            logger.error("publishing an event failed", exc_info=future.exception())
+            logger.error("publishing events failed", exc_info=future.exception())
 
     @property
     def pending(self) -> int:

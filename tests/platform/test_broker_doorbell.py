@@ -1,5 +1,5 @@
-"""The Redis broker's doorbell: an idle consumer that has backed off to its full timeout still
-takes a new message at once, because enqueue rings the bell it waits on (docs/adr/0014)."""
+"""The Redis broker's doorbell: an idle consumer waiting out its full timeout still takes a new
+message at once, because enqueue rings the bell it waits on (docs/adr/0014, ADR 0032)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from podi.broker import DoorbellRedisBroker
 
-# The consumers here back off for a minute when idle: only a bell can wake them sooner.
+# The consumers here wait up to a minute on an empty queue: only a bell can wake them sooner.
 IDLE_TIMEOUT_MS = 60_000
 
 
@@ -41,16 +41,16 @@ def next_message(consumer, deadline: float):
     return None
 
 
-def test_a_backed_off_consumer_wakes_on_the_bell(broker):
+def test_a_waiting_consumer_wakes_on_the_bell(broker):
     consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
     try:
-        consumer.misses = 30  # backed off to the full minute
+        assert next(consumer) is None  # fetched: the queue is empty
         sent = message()
         threading.Timer(0.5, broker.enqueue, args=(sent,)).start()
-        # Empty queue: the consumer waits on the bell, which rings with the message. A wait that
-        # ends without a bell (the minute elapsed) leaves the miss count growing instead.
+        # The consumer waits on the bell (for up to its minute), which rings with the message.
+        began = time.monotonic()
         assert next(consumer) is None
-        assert consumer.misses == 0
+        assert time.monotonic() - began < 30
         got = next(consumer)
         assert got is not None and got.message_id == sent.message_id
         consumer.ack(got)
@@ -62,17 +62,41 @@ def test_a_bell_rung_before_the_wait_is_not_lost(broker):
     """Enqueued between the consumer's fetch and its wait: the subscription holds the bell."""
     consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
     try:
-        assert next(consumer) is None  # subscribed; nothing queued yet
-        consumer.misses = 30
+        assert next(consumer) is None  # subscribed, fetched; nothing queued yet
         sent = broker.enqueue(message())  # rings while nobody waits
-        got = next(consumer)  # the next call fetches and finds it
+        began = time.monotonic()
+        assert next(consumer) is None  # the wait reads the bell at once
+        got = next(consumer)  # and the next call fetches the message
+        assert time.monotonic() - began < 30
         assert got is not None and got.message_id == sent.message_id
         consumer.ack(got)
-        # That bell is still queued on the subscription: the next wait reads it at once.
-        consumer.misses = 30
-        assert next(consumer) is None
-        assert consumer.misses == 0
     finally:
+        consumer.close()
+
+
+def test_an_idle_consumer_fetches_once_per_message(broker):
+    """A queue fed one message at a time costs one fetch per message: a fetch that found fewer
+    than it asked for emptied the queue, so the consumer waits for the next bell instead of
+    fetching again (or polling with a backoff that restarts small after each message)."""
+    consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
+    fetches = []
+    fetch = broker.do_fetch
+
+    def counted(*args):
+        fetches.append(args)
+        return fetch(*args)
+
+    broker.do_fetch = counted
+    try:
+        assert next(consumer) is None
+        for _ in range(5):
+            threading.Timer(0.05, broker.enqueue, args=(message(),)).start()
+            got = next_message(consumer, time.monotonic() + 30)
+            assert got is not None
+            consumer.ack(got)
+        assert len(fetches) == 1 + 5
+    finally:
+        broker.do_fetch = fetch
         consumer.close()
 
 
