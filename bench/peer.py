@@ -128,7 +128,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def _roles(meter: dict) -> str:
     roles = meter.get("podiCpuMsPerTaskByRole") or {}
-    return " ".join(f"{role} {ms:g}" for role, ms in roles.items() if role != "up")
+    shown = {role: ms for role, ms in roles.items() if role != "up"} or roles  # embedded: "up"
+    return " ".join(f"{role} {ms:g}" for role, ms in shown.items())
 
 
 def tree_cpu_seconds(root: int) -> tuple[float, list[int]]:
