@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
 import dramatiq
 import httpx
 import pytest
+from django.db import close_old_connections, transaction
 
 from integrations.models import Ability, Executor, Workflow, WorkflowBinding
 from integrations.services import workflow_version_create
@@ -180,3 +182,28 @@ def wait_status(client: httpx.Client, task_id: str, statuses: set[str], timeout:
         return body if body["status"] in statuses else None
 
     return wait_for(check, timeout=timeout)
+
+
+@contextlib.contextmanager
+def row_held(row, *, at_most: float = 15):
+    """Another transaction holds ``row``'s lock (a submit's claim, a finish's release, another
+    dispatch pass starting a task: not yet committed) until the block ends, or ``at_most`` s."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        try:
+            with transaction.atomic():
+                type(row).objects.select_for_update().get(pk=row.pk)
+                locked.set()
+                release.wait(at_most)
+        finally:
+            close_old_connections()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(30)

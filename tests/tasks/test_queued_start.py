@@ -6,18 +6,17 @@ statement and hands it to the first in line after its commit. What the statement
 from __future__ import annotations
 
 import contextlib
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from integrations.models import Executor
 from podi.realtime.models import Event
 from tasks.models import Task, TaskStatus
 from tasks.services import task_finish, task_submit, tasks_dispatch_pending
-from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor
+from tests.tasks.conftest import SLEEP_GRAPH, SLEEP_SCHEMA, make_ability, make_executor, row_held
 from tests.tasks.test_statement_budget import StatementLog
 from wallet.models import Account, Hold
 
@@ -112,30 +111,6 @@ def test_a_full_executor_is_passed_for_the_next_binding(funded, comfy, comfy2):
     assert (in_flight(full), in_flight(free)) == (1, 1)
 
 
-@contextlib.contextmanager
-def task_row_held(task: Task, *, at_most: float = 15):
-    """Another transaction holds ``task``'s row (another pass starting it) until the block ends."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row():
-        try:
-            with transaction.atomic():
-                Task.objects.select_for_update().get(pk=task.pk)
-                locked.set()
-                release.wait(at_most)
-        finally:
-            close_old_connections()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        yield
-    finally:
-        release.set()
-        holder.join(30)
-
-
 def test_a_task_another_pass_is_starting_is_skipped_not_waited_for(funded, comfy):
     if connection.vendor != "postgresql":
         pytest.skip("row locks: SQLite locks the whole database for any writer")
@@ -143,7 +118,7 @@ def test_a_task_another_pass_is_starting_is_skipped_not_waited_for(funded, comfy
     sleep_ability(executor)
     first = task_submit(user=funded, action="sleep", params={"seconds": 1})
     second = task_submit(user=funded, action="sleep", params={"seconds": 1})
-    with task_row_held(first):
+    with row_held(first):
         assert tasks_dispatch_pending() == 1  # the next in line, at once
     assert Task.objects.get(pk=first.pk).status == TaskStatus.QUEUED
     assert Task.objects.get(pk=second.pk).status == TaskStatus.RUNNING

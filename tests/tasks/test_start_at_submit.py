@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 
 from integrations.models import Executor
 from integrations.selectors import catalog_changed
@@ -23,6 +23,7 @@ from tests.tasks.conftest import (
     add_binding,
     make_ability,
     make_executor,
+    row_held,
 )
 from wallet.models import Hold
 from wallet.services import holds_expire, wallet_grant
@@ -195,31 +196,6 @@ def test_concurrent_submits_never_overfill_an_executor(funded, comfy, comfy2):
         assert Executor.objects.get(pk=executor.pk).in_flight == cap
 
 
-@contextlib.contextmanager
-def executor_row_held(executor: Executor, *, at_most: float = 15):
-    """Another transaction holds ``executor``'s row (a submit's claim or a finish's release not
-    yet committed) until the block ends, or ``at_most`` seconds."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row():
-        try:
-            with transaction.atomic():
-                Executor.objects.select_for_update().get(pk=executor.pk)
-                locked.set()
-                release.wait(at_most)
-        finally:
-            close_old_connections()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        yield
-    finally:
-        release.set()
-        holder.join(30)
-
-
 def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded, comfy):
     """The claim at submit skips an executor row another transaction holds (a finish giving
     its slot back, another submit's claim): the task queues for the dispatch pass at once,
@@ -228,7 +204,7 @@ def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded
         pytest.skip("row locks: SQLite locks the whole database for any writer")
     executor = make_executor("gpu-1", comfy.url, max_concurrency=4)
     sleep_ability(executor)
-    with executor_row_held(executor):
+    with row_held(executor):
         began = time.monotonic()
         task = task_submit(user=funded, action="sleep", params={"seconds": 1})
         waited = time.monotonic() - began
@@ -256,7 +232,7 @@ def test_a_finish_hands_its_slot_on_without_touching_another_executor(funded, co
     Executor.objects.filter(pk=preferred.pk).update(enabled=True)
     catalog_changed()
     held = (
-        executor_row_held(preferred)  # a submit that claimed it, not yet committed
+        row_held(preferred)  # a submit that claimed it, not yet committed
         if connection.vendor == "postgresql"
         else contextlib.nullcontext()
     )
