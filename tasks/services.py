@@ -750,6 +750,18 @@ def _own_copy(binding: WorkflowBinding) -> WorkflowBinding:
     return mine
 
 
+def _ranked_bindings(task: Task | _Queued, cache: dict, *, only: int | None = None) -> list:
+    """The bindings ``task`` could start on (all, or those on executor ``only``), in claim order
+    (``_binding_rank``, executors the task already tried last)."""
+    tried = frozenset(task.executor_state.get("triedExecutors", []))
+    candidates = [
+        b
+        for b in _candidate_bindings(task, cache)
+        if not b.missing_node_classes and only in (None, b.executor_id)
+    ]
+    return sorted(candidates, key=lambda b: _binding_rank(b, tried))
+
+
 def _claim_executor(task: Task, cache: dict, *, only: int | None = None):
     """Claim a run slot for ``task`` on the best binding's executor; (binding, executor) or None.
 
@@ -759,15 +771,7 @@ def _claim_executor(task: Task, cache: dict, *, only: int | None = None):
     """
     # Capacity, health and enablement as read (possibly from the process's catalog cache) only
     # rank the candidates; the guarded update below decides on the row as it is now.
-    bindings = [
-        b
-        for b in _candidate_bindings(task, cache)
-        if not b.missing_node_classes and only in (None, b.executor_id)
-    ]
-    if not bindings:
-        return None
-    tried = frozenset(task.executor_state.get("triedExecutors", []))
-    for binding in sorted(bindings, key=lambda b: _binding_rank(b, tried)):
+    for binding in _ranked_bindings(task, cache, only=only):
         if update_run(_claim_statement(binding.executor_id)):
             binding.executor.in_flight += 1  # the pass's view, for ranking the next tasks
             return binding, binding.executor
@@ -957,21 +961,17 @@ def _dispatch_one(
     now,
     bindings: dict,
     *,
-    started_on: list | None = None,
     only: int | None = None,
     queued: _Queued | None = None,
 ) -> str:
     """Claim an executor for one queued task: "started", "blocked" (no capacity) or "skipped".
-    ``started_on`` gets the executor's id when it started; ``only`` limits it to one executor.
+    ``only`` limits it to one executor.
     With ``queued`` (the task as read unlocked) on PostgreSQL, a start is one statement
     (``_start_in_one``); otherwise, and when that cannot decide, the step-by-step start below."""
     if queued is not None and connection.vendor == "postgresql":
         outcome = _start_in_one(queued, now, bindings, only=only)
         if outcome is not None:
-            kind, executor_id = outcome
-            if kind == "started" and started_on is not None:
-                started_on.append(executor_id)
-            return kind
+            return outcome
     with transaction.atomic(), events_batched():
         # SKIP LOCKED: a task another dispatch pass is starting is that pass's, not a wait.
         task = _QUEUED_TASK_TO_START.get(pk)
@@ -1004,8 +1004,6 @@ def _dispatch_one(
         _observe_dispatch(task, now)
         _emit_status(task)
         enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
-    if started_on is not None:
-        started_on.append(task.executor_id)
     return "started"
 
 
@@ -1013,34 +1011,25 @@ class _HoldLapsed(Exception):
     """The start's statement claimed a slot for a task whose hold can no longer be charged."""
 
 
-def _start_in_one(
-    queued: _Queued, now, cache: dict, *, only: int | None = None
-) -> tuple[str, int | None] | None:
+def _start_in_one(queued: _Queued, now, cache: dict, *, only: int | None = None) -> str | None:
     """Start a queued task on the best binding with a free slot, one statement per binding
-    tried (PostgreSQL; docs/adr/0031-a-queued-start-in-one-statement.md): ("started", the
-    executor's id), ("blocked", None) or ("skipped", None) as ``_dispatch_one``; None when the
-    task's hold can no longer be charged (nothing written: the step-by-step start fails it)."""
-    candidates = [
-        b
-        for b in _candidate_bindings(queued, cache)
-        if not b.missing_node_classes and only in (None, b.executor_id)
-    ]
-    tried = frozenset(queued.executor_state.get("triedExecutors", []))
-    for binding in sorted(candidates, key=lambda b: _binding_rank(b, tried)):
+    tried (PostgreSQL; docs/adr/0031-a-queued-start-in-one-statement.md): "started", "blocked"
+    or "skipped" as ``_dispatch_one``; None when the task's hold can no longer be charged
+    (nothing written: the step-by-step start fails it)."""
+    for binding in _ranked_bindings(queued, cache, only=only):
         executor = binding.executor
         try:
             with transaction.atomic(), events_batched():
                 outcome = _start_statement_run(queued.pk, binding, now)
         except _HoldLapsed:
             return None
-        if outcome == "skipped":
-            return "skipped", None
         if outcome == "full":
             executor.in_flight = executor.max_concurrency  # rank it last for the pass
             continue
-        executor.in_flight += 1  # the pass's view, for ranking the next tasks
-        return "started", executor.pk
-    return "blocked", None
+        if outcome == "started":
+            executor.in_flight += 1  # the pass's view, for ranking the next tasks
+        return outcome
+    return "blocked"
 
 
 def _start_statement_run(pk: int, binding: WorkflowBinding, now) -> str:
@@ -1118,7 +1107,6 @@ def _hand_off(executor_id: int, now) -> bool:
     finishing transaction (the step-by-step finish) under a savepoint of its own, or after a
     success's own statement (ADR 0031). A failure here never fails the finish, which then
     rings the dispatch doorbell instead."""
-    started_on: list[int] = []
     field = Task._meta.get_field("executor_state")
     try:
         with connection.cursor() as cursor:
@@ -1129,15 +1117,12 @@ def _hand_off(executor_id: int, now) -> bool:
         # transaction keeps (executor, then wallet), and deadlock with a submit.
         for pk, ability_id, state in first:
             queued = _Queued(pk, ability_id, field.from_db_value(state, None, connection) or {})
-            outcome = _dispatch_one(
-                pk, now, {}, started_on=started_on, only=executor_id, queued=queued
-            )
+            outcome = _dispatch_one(pk, now, {}, only=executor_id, queued=queued)
             if outcome != "skipped":  # one already being started by a pass: the next in line
-                break
+                return outcome == "started"
     except DatabaseError as exc:
         logger.warning("handing executor %s's freed slot on failed: %s", executor_id, exc)
-        return False
-    return executor_id in started_on
+    return False
 
 
 def _hand_off_after_success(executor_id: int) -> None:
@@ -1425,8 +1410,9 @@ def _succeed_sql(
     settle_ctes: str, settle_columns: str, media_cte: str, event_ctes: str = "", seq_sql: str = ""
 ) -> str:
     """One statement that ends a running attempt succeeded: lock the task, give back the run
-    slot (and tell whether a queued task waits for it: ADR 0031), confirm the hold (``wallet``'s CTEs), write the task's end, publish its outputs
-    (``media_app``'s CTE) and insert its assets. Locks in the finish's order: task, executor,
+    slot (and tell whether a queued task waits for it: ADR 0031), confirm the hold
+    (``wallet``'s CTEs), write the task's end, publish its outputs (``media_app``'s CTE) and
+    insert its assets. Locks in the finish's order: task, executor,
     hold, account. A hold that cannot be charged makes the statement fail (division by zero),
     which undoes all of it. With ``event_ctes`` the statement records the events too (then the
     event cursor is locked last), for a task without a callback (a callback's delivery is
@@ -1468,7 +1454,7 @@ def _succeed_sql(
         f"{media_cte}, a AS ({assets}){', ' + event_ctes if event_ctes else ''} "
         # In this order: the task's lock, the slot, the hold (and account), the task's end,
         # the event cursor.
-        f"SELECT (SELECT id FROM k), (SELECT name FROM x), (SELECT executor_id FROM k), "
+        "SELECT (SELECT id FROM k), (SELECT name FROM x), (SELECT executor_id FROM k), "
         f"EXISTS ({waiting}), "
         "CASE WHEN EXISTS (SELECT 1 FROM k) THEN 1 / (SELECT count(*) FROM wallet_settled)::int "
         f"END, {settle_columns}, {seq_sql or 'NULL'}, e.* FROM (SELECT 1) one LEFT JOIN e ON true"

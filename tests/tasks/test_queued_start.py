@@ -111,9 +111,8 @@ def test_a_full_executor_is_passed_for_the_next_binding(funded, comfy, comfy2):
     assert (in_flight(full), in_flight(free)) == (1, 1)
 
 
+@pytest.mark.postgres  # row locks: SQLite locks the whole database for any writer
 def test_a_task_another_pass_is_starting_is_skipped_not_waited_for(funded, comfy):
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks: SQLite locks the whole database for any writer")
     executor = make_executor("gpu-1", comfy.url, max_concurrency=1)
     sleep_ability(executor)
     first = task_submit(user=funded, action="sleep", params={"seconds": 1})

@@ -196,12 +196,11 @@ def test_concurrent_submits_never_overfill_an_executor(funded, comfy, comfy2):
         assert Executor.objects.get(pk=executor.pk).in_flight == cap
 
 
+@pytest.mark.postgres  # row locks: SQLite locks the whole database for any writer
 def test_a_submit_never_waits_for_another_transaction_on_the_executor_row(funded, comfy):
     """The claim at submit skips an executor row another transaction holds (a finish giving
     its slot back, another submit's claim): the task queues for the dispatch pass at once,
     instead of every submit of a burst waiting in line on that row (ADR 0030)."""
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks: SQLite locks the whole database for any writer")
     executor = make_executor("gpu-1", comfy.url, max_concurrency=4)
     sleep_ability(executor)
     with row_held(executor):
