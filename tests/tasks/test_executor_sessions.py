@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import httpx
 import pytest
 from django.utils import timezone
 
@@ -199,7 +200,7 @@ def test_a_confirmation_that_never_comes_back_is_polled_instead(comfy, caplog):
         )
         body = {"prompt": graph, "client_id": session.client_id, "prompt_id": prompt_id}
         with caplog.at_level(logging.WARNING, logger="podi.executors.comfyui.session"):
-            assert runner.client.post("/api/prompt", json=body).status_code == 200
+            assert httpx.post(f"{comfy.url}/api/prompt", json=body).status_code == 200
             wait_for(lambda: dropped == [prompt_id], timeout=10)
             lost_at = time.monotonic()
             at, entry, error = ended.get(timeout=15)
@@ -231,7 +232,7 @@ def test_outputs_reported_before_the_prompt_is_followed_are_handed_on(comfy):
             "3": {"class_type": "PodiTestSleep", "inputs": {"image": ["1", 0], "seconds": 30, "steps": 300}},
         }  # fmt: skip
         body = {"prompt": graph, "client_id": session.client_id, "prompt_id": prompt_id}
-        assert runner.client.post("/api/prompt", json=body).status_code == 200
+        assert httpx.post(f"{comfy.url}/api/prompt", json=body).status_code == 200
         wait_for(lambda: any(m["type"] == "executed" for m in comfy.sent), timeout=10)
         time.sleep(0.2)  # the reader has it too
         heard: list = []

@@ -10,6 +10,11 @@
    prompt that is in neither ``/history`` nor ``/queue`` for a grace period is lost (a
    restarted server), never done.
 4. Every output a node reports is fetched with ``/view`` and streamed to the caller.
+
+HTTP: the calls made for every prompt (``/prompt``, ``/history``, ``/queue``, ``/view``,
+``/interrupt``) go through one urllib3 connection pool per runner, which a session shares; it
+costs half the CPU of an httpx client per request (docs/adr/0033-comfyui-calls-on-urllib3.md).
+Uploads keep httpx, which streams a multipart body of unknown length.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import mimetypes
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
+import urllib3
 from django.conf import settings
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import TimeoutError as TransportTimeout
 from websockets.sync.client import connect as ws_connect
 
 from integrations.executors.base import ExecutorError
@@ -51,6 +60,13 @@ def executor_error(message: str, *, permanent: bool, code: str = "") -> Executor
     if code:
         error.code = code
     return error
+
+
+def transport_error(exc: TransportError, path: str) -> ExecutorError:
+    """A retryable error for a request that failed below HTTP (connection, timeout, protocol)."""
+    if isinstance(exc, TransportTimeout) and not isinstance(exc, NewConnectionError):
+        return executor_error(f"ComfyUI timed out on {path}: {exc}", permanent=False)
+    return executor_error(f"ComfyUI unreachable on {path}: {exc}", permanent=False)
 
 
 def _node_error_message(body: Any) -> str:
@@ -90,15 +106,20 @@ class ComfyUIRunner:
     ):
         self.base_url = base_url.rstrip("/")
         self.prefix = api_prefix.rstrip("/")
+        # Paths sent on the pool: the base URL's own path (a ComfyUI behind a proxy) + prefix.
+        self.root = urlsplit(self.base_url).path.rstrip("/") + self.prefix
         self.lost_after = lost_after
         self.poll_every = poll_every
         self.confirm_stale = confirm_stale
-        self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self.headers = headers
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.headers = dict(headers)
+        self.json_headers = {**self.headers, "Content-Type": "application/json"}
         self.ws_base = (
             "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
         )
-        self.client: httpx.Client | None = None
+        self.client: urllib3.HTTPConnectionPool | None = None
 
     @classmethod
     def from_executor(cls, executor) -> ComfyUIRunner:
@@ -116,62 +137,76 @@ class ComfyUIRunner:
 
     # --- HTTP ----------------------------------------------------------------------------
 
-    def open_client(self) -> httpx.Client:
-        """A pooled client that this runner uses from now on (a session shares it)."""
-        self.client = httpx.Client(
-            base_url=self.base_url,
-            timeout=self.timeout,
-            headers=self.headers,
-            verify=ssl_context(),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        )
+    def _pool(self, maxsize: int) -> urllib3.HTTPConnectionPool:
+        parts = urlsplit(self.base_url)
+        options: dict[str, Any] = {
+            "host": parts.hostname or "",
+            "port": parts.port,
+            "maxsize": maxsize,
+            "block": False,
+            "timeout": self.timeout,
+            "retries": False,  # no silent resend (a POST /prompt is made idempotent by its id)
+            "headers": self.headers,
+        }
+        if parts.scheme == "https":
+            return urllib3.HTTPSConnectionPool(**options, ssl_context=ssl_context())
+        return urllib3.HTTPConnectionPool(**options)
+
+    def open_client(self) -> urllib3.HTTPConnectionPool:
+        """A connection pool that this runner uses from now on (a session shares it): as many
+        keep-alive connections as requests run at once (worker and finisher threads)."""
+        self.client = self._pool(maxsize=32)
         return self.client
 
     @contextlib.contextmanager
-    def _http(self) -> Iterator[httpx.Client]:
+    def _http(self) -> Iterator[urllib3.HTTPConnectionPool]:
         if self.client is not None:
             yield self.client
             return
-        with httpx.Client(
-            base_url=self.base_url, timeout=self.timeout, headers=self.headers, verify=ssl_context()
-        ) as client:
-            yield client
-
-    def _call(self, client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
+        pool = self._pool(maxsize=1)
         try:
-            response = client.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise executor_error(f"ComfyUI timed out on {path}: {exc}", permanent=False) from exc
-        except httpx.HTTPError as exc:
-            raise executor_error(f"ComfyUI unreachable on {path}: {exc}", permanent=False) from exc
-        if response.status_code >= 500:
-            raise executor_error(
-                f"ComfyUI answered {response.status_code} on {path}", permanent=False
-            )
+            yield pool
+        finally:
+            pool.close()
+
+    def _call(
+        self, method: str, path: str, *, body: Any = None, fields: dict | None = None
+    ) -> urllib3.BaseHTTPResponse:
+        """One request with a JSON ``body`` (or query ``fields``); raises for no answer or a 5xx."""
+        url = self.root + path
+        if fields:
+            url += "?" + urlencode(fields)
+        try:
+            with self._http() as pool:
+                if body is None:
+                    response = pool.request(method, url)
+                else:
+                    data = json.dumps(body).encode()
+                    response = pool.request(method, url, body=data, headers=self.json_headers)
+        except TransportError as exc:
+            raise transport_error(exc, path) from exc
+        if response.status >= 500:
+            raise executor_error(f"ComfyUI answered {response.status} on {path}", permanent=False)
         return response
 
-    def _json(self, response: httpx.Response, path: str) -> Any:
+    def _json(self, response: urllib3.BaseHTTPResponse, path: str) -> Any:
         try:
-            return response.json()
+            return json.loads(response.data)
         except ValueError:
             raise executor_error(f"ComfyUI sent non-JSON on {path}", permanent=False) from None
 
     def history(self, prompt_id: str) -> dict | None:
         """The history entry of ``prompt_id`` (None while it has not ended)."""
-        with self._http() as client:
-            response = self._call(client, "GET", f"{self.prefix}/history/{prompt_id}")
-        if response.status_code != 200:
-            raise executor_error(
-                f"ComfyUI history answered {response.status_code}", permanent=False
-            )
+        response = self._call("GET", f"/history/{prompt_id}")
+        if response.status != 200:
+            raise executor_error(f"ComfyUI history answered {response.status}", permanent=False)
         body = self._json(response, "/history")
         entry = body.get(prompt_id) if isinstance(body, dict) else None
         return entry or None
 
     def queued_ids(self) -> set[str]:
         """Prompt ids running or pending on the server (one ``GET /queue``)."""
-        with self._http() as client:
-            body = self._json(self._call(client, "GET", f"{self.prefix}/queue"), "/queue")
+        body = self._json(self._call("GET", "/queue"), "/queue")
         found = set()
         for key in ("queue_running", "queue_pending"):
             for item in (body.get(key) or []) if isinstance(body, dict) else []:
@@ -184,7 +219,7 @@ class ComfyUIRunner:
         WebSocketException or TimeoutError when it cannot)."""
         return ws_connect(
             f"{self.ws_base}{self.prefix}/ws?{urlencode({'clientId': client_id})}",
-            open_timeout=self.timeout.connect or 5,
+            open_timeout=self.connect_timeout or 5,
             close_timeout=1,
             max_size=None,
             additional_headers=self.headers or None,
@@ -195,27 +230,7 @@ class ComfyUIRunner:
 
     def prepare(self, ctx: RunContext) -> dict:
         """Upload the inputs and return the filled graph with per-attempt filename prefixes."""
-        subfolder = f"podi/{ctx.task_id}"
-        overrides: dict[str, Any] = {}
-        for item in ctx.inputs:
-            name = item.object_key.rsplit("/", 1)[-1]
-            with item.open() as stream, self._http() as client:
-                response = self._call(
-                    client,
-                    "POST",
-                    f"{self.prefix}/upload/image",
-                    files={"image": (name, stream, item.mime_type or "application/octet-stream")},
-                    data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
-                )
-            if response.status_code != 200:
-                raise executor_error(
-                    f"ComfyUI refused the upload of {name}: {response.status_code} "
-                    f"{response.text[:200]}",
-                    permanent=response.status_code < 500,
-                )
-            stored = self._json(response, "/upload/image")
-            folder = stored.get("subfolder") or ""
-            overrides[item.param] = f"{folder}/{stored['name']}" if folder else stored["name"]
+        overrides = self._upload(ctx) if ctx.inputs else {}
         graph = ctx.fill(overrides)
         if not isinstance(graph, dict) or not graph:
             raise executor_error("The workflow is not an API-format graph.", permanent=True)
@@ -227,6 +242,49 @@ class ComfyUIRunner:
                 inputs["filename_prefix"] = f"{prefix}/{base}"
         return graph
 
+    def _upload(self, ctx: RunContext) -> dict[str, str]:
+        """``POST /upload/image`` for every input, streamed from storage (httpx: a multipart
+        body of unknown length); the params' values become the stored ``subfolder/name``."""
+        subfolder = f"podi/{ctx.task_id}"
+        overrides: dict[str, str] = {}
+        timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout)
+        with httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=self.headers, verify=ssl_context()
+        ) as client:
+            for item in ctx.inputs:
+                name = item.object_key.rsplit("/", 1)[-1]
+                mime = item.mime_type or "application/octet-stream"
+                with item.open() as stream:
+                    try:
+                        response = client.post(
+                            f"{self.prefix}/upload/image",
+                            files={"image": (name, stream, mime)},
+                            data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
+                        )
+                    except httpx.TimeoutException as exc:
+                        raise executor_error(
+                            f"ComfyUI timed out on /upload/image: {exc}", permanent=False
+                        ) from exc
+                    except httpx.HTTPError as exc:
+                        raise executor_error(
+                            f"ComfyUI unreachable on /upload/image: {exc}", permanent=False
+                        ) from exc
+                if response.status_code != 200:
+                    raise executor_error(
+                        f"ComfyUI refused the upload of {name}: {response.status_code} "
+                        f"{response.text[:200]}",
+                        permanent=response.status_code < 500,
+                    )
+                try:
+                    stored = response.json()
+                except ValueError:
+                    raise executor_error(
+                        "ComfyUI sent non-JSON on /upload/image", permanent=False
+                    ) from None
+                folder = stored.get("subfolder") or ""
+                overrides[item.param] = f"{folder}/{stored['name']}" if folder else stored["name"]
+        return overrides
+
     def submit(self, ctx: RunContext, graph: dict, client_id: str) -> str:
         """``POST /prompt`` with a prompt id saved first (idempotent submit, §1.10 rule 1).
 
@@ -235,27 +293,19 @@ class ComfyUIRunner:
         prompt_id = str(uuid.uuid4())
         ctx.save_external(prompt_id, clientId=client_id, submitted=False, nodes=list(graph))
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
-        with self._http() as client:
-            try:
-                response = client.post(f"{self.prefix}/prompt", json=body)
-            except httpx.TimeoutException:
-                # It may have been queued anyway: look before resubmitting (§1.10 rule 1).
-                if prompt_id in self.queued_ids() or self.history(prompt_id):
-                    ctx.save_external(
-                        prompt_id, clientId=client_id, submitted=True, nodes=list(graph)
-                    )
-                    return prompt_id
-                raise executor_error("ComfyUI timed out on /prompt", permanent=False) from None
-            except httpx.HTTPError as exc:
-                raise executor_error(
-                    f"ComfyUI unreachable on /prompt: {exc}", permanent=False
-                ) from exc
-        if response.status_code >= 500:
-            raise executor_error(
-                f"ComfyUI answered {response.status_code} on /prompt", permanent=False
-            )
+        try:
+            response = self._call("POST", "/prompt", body=body)
+        except ExecutorError as exc:
+            if not isinstance(exc.__cause__, ReadTimeoutError):
+                raise
+            # Sent, no answer: it may have been queued anyway. Look before resubmitting
+            # (§1.10 rule 1).
+            if prompt_id in self.queued_ids() or self.history(prompt_id):
+                ctx.save_external(prompt_id, clientId=client_id, submitted=True, nodes=list(graph))
+                return prompt_id
+            raise
         answer = self._json(response, "/prompt")
-        if response.status_code != 200:
+        if response.status != 200:
             raise executor_error(
                 _node_error_message(answer), permanent=True, code="WORKFLOW_REJECTED"
             )
@@ -343,21 +393,30 @@ class ComfyUIRunner:
         }
         mime = mimetypes.guess_type(item["filename"])[0]
 
+        url = f"{self.root}/view?{urlencode(query)}"
+
         @contextlib.contextmanager
         def opener() -> Iterator[io.RawIOBase]:
-            with self._http() as client:
+            with self._http() as pool:
                 try:
-                    with client.stream("GET", f"{self.prefix}/view", params=query) as response:
-                        if response.status_code != 200:
-                            raise executor_error(
-                                f"ComfyUI /view answered {response.status_code} for {item['filename']}",
-                                permanent=response.status_code == 404,
-                            )
-                        yield io.BufferedReader(IterStream(response.iter_bytes(64 * 1024)))
-                except httpx.HTTPError as exc:
+                    response = pool.request("GET", url, preload_content=False)
+                except TransportError as exc:
+                    raise transport_error(exc, "/view") from exc
+                try:
+                    if response.status != 200:
+                        raise executor_error(
+                            f"ComfyUI /view answered {response.status} for {item['filename']}",
+                            permanent=response.status == 404,
+                        )
+                    yield io.BufferedReader(IterStream(response.stream(64 * 1024)))
+                except TransportError as exc:
                     raise executor_error(
                         f"Downloading {item['filename']} failed: {exc}", permanent=False
                     ) from exc
+                finally:
+                    if not response.isclosed():  # not read to its end: the connection is not
+                        response.close()  # reused (its next answer would start mid-body)
+                    response.release_conn()
 
         kind = {"images": "image", "gifs": "image", "audio": "audio"}.get(
             key, "video" if "video" in key else "file"
@@ -377,6 +436,5 @@ class ComfyUIRunner:
         """Delete the prompt if still pending, interrupt it if running (§1.5 recipe)."""
         if not external_id:
             return
-        with self._http() as client:
-            self._call(client, "POST", f"{self.prefix}/queue", json={"delete": [external_id]})
-            self._call(client, "POST", f"{self.prefix}/interrupt", json={"prompt_id": external_id})
+        self._call("POST", "/queue", body={"delete": [external_id]})
+        self._call("POST", "/interrupt", body={"prompt_id": external_id})
