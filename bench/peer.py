@@ -828,6 +828,8 @@ def main() -> int:
         help="extra environment for the PODI processes",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.burst_rounds < 1 or args.burst < 1 or args.jobs < 1:
+        parser.error("--jobs, --burst and --burst-rounds must be at least 1")
     if args.config == "auto":
         url = os.environ.get("DATABASE_URL", "")
         args.config = "postgres" if url.startswith(("postgres://", "postgresql://")) else "embedded"

@@ -10,6 +10,7 @@ import uuid
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from podi.broker import DoorbellRedisBroker
@@ -135,3 +136,46 @@ def test_a_worker_on_the_doorbell_broker_runs_actors_and_delayed_messages(broker
         assert sorted(ran) == [1, 2, 3]
     finally:
         worker.stop(timeout=5000)
+
+
+def test_enqueue_queues_and_rings_in_one_round_trip(broker, monkeypatch):
+    """The enqueue script and the bell go to Redis as one pipeline (ADR 0032, session 13)."""
+    broker.enqueue(message())  # the first enqueue also reads Redis's Lua stack size, once
+    sent = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sent.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    queued = broker.enqueue(message())
+    monkeypatch.undo()
+    assert len(sent) == 1
+    consumer = broker.consume("q", prefetch=4, timeout=IDLE_TIMEOUT_MS)
+    try:
+        got = [next_message(consumer, time.monotonic() + 10) for _ in range(2)]
+        assert got[1].message_id == queued.message_id
+        for each in got:
+            consumer.ack(each)
+    finally:
+        consumer.close()
+
+
+def test_a_redis_that_lost_its_scripts_still_queues_and_rings(broker):
+    """After a Redis restart or SCRIPT FLUSH the pipeline's EVALSHA answers NOSCRIPT: the
+    script is loaded again, the message queued once, and the waiting consumer woken."""
+    consumer = broker.consume("q", prefetch=2, timeout=IDLE_TIMEOUT_MS)
+    try:
+        assert next(consumer) is None  # fetched: empty; it now waits for a bell
+        broker.client.script_flush()
+        sent = message()
+        threading.Timer(0.3, broker.enqueue, args=(sent,)).start()
+        began = time.monotonic()
+        got = next_message(consumer, time.monotonic() + 30)
+        assert time.monotonic() - began < 30  # the bell, not the minute-long timeout
+        assert got is not None and got.message_id == sent.message_id
+        consumer.ack(got)
+        assert next(consumer) is None and broker.client.llen(f"{broker.namespace}:q") == 0
+    finally:
+        consumer.close()
