@@ -169,13 +169,9 @@ class ComfyUIRunner:
         finally:
             pool.close()
 
-    def _call(
-        self, method: str, path: str, *, body: Any = None, fields: dict | None = None
-    ) -> urllib3.BaseHTTPResponse:
-        """One request with a JSON ``body`` (or query ``fields``); raises for no answer or a 5xx."""
+    def _call(self, method: str, path: str, *, body: Any = None) -> urllib3.BaseHTTPResponse:
+        """One request (with a JSON ``body`` when given); raises for no answer or a 5xx."""
         url = self.root + path
-        if fields:
-            url += "?" + urlencode(fields)
         try:
             with self._http() as pool:
                 if body is None:
