@@ -224,6 +224,13 @@ def test_batch_is_all_or_nothing(ability, owner, api):
     assert len(body["taskIds"]) == 2
     summary = client.get(f"/api/tasks/v1/batches/{body['batchId']}").json()
     assert summary["total"] == 2
+    for task_id in body[
+        "taskIds"
+    ]:  # a task's detail names its batch and, once placed, its executor
+        detail = client.get(f"/api/tasks/v1/{task_id}").json()
+        assert detail["taskId"] == task_id and detail["batchId"] == body["batchId"]
+        placed = Task.objects.select_related("executor").get(public_id=task_id).executor
+        assert detail["executor"] == (placed.name if placed else None)
     assert (
         summary["counts"]["queued"] + summary["counts"]["running"] + summary["counts"]["succeeded"]
         == 2
