@@ -185,9 +185,9 @@ class ComfyUIRunner:
             raise executor_error(f"ComfyUI answered {response.status} on {path}", permanent=False)
         return response
 
-    def _json(self, response: urllib3.BaseHTTPResponse, path: str) -> Any:
+    def _json(self, body: bytes, path: str) -> Any:
         try:
-            return json.loads(response.data)
+            return json.loads(body)
         except ValueError:
             raise executor_error(f"ComfyUI sent non-JSON on {path}", permanent=False) from None
 
@@ -196,13 +196,13 @@ class ComfyUIRunner:
         response = self._call("GET", f"/history/{prompt_id}")
         if response.status != 200:
             raise executor_error(f"ComfyUI history answered {response.status}", permanent=False)
-        body = self._json(response, "/history")
+        body = self._json(response.data, "/history")
         entry = body.get(prompt_id) if isinstance(body, dict) else None
         return entry or None
 
     def queued_ids(self) -> set[str]:
         """Prompt ids running or pending on the server (one ``GET /queue``)."""
-        body = self._json(self._call("GET", "/queue"), "/queue")
+        body = self._json(self._call("GET", "/queue").data, "/queue")
         found = set()
         for key in ("queue_running", "queue_pending"):
             for item in (body.get(key) or []) if isinstance(body, dict) else []:
@@ -271,12 +271,7 @@ class ComfyUIRunner:
                         f"{response.text[:200]}",
                         permanent=response.status_code < 500,
                     )
-                try:
-                    stored = response.json()
-                except ValueError:
-                    raise executor_error(
-                        "ComfyUI sent non-JSON on /upload/image", permanent=False
-                    ) from None
+                stored = self._json(response.content, "/upload/image")
                 folder = stored.get("subfolder") or ""
                 overrides[item.param] = f"{folder}/{stored['name']}" if folder else stored["name"]
         return overrides
@@ -300,7 +295,7 @@ class ComfyUIRunner:
                 ctx.save_external(prompt_id, clientId=client_id, submitted=True, nodes=list(graph))
                 return prompt_id
             raise
-        answer = self._json(response, "/prompt")
+        answer = self._json(response.data, "/prompt")
         if response.status != 200:
             raise executor_error(
                 _node_error_message(answer), permanent=True, code="WORKFLOW_REJECTED"
