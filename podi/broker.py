@@ -32,6 +32,10 @@ from dramatiq.message import Message
 FULL_RECHECK_SECONDS = 0.01
 # A consumer waiting for a bell with messages out returns to its worker thread this often.
 OUTSTANDING_RETURN_SECONDS = 0.05
+# How long a sent, not yet answered, argument-less doorbell actor stands for the ones rung after
+# it (``ring_pending``). Longer than a doorbell waits in a healthy queue; a doorbell lost with
+# its mark set delays the next ring at most this long (and the reconciler's pass runs anyway).
+PENDING_MARK_MS = 10_000
 
 
 class DoorbellRedisBroker(RedisBroker):
@@ -73,6 +77,20 @@ class DoorbellRedisBroker(RedisBroker):
             self._ring(queue_name)
         elif isinstance(queued, Exception):
             raise queued
+
+    def pending_key(self, actor_name: str) -> str:
+        return f"{self.namespace}:pending:{actor_name}"
+
+    def ring_pending(self, actor_name: str) -> bool:
+        """Mark a doorbell of ``actor_name`` as sent and not yet answered; False when one already
+        is, and the caller need not send another (ADR 0034). One ``SET NX PX``."""
+        key = self.pending_key(actor_name)
+        return bool(self.client.set(key, b"1", nx=True, px=PENDING_MARK_MS))
+
+    def answer_pending(self, actor_name: str) -> None:
+        """The doorbell actor starts its work: a ring from now on sends a new message, as the
+        work about to start may not see what that ring is for."""
+        self.client.delete(self.pending_key(actor_name))
 
     def _ring(self, queue_name: str) -> None:
         try:

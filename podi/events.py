@@ -26,12 +26,14 @@ def enqueue_on_commit(actor, *args: Any, using: str = "default", **options: Any)
     transaction.on_commit(lambda: _send_quietly(actor, args, options), using=using)
 
 
-def _send_quietly(actor, args: tuple, options: dict) -> None:
+def _send_quietly(actor, args: tuple, options: dict) -> bool:
+    """Send; False (logged) when the broker is unreachable."""
     try:
         if options:
             actor.send_with_options(args=args, **options)
         else:
             actor.send(*args)
+        return True
     except (
         dramatiq.errors.BrokerConnectionError,
         redis.exceptions.ConnectionError,
@@ -40,6 +42,48 @@ def _send_quietly(actor, args: tuple, options: dict) -> None:
         logger.warning(
             "broker unreachable, %s not sent (the reconciler catches up): %s", actor, exc
         )
+        return False
+
+
+def ring_on_commit(actor, using: str = "default") -> None:
+    """Send the argument-less doorbell ``actor`` after the current transaction commits, unless
+    a doorbell of it sent earlier is still waiting to be answered (ADR 0034).
+
+    A doorbell actor (the dispatch pass) does the same work however many times it was rung, and
+    answers (``doorbell_answered``) before that work reads anything: a ring that finds one still
+    waiting is covered by it. On a broker without the mark (RabbitMQ, the in-process stub) every
+    ring sends."""
+    transaction.on_commit(lambda: _ring_quietly(actor), using=using)
+
+
+def _ring_quietly(actor) -> None:
+    ring_pending = getattr(actor.broker, "ring_pending", None)
+    if ring_pending is not None:
+        try:
+            if not ring_pending(actor.actor_name):
+                return
+        except redis.exceptions.RedisError as exc:
+            logger.warning(
+                "broker unreachable, %s not rung (the reconciler catches up): %s", actor, exc
+            )
+            return
+    if not _send_quietly(actor, (), {}) and ring_pending is not None:
+        _answer_quietly(actor.broker, actor.actor_name)  # not sent: the next ring sends
+
+
+def doorbell_answered(actor_name: str) -> None:
+    """Called by a doorbell actor before its work: rings from now on send again."""
+    _answer_quietly(dramatiq.get_broker(), actor_name)
+
+
+def _answer_quietly(broker, actor_name: str) -> None:
+    answer = getattr(broker, "answer_pending", None)
+    if answer is None:
+        return
+    try:
+        answer(actor_name)
+    except redis.exceptions.RedisError as exc:  # the mark lapses by itself
+        logger.warning("could not clear the pending mark of %s: %s", actor_name, exc)
 
 
 def actor_named(name: str) -> dramatiq.Actor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
+from podi.events import doorbell_answered
 from podi.reconcile import reconcile_step
 from tasks import execution, services
 
@@ -12,6 +13,8 @@ DAY_MS = 24 * 3600 * 1000
 
 @dramatiq.actor(actor_name=services.DISPATCH_ACTOR, max_retries=0, time_limit=120_000)
 def dispatch_pending() -> None:
+    # Before the pass reads the queue: a submit committed from now on rings again (ADR 0034).
+    doorbell_answered(services.DISPATCH_ACTOR)
     services.tasks_dispatch_doorbell()
 
 

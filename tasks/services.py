@@ -51,7 +51,7 @@ from podi.common import (
     update_statement,
 )
 from podi.errors import AppError, validation_error
-from podi.events import actor_named, enqueue_on_commit
+from podi.events import actor_named, enqueue_on_commit, ring_on_commit
 from podi.ids import new_id
 from podi.metrics import TASK_DISPATCH_SECONDS, TASK_RUN_SECONDS, observe_on_commit
 from podi.models import Lease
@@ -458,10 +458,23 @@ def task_submit(
 
     first = bindings[0]
     now = timezone.now()
+    # On PostgreSQL a paid submit ends with the freeze, whose statement records the submit's
+    # events too (ADR 0034): the user's account row is locked for that statement and the
+    # commit only. Otherwise the events are recorded together at the end of the block.
+    # (A callback's delivery is recorded with its event: such a submit records them as before.)
+    carried = (
+        connection.vendor == "postgresql"
+        and points > 0
+        and not staged
+        and not (
+            callback_url
+            and {"task.queued", "task.running"} & set(events or DEFAULT_CALLBACK_EVENTS)
+        )
+    )
     # No savepoint: a failure anywhere below fails the whole submit (the caller's transaction
     # or this one rolls back), so none is needed; two statements fewer.
-    # Events recorded together at the end of the block (one statement on PostgreSQL).
-    with _discarded_on_failure(staged), transaction.atomic(savepoint=False), events_batched():
+    recorded_at_end = contextlib.nullcontext() if carried else events_batched()
+    with _discarded_on_failure(staged), transaction.atomic(savepoint=False), recorded_at_end:
         # A free slot with nobody waiting for it: the task starts in this transaction, claimed
         # before the wallet and event rows like every executor claim (ADR 0018).
         started = _claim_at_submit(bindings) if settings.TASK_START_AT_SUBMIT else None
@@ -509,6 +522,11 @@ def task_submit(
                     mime_type=item.get("mimeType") or "",
                     size=item.get("size"),
                 )
+        # "queued" first, as every task's stream begins, after the freeze's event.
+        statuses = [queued, task] if queued is not None else [task]
+        carried_events = (
+            [("task.status", task_status_payload(each)) for each in statuses] if carried else []
+        )
         if task.points > 0:
             # The freeze last: the user's account row, which all the user's submits and
             # settles share, stays locked only from here to the commit (ADR 0030).
@@ -521,10 +539,11 @@ def task_submit(
                 ttl_seconds=task_token_max_age(task),
                 new_task=True,
                 hold_id=task.hold_id,
+                events_after=carried_events,
             )
-        if queued is not None:
-            _emit_status(queued)
-        _emit_status(task)
+        if not carried:
+            for each in statuses:
+                _emit_status(each)
         if started is not None:
             enqueue_on_commit(actor_named(RUN_ACTOR), task.public_id, task.attempts)
         else:
@@ -722,7 +741,8 @@ def template_create_batch(
 
 
 def _enqueue_dispatch() -> None:
-    enqueue_on_commit(actor_named(DISPATCH_ACTOR))
+    """Ring the dispatch doorbell after commit; one already waiting covers it (ADR 0034)."""
+    ring_on_commit(actor_named(DISPATCH_ACTOR))
 
 
 def _candidate_bindings(task: Task, cache: dict) -> list:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
@@ -38,7 +39,13 @@ from django.utils import timezone
 
 from podi.access import owner_sql_of, owners_of
 from podi.errors import AppError, validation_error
-from podi.realtime.events import StatementEvent, emit, emit_in_statement
+from podi.realtime.events import (
+    StatementEvent,
+    StatementEvents,
+    emit,
+    emit_in_statement,
+    emit_several_in_statement,
+)
 from wallet import error_codes as codes
 from wallet.models import Account, EntryType, Hold, HoldStatus, LedgerEntry, new_hold_id
 from wallet.selectors import account_for_user, hold_get
@@ -498,7 +505,34 @@ def _violated(exc: IntegrityError) -> str:
     return getattr(diag, "constraint_name", None) or ""
 
 
-def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql: str) -> None:
+def _emit_after(user, task_id: str, events: Sequence[tuple[str, dict]]) -> None:
+    for type, payload in events:
+        emit(user_id=user.pk, type=type, payload=payload, task_id=task_id or None)
+
+
+def _freeze_events(events_after: Sequence[tuple[str, dict]]) -> StatementEvents | None:
+    """The freeze's ``wallet.points`` and ``events_after`` recorded by the freeze's statement
+    (``h`` the hold, ``m`` the account), in that order; None where they cannot be."""
+    return emit_several_in_statement(
+        events=[
+            (EVENT_TYPE, _payload_sql("h", "m", "frozen"), []),
+            *((type, "%s::jsonb", [json.dumps(payload)]) for type, payload in events_after),
+        ],
+        source="h CROSS JOIN m",
+        user_sql="m.user_id",
+        task_sql="h.task_id",
+    )
+
+
+def _freeze_in_one(
+    hold: Hold,
+    user,
+    *,
+    now: datetime,
+    new_task: bool,
+    owner_sql: str,
+    events_after: Sequence[tuple[str, dict]] = (),
+) -> None:
     """``hold_freeze``'s write on PostgreSQL, in one statement with its event: in autocommit it is
     its own transaction, so the hot account row is locked only while that statement runs.
 
@@ -507,7 +541,8 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
     freeze moves the account first: its key is fresh, nobody else can hold it. Not enough points
     → 402, also for a user without an account (none is made for a refusal).
     """
-    recorded = _statement_event("h", "m", "frozen")
+    several = _freeze_events(events_after) if events_after else None
+    recorded = several or (None if events_after else _statement_event("h", "m", "frozen"))
     in_block = transaction.get_connection().in_atomic_block
     # A savepoint only where the caller's transaction must survive a duplicate; no transaction
     # block at all where the statement, event included, is the whole change.
@@ -517,11 +552,9 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
         else transaction.atomic(savepoint=not new_task)
     )
     key_first = not new_task
+    seq_sql = several.last_seq_sql if several else recorded.seq_sql if recorded else ""
     sql, hold_fields, given = _freeze_in_one_sql(
-        recorded.ctes if recorded else "",
-        recorded.seq_sql if recorded else "",
-        owner_sql,
-        key_first,
+        recorded.ctes if recorded else "", seq_sql, owner_sql, key_first
     )
     points = hold.points
     entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points, created_at=now)
@@ -545,10 +578,19 @@ def _freeze_in_one(hold: Hold, user, *, now: datetime, new_task: bool, owner_sql
             account.updated_at = now
             hold.pk, hold.account = hold_pk, account
             hold._state.adding, hold._state.db = False, connection.alias
-            if recorded is not None:
+            if several is not None:
+                frozen = _payload(account, status="frozen", points=hold.points, hold=hold)
+                several.emitted(
+                    seq,
+                    user_id=user.pk,
+                    task_id=hold.task_id or None,
+                    payloads=[frozen, *(payload for _, payload in events_after)],
+                )
+            elif recorded is not None:
                 _emitted(recorded, seq, account, status="frozen", hold=hold)
             else:
                 _emit(account, status="frozen", points=points, hold=hold)
+                _emit_after(user, hold.task_id, events_after)
     except IntegrityError as exc:
         if _violated(exc) != _SPENT:
             raise
@@ -583,6 +625,7 @@ def hold_freeze(
     owner_settles: bool = False,
     new_task: bool = False,
     hold_id: str = "",
+    events_after: Sequence[tuple[str, dict]] = (),
 ) -> tuple[Hold, bool]:
     """Move ``points`` from balance to frozen under a new hold; ``(hold, created)``.
 
@@ -600,6 +643,12 @@ def hold_freeze(
     in that transaction without a savepoint of its own. It may name the hold (``hold_id``, from
     ``new_hold_id``) so that it can write the task before the freeze: the account's row, which
     every task of the user shares, is then locked only from the freeze to the commit.
+
+    ``events_after`` (only with ``new_task``): that task's events, ``(type, payload)``, to record
+    right after the freeze's own ``wallet.points``. On PostgreSQL, outside ``events_batched``,
+    the freeze's statement records them all, so the caller's transaction can end with it: the
+    account's row (and the user's event cursor) stay locked for one round trip, not one per
+    write (ADR 0034). Elsewhere they are emitted after the freeze's event, as ``emit`` does.
     """
     points = _points(points)
     task_id = task_id or ""
@@ -607,8 +656,8 @@ def hold_freeze(
         raise validation_error({"taskId": ["At most 64 characters."]})
     if new_task and not (task_id and transaction.get_connection().in_atomic_block):
         raise ValueError("new_task needs the task id and the caller's transaction")
-    if hold_id and not new_task:
-        raise ValueError("only a new task's hold is named by its caller")
+    if (hold_id or events_after) and not new_task:
+        raise ValueError("only a new task's hold is named, or carries events, by its caller")
     # On PostgreSQL the freeze's own statement checks whose task it is (one round trip less).
     owner_sql = ""
     if task_id and not new_task:
@@ -633,7 +682,14 @@ def hold_freeze(
     )
     try:
         if connection.vendor == "postgresql":
-            _freeze_in_one(hold, user, now=now, new_task=new_task, owner_sql=owner_sql)
+            _freeze_in_one(
+                hold,
+                user,
+                now=now,
+                new_task=new_task,
+                owner_sql=owner_sql,
+                events_after=events_after,
+            )
         else:
             with transaction.atomic(savepoint=not new_task):
                 # The hold first: a second freeze for the same task stops here, on the unique
@@ -643,6 +699,7 @@ def hold_freeze(
                 if not _apply(account, balance=-points, frozen=points, entries=[entry], now=now):
                     raise _insufficient(account, points, _NEEDS)
                 _emit(account, status="frozen", points=points, hold=hold)
+                _emit_after(user, task_id, events_after)
     except IntegrityError:
         account = _account_ref(user)
         existing = (

@@ -14,6 +14,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from podi.broker import DoorbellRedisBroker
+from podi.events import doorbell_answered, ring_on_commit
 
 # The consumers here wait up to a minute on an empty queue: only a bell can wake them sooner.
 IDLE_TIMEOUT_MS = 60_000
@@ -179,3 +180,61 @@ def test_a_redis_that_lost_its_scripts_still_queues_and_rings(broker):
         assert next(consumer) is None and broker.client.llen(f"{broker.namespace}:q") == 0
     finally:
         consumer.close()
+
+
+def test_a_doorbell_rung_again_before_its_answer_is_not_sent_again(broker, transactional_db):
+    """An argument-less doorbell (the dispatch pass) waiting in the queue covers the rings after
+    it; once its actor answers, the next ring sends a new one (ADR 0034)."""
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name=f"bell_{uuid.uuid4().hex[:6]}")
+    def bell():
+        pass
+
+    queue = f"{broker.namespace}:q"
+    for _ in range(5):
+        ring_on_commit(bell)  # outside a transaction: rung now
+    assert broker.client.llen(queue) == 1
+    mark = broker.client.pttl(broker.pending_key(bell.actor_name))
+    assert 0 < mark <= 10_000  # a lost doorbell holds the next rings back for seconds at most
+
+    broker.answer_pending(bell.actor_name)  # what the actor does before its work
+    ring_on_commit(bell)
+    ring_on_commit(bell)
+    assert broker.client.llen(queue) == 2
+
+
+def test_a_worker_answers_each_doorbell_before_its_work(broker, transactional_db):
+    """Through a real worker: every ring made after the actor began its work is answered by a
+    later run, so nothing rung during a run is lost (ADR 0034)."""
+    runs = []
+    first_started = threading.Event()
+    release_first = threading.Event()
+    name = f"bell_{uuid.uuid4().hex[:6]}"
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name=name)
+    def bell():
+        doorbell_answered(name)
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            first_started.set()
+            release_first.wait(10)
+
+    previous = dramatiq.get_broker()
+    dramatiq.set_broker(broker)  # doorbell_answered answers on the process's broker
+    # One thread: the second message runs only once the first run has ended.
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=IDLE_TIMEOUT_MS)
+    worker.start()
+    try:
+        ring_on_commit(bell)
+        assert first_started.wait(20)
+        for _ in range(3):
+            ring_on_commit(bell)  # during the first run: one more message, not three
+        release_first.set()
+        deadline = time.monotonic() + 20
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert len(runs) == 2
+    finally:
+        worker.stop(timeout=5000)
+        dramatiq.set_broker(previous)

@@ -63,7 +63,7 @@ def statements():
 # a dispatch pass reads its candidates, starts the task in one statement (the task, the slot,
 # the hold, ADR 0031) and records its "running" event.
 BUDGET = {
-    "postgresql": {"submit": 4, "dispatch": 3, "run": 6},
+    "postgresql": {"submit": 3, "dispatch": 3, "run": 6},
     "sqlite": {"submit": 8, "dispatch": 8, "run": 19},
 }
 # A task that starts in its submit (ADR 0018): the claim and the "running" event join the
@@ -76,7 +76,7 @@ BUDGET = {
 # transaction, as the finisher runs it, the events are in that statement too, and so are the
 # outputs' rows, with no read before their bytes are written (ADR 0024 point 6).
 BUDGET_STARTED = {
-    "postgresql": {"submit": 5, "run": 6},
+    "postgresql": {"submit": 4, "run": 6},
     "sqlite": {"submit": 9, "run": 19},
 }
 
