@@ -238,3 +238,29 @@ def test_a_worker_answers_each_doorbell_before_its_work(broker, transactional_db
     finally:
         worker.stop(timeout=5000)
         dramatiq.set_broker(previous)
+
+
+def test_a_doorbell_that_could_not_be_sent_leaves_no_mark(broker, transactional_db):
+    """A ring whose message failed to go out (the broker refused it) clears its mark, so the
+    next ring tries again instead of trusting a doorbell that is not there (ADR 0034)."""
+    refused = []
+    real = broker.do_enqueue
+
+    def refuse_once(queue_name, message_id, data):
+        if not refused:
+            refused.append(message_id)
+            raise redis.ConnectionError("refused for the test")
+        return real(queue_name, message_id, data)
+
+    broker.do_enqueue = refuse_once
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name=f"bell_{uuid.uuid4().hex[:6]}")
+    def bell():
+        pass
+
+    queue = f"{broker.namespace}:q"
+    ring_on_commit(bell)  # refused: logged, not raised, and the mark is cleared
+    assert refused and broker.client.llen(queue) == 0
+    assert broker.client.exists(broker.pending_key(bell.actor_name)) == 0
+    ring_on_commit(bell)
+    assert broker.client.llen(queue) == 1
