@@ -511,8 +511,9 @@ def _emit_after(user, task_id: str, events: Sequence[tuple[str, dict]]) -> None:
 
 
 def _freeze_events(events_after: Sequence[tuple[str, dict]]) -> StatementEvents | None:
-    """The freeze's ``wallet.points`` and ``events_after`` recorded by the freeze's statement
-    (``h`` the hold, ``m`` the account), in that order; None where they cannot be."""
+    """The freeze's ``wallet.points`` and ``events_after`` (none for most freezes) recorded by
+    the freeze's statement (``h`` the hold, ``m`` the account), in that order; None where they
+    cannot be."""
     return emit_several_in_statement(
         events=[
             (EVENT_TYPE, _payload_sql("h", "m", "frozen"), []),
@@ -541,8 +542,7 @@ def _freeze_in_one(
     freeze moves the account first: its key is fresh, nobody else can hold it. Not enough points
     → 402, also for a user without an account (none is made for a refusal).
     """
-    several = _freeze_events(events_after) if events_after else None
-    recorded = several or (None if events_after else _statement_event("h", "m", "frozen"))
+    recorded = _freeze_events(events_after)
     in_block = transaction.get_connection().in_atomic_block
     # A savepoint only where the caller's transaction must survive a duplicate; no transaction
     # block at all where the statement, event included, is the whole change.
@@ -552,9 +552,11 @@ def _freeze_in_one(
         else transaction.atomic(savepoint=not new_task)
     )
     key_first = not new_task
-    seq_sql = several.last_seq_sql if several else recorded.seq_sql if recorded else ""
     sql, hold_fields, given = _freeze_in_one_sql(
-        recorded.ctes if recorded else "", seq_sql, owner_sql, key_first
+        recorded.ctes if recorded else "",
+        recorded.last_seq_sql if recorded else "",
+        owner_sql,
+        key_first,
     )
     points = hold.points
     entry = _hold_entry(hold, type=EntryType.FREEZE, points=0, amount=points, created_at=now)
@@ -578,16 +580,14 @@ def _freeze_in_one(
             account.updated_at = now
             hold.pk, hold.account = hold_pk, account
             hold._state.adding, hold._state.db = False, connection.alias
-            if several is not None:
+            if recorded is not None:
                 frozen = _payload(account, status="frozen", points=hold.points, hold=hold)
-                several.emitted(
+                recorded.emitted(
                     seq,
                     user_id=user.pk,
                     task_id=hold.task_id or None,
                     payloads=[frozen, *(payload for _, payload in events_after)],
                 )
-            elif recorded is not None:
-                _emitted(recorded, seq, account, status="frozen", hold=hold)
             else:
                 _emit(account, status="frozen", points=points, hold=hold)
                 _emit_after(user, hold.task_id, events_after)
