@@ -190,6 +190,8 @@ if _postgres:
     if DATABASE_POOL:
         # Django hands connections back to the pool at the end of each request or message.
         _postgres["CONN_MAX_AGE"] = 0
+        # Django's backend with a pool that hands out its warmest connection (ADR 0035).
+        _postgres["ENGINE"] = "podi.db"
         _postgres["OPTIONS"]["pool"] = {
             "min_size": DATABASE_POOL_MIN,
             "max_size": DATABASE_POOL_MAX,

@@ -1,5 +1,6 @@
 """The bounded PostgreSQL pool under overload: requests past it answer 503 DATABASE_BUSY with
-Retry-After, never 500; a server that refuses connections at its limit reads the same."""
+Retry-After, never 500; a server that refuses connections at its limit reads the same. The pool
+hands out the connection returned last (ADR 0035)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
 import psycopg
+import psycopg_pool
 import pytest
 from django.db import OperationalError, connection
 
 from podi import error_codes as codes
+from podi.db.base import WarmestFirstPool
 from podi.errors import database_busy, to_app_error
 from tests.platform.conftest import admin_url, free_port, read_until, start_up, stop
 
@@ -100,3 +103,75 @@ def test_a_connection_refused_at_the_limit_reads_as_busy(limited_database):
         psycopg.connect(f"postgres://postgres@127.0.0.1:{free_port()}/x", connect_timeout=5)
     assert not database_busy(down.value)
     assert to_app_error(down.value).code == codes.DATABASE_UNAVAILABLE.code
+
+
+def _backend(conn) -> int:
+    return conn.info.backend_pid
+
+
+@pytest.mark.parametrize("kind", [WarmestFirstPool, psycopg_pool.ConnectionPool])
+def test_the_pool_hands_out_the_connection_returned_last(fresh_database, kind):
+    """ADR 0035: the connection returned last is the next one out, so sequential work stays on
+    one connection (its statements prepared there); psycopg's own pool takes turns."""
+    with kind(fresh_database[1], min_size=3, max_size=3, open=True) as pool:
+        pool.wait(timeout=30)
+        first, second, third = (pool.getconn() for _ in range(3))
+        for conn in (first, second, third):
+            pool.putconn(conn)
+        served = []
+        for _ in range(4):
+            conn = pool.getconn()
+            served.append(_backend(conn))
+            conn.execute("SELECT 1")
+            pool.putconn(conn)
+        if kind is WarmestFirstPool:
+            assert served == [_backend(third)] * 4
+            # Two at once: the warmest, then the next warmest; the coldest stays idle.
+            a, b = pool.getconn(), pool.getconn()
+            assert (_backend(a), _backend(b)) == (_backend(third), _backend(second))
+            pool.putconn(b)
+            pool.putconn(a)
+            assert pool.get_stats()["pool_available"] == 3
+        else:
+            assert served == [_backend(c) for c in (first, second, third, first)]
+
+
+def test_sequential_requests_run_on_one_pooled_connection(up_env):
+    """A web process serving one request after another does so on one database session: the
+    backend that ran the first request's statements runs the last one's too."""
+    port = free_port()
+    up_env.update(WEB_CONCURRENCY="1", DATABASE_POOL_MAX="6", DATABASE_POOL_MIN="4")
+    web = start_up(["--role", "web", "--migrate", "--port", str(port)], up_env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        text = read_until(web, "PODI is up")
+        assert "PODI is up" in text, text
+        login = httpx.post(
+            f"{base}/api/auth/v1/login",
+            json={"username": "admin", "password": "platform test passphrase"},
+            timeout=30,
+        )
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+        with psycopg.connect(admin_url(), autocommit=True) as probe:
+
+            def sessions() -> dict[int, int]:
+                # Each session's transaction count is not exposed; its last statement's end is.
+                rows = probe.execute(
+                    "SELECT pid, extract(epoch FROM state_change) FROM pg_stat_activity "
+                    "WHERE datname = %s AND backend_type = 'client backend'",
+                    [up_env["DATABASE_URL"].rsplit("/", 1)[1]],
+                ).fetchall()
+                return {pid: at for pid, at in rows}
+
+            before = sessions()
+            assert len(before) >= 4, before  # the pool's minimum is open
+            for _ in range(12):
+                me = httpx.get(f"{base}/api/auth/v1/me", headers=bearer, timeout=30)
+                assert me.status_code == 200, me.text
+            after = sessions()
+        touched = [pid for pid, at in after.items() if at != before.get(pid)]
+        assert len(touched) == 1, (before, after)
+    finally:
+        rest = stop(web)
+    assert "Traceback" not in rest, rest

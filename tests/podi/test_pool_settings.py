@@ -46,6 +46,8 @@ def test_the_pool_shares_max_connections_among_processes(tmp_path):
     assert got["pool"]["max_size"] == 13 and got["pool"]["min_size"] == 2
     assert got["pool"]["timeout"] == 5 and got["age"] == 0
     assert 13 * (4 + 2) <= 80
+    # Django's backend with a pool that hands out its warmest connection (ADR 0035).
+    assert got["engine"] == "podi.db"
 
     got = settings_with(
         tmp_path,
@@ -66,6 +68,7 @@ def test_explicit_pool_size_and_opt_out(tmp_path):
         tmp_path, DATABASE_URL=PG, DATABASE_POOL="false", DATABASE_CONN_MAX_AGE="60"
     )
     assert got["pool"] is None and got["age"] == 60
+    assert got["engine"] == "django.db.backends.postgresql"  # no pool: Django's own backend
 
 
 def test_statements_are_bound_server_side_and_prepared_unless_opted_out(tmp_path):

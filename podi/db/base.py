@@ -1,0 +1,50 @@
+"""Django's PostgreSQL backend with :class:`WarmestFirstPool` as its connection pool
+(docs/adr/0035-the-pool-hands-out-its-warmest-connection.md)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql import base
+from psycopg_pool import ConnectionPool
+
+
+class WarmestFirstPool(ConnectionPool):
+    """psycopg's pool, handing out the idle connection returned most recently instead of the one
+    idle longest. psycopg's pool is first in, first out: every idle connection takes turns, so
+    each pays the first executions of every statement (parsed and planned each time until it
+    is prepared on that connection) and none goes idle long enough to be closed. Last in,
+    first out keeps the work on the few connections that have it prepared; the ones left idle
+    stay at the other end, where the pool's shrinking closes them first."""
+
+    def _get_ready_connection(self, timeout: float | None):
+        # Called with the pool's lock held. The pool takes from the left and returns to the
+        # right: the connection returned last goes to the left first.
+        if len(self._pool) > 1:
+            self._pool.rotate(1)
+        return super()._get_ready_connection(timeout)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self):
+        """Django 5.2's pool (``OPTIONS["pool"]``), built as a :class:`WarmestFirstPool`."""
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if self.alias == NO_DB_ALIAS or not pool_options:
+            return None
+        if self.alias not in self._connection_pools:
+            if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+                raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+            connect_kwargs = self.get_connection_params()
+            connect_kwargs["autocommit"] = True  # Django sets the real mode after checkout
+            checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+            pool = WarmestFirstPool(
+                kwargs=connect_kwargs,
+                open=False,  # opened by the first checkout, as Django's
+                configure=self._configure_connection,
+                check=ConnectionPool.check_connection if checks else None,
+                **({} if pool_options is True else pool_options),
+            )
+            # Two threads may build one each at start-up: the first one stored wins.
+            self._connection_pools.setdefault(self.alias, pool)
+        return self._connection_pools[self.alias]
