@@ -4,7 +4,9 @@ hands out the connection returned last (ADR 0035)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
@@ -21,12 +23,13 @@ from tests.platform.conftest import admin_url, free_port, read_until, start_up, 
 pytestmark = pytest.mark.timeout(400)
 
 
-def test_an_exhausted_pool_answers_503_database_busy_never_500(up_env, fresh_database):
+@contextlib.contextmanager
+def web_as_admin(env: dict, **settings: str) -> Iterator[tuple[str, dict]]:
+    """One web process (``manage.py up --role web``) with ``settings``: its base URL and an
+    admin's bearer header; stopped afterwards, with no traceback in its output."""
     port = free_port()
-    up_env.update(
-        WEB_CONCURRENCY="1", DATABASE_POOL_MAX="2", DATABASE_POOL_MIN="0", DATABASE_POOL_TIMEOUT="1"
-    )
-    web = start_up(["--role", "web", "--migrate", "--port", str(port)], up_env)
+    env.update(WEB_CONCURRENCY="1", **settings)
+    web = start_up(["--role", "web", "--migrate", "--port", str(port)], env)
     base = f"http://127.0.0.1:{port}"
     try:
         text = read_until(web, "PODI is up")
@@ -37,8 +40,16 @@ def test_an_exhausted_pool_answers_503_database_busy_never_500(up_env, fresh_dat
             timeout=30,
         )
         assert login.status_code == 200, login.text
-        bearer = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+        yield base, {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    finally:
+        rest = stop(web)
+    assert "Traceback" not in rest, rest
 
+
+def test_an_exhausted_pool_answers_503_database_busy_never_500(up_env, fresh_database):
+    with web_as_admin(
+        up_env, DATABASE_POOL_MAX="2", DATABASE_POOL_MIN="0", DATABASE_POOL_TIMEOUT="1"
+    ) as (base, bearer):
         # Hold a lock every authenticated request waits on: the first two requests keep both
         # pooled connections while they wait; the others find the pool empty for a second.
         with psycopg.connect(fresh_database[1]) as blocker:
@@ -69,9 +80,6 @@ def test_an_exhausted_pool_answers_503_database_busy_never_500(up_env, fresh_dat
         assert answered_while_held <= 12 - statuses.count(200)
         after = httpx.get(f"{base}/api/auth/v1/me", headers=bearer, timeout=30)
         assert after.status_code == 200, after.text
-    finally:
-        rest = stop(web)
-    assert "Traceback" not in rest, rest
 
 
 @pytest.fixture
@@ -139,20 +147,7 @@ def test_the_pool_hands_out_the_connection_returned_last(fresh_database, kind):
 def test_sequential_requests_run_on_one_pooled_connection(up_env):
     """A web process serving one request after another does so on one database session: the
     backend that ran the first request's statements runs the last one's too."""
-    port = free_port()
-    up_env.update(WEB_CONCURRENCY="1", DATABASE_POOL_MAX="6", DATABASE_POOL_MIN="4")
-    web = start_up(["--role", "web", "--migrate", "--port", str(port)], up_env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        text = read_until(web, "PODI is up")
-        assert "PODI is up" in text, text
-        login = httpx.post(
-            f"{base}/api/auth/v1/login",
-            json={"username": "admin", "password": "platform test passphrase"},
-            timeout=30,
-        )
-        assert login.status_code == 200, login.text
-        bearer = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    with web_as_admin(up_env, DATABASE_POOL_MAX="6", DATABASE_POOL_MIN="4") as (base, bearer):
         with psycopg.connect(admin_url(), autocommit=True) as probe:
 
             def sessions() -> dict[int, int]:
@@ -170,8 +165,5 @@ def test_sequential_requests_run_on_one_pooled_connection(up_env):
                 me = httpx.get(f"{base}/api/auth/v1/me", headers=bearer, timeout=30)
                 assert me.status_code == 200, me.text
             after = sessions()
-        touched = [pid for pid, at in after.items() if at != before.get(pid)]
-        assert len(touched) == 1, (before, after)
-    finally:
-        rest = stop(web)
-    assert "Traceback" not in rest, rest
+    touched = [pid for pid, at in after.items() if at != before.get(pid)]
+    assert len(touched) == 1, (before, after)
