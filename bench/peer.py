@@ -63,6 +63,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from steady import no_collector_pauses
 from tasks_bench import (
     INVERT_GRAPH,
     INVERT_SCHEMA,
@@ -992,7 +993,8 @@ def run(args, env: dict, procs: Processes, work: Path) -> int:
             await direct.close()
             await client.close()
 
-    result = asyncio.run(phases())
+    with no_collector_pauses():
+        result = asyncio.run(phases())
     seq, burst = result["sequential"], result["burst"]
     all_podi = seq["podi"] + [r for b in burst["podi"] for r in b["runs"]]
     latency_seq = comfy_to_event(seq["podi"], seq["direct"], comfy_url)

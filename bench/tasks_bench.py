@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from steady import no_collector_pauses
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
@@ -727,9 +729,11 @@ def phase_overhead(args, comfy, base: str, token: str, db_url: str) -> dict:
         rows = unfinished_rows(warm_podi)
         raise RuntimeError(f"warm-up through PODI did not succeed: {warm_podi} {rows}")
     del warm_direct
-    direct = direct_run(comfy.url, args.jobs, "timed")
+    with no_collector_pauses():
+        direct = direct_run(comfy.url, args.jobs, "timed")
     comfy.wait_idle()
-    podi = asyncio.run(_podi_run(base, token, db_url, args.jobs, 90 + args.jobs))
+    with no_collector_pauses():
+        podi = asyncio.run(_podi_run(base, token, db_url, args.jobs, 90 + args.jobs))
     podi["unfinishedTasks"] = unfinished_rows(podi)
     podi["timings"] = task_timings(podi.pop("ids"))
     podi.pop("seen")
@@ -987,9 +991,11 @@ def run(args, url: str, ref_url: str, env: dict, procs: Processes, held: dict) -
     }
 
     print(f"  [2/5] submit throughput: {args.clients} clients, {args.seconds} s …")
-    throughput = asyncio.run(_throughput(base, tokens, args.clients, args.seconds))
+    with no_collector_pauses():
+        throughput = asyncio.run(_throughput(base, tokens, args.clients, args.seconds))
     print(f"  [3/5] paced submit latency: {args.rate:.0f}/s for {args.paced_seconds} s …")
-    paced = asyncio.run(_paced(base, tokens, args.rate, args.paced_seconds))
+    with no_collector_pauses():
+        paced = asyncio.run(_paced(base, tokens, args.rate, args.paced_seconds))
     cancel = cancel_parked(base, submit_tokens, args.clients)
     print(f"        canceled {cancel['canceled']} parked tasks at {cancel['cancelsPerSecond']}/s")
 
