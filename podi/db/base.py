@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import select
+
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from psycopg import OperationalError
 from psycopg_pool import ConnectionPool
 
 
@@ -25,6 +28,21 @@ class WarmestFirstPool(ConnectionPool):
         return super()._get_ready_connection(timeout)
 
 
+def check_idle_connection(conn) -> None:
+    """The pool's check at every checkout (``CONN_HEALTH_CHECKS``), without a round trip for a
+    healthy connection. An idle connection has nothing to read unless the server wrote to it:
+    it does so when it ends the session (a restart, ``pg_terminate_backend``, an idle timeout:
+    an error message, then end of file) or for a notice. Only then is the connection asked
+    with psycopg's own check (an empty query), which raises when it is gone, and the pool
+    opens another. psycopg's check alone costs one round trip per request, actor message and
+    finisher job."""
+    if conn.closed:
+        raise OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self):
@@ -42,7 +60,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 kwargs=connect_kwargs,
                 open=False,  # opened by the first checkout, as Django's
                 configure=self._configure_connection,
-                check=ConnectionPool.check_connection if checks else None,
+                check=check_idle_connection if checks else None,
                 **({} if pool_options is True else pool_options),
             )
             # Two threads may build one each at start-up: the first one stored wins.

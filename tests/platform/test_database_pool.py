@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -16,7 +17,7 @@ import pytest
 from django.db import OperationalError, connection
 
 from podi import error_codes as codes
-from podi.db.base import WarmestFirstPool
+from podi.db.base import WarmestFirstPool, check_idle_connection
 from podi.errors import database_busy, to_app_error
 from tests.platform.conftest import admin_url, free_port, read_until, start_up, stop
 
@@ -167,3 +168,38 @@ def test_sequential_requests_run_on_one_pooled_connection(up_env):
             after = sessions()
     touched = [pid for pid, at in after.items() if at != before.get(pid)]
     assert len(touched) == 1, (before, after)
+
+
+def test_a_checkout_asks_the_server_only_when_the_server_wrote(fresh_database):
+    """ADR 0035: the check at checkout costs no round trip for a healthy idle connection; one
+    the server ended while it sat in the pool is replaced, and the caller never sees it."""
+    with (
+        psycopg.connect(admin_url(), autocommit=True) as admin,
+        WarmestFirstPool(
+            fresh_database[1], min_size=1, max_size=1, check=check_idle_connection, open=True
+        ) as pool,
+    ):
+        pool.wait(timeout=30)
+
+        def last_change(pid: int):
+            row = admin.execute(
+                "SELECT state_change FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchone()
+            return row[0] if row else None
+
+        with pool.connection() as conn:
+            pid = _backend(conn)
+        before = last_change(pid)
+        for _ in range(3):
+            with pool.connection() as conn:
+                assert _backend(conn) == pid
+        assert last_change(pid) == before  # nothing was sent to the server
+
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while last_change(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pool.connection() as conn:
+            assert _backend(conn) != pid
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert pool.get_stats().get("connections_lost", 0) >= 1
