@@ -970,24 +970,27 @@ def hold_confirm_in_statement(*, key_sql: str, after_sql: str = "") -> SettleInS
     names = ("wallet_settled", "wallet_moved", "wallet_entry")
     ctes, given = _settle_ctes(HoldStatus.CONFIRMED, key_sql, after_sql, names)
     now = timezone.now()
-    width = len(Hold._meta.concrete_fields) + 3
-    settled, moved = names[0], names[1]
-    # Scalar subqueries, so the columns are NULL (not missing) when nothing was confirmed.
+    return SettleInStatement(
+        ctes=ctes,
+        params=_settle_params(HoldStatus.CONFIRMED, now, [], given),
+        columns=_settled_columns(names[0], names[1]),
+        width=len(Hold._meta.concrete_fields) + 3,
+        at=now,
+        settled_name=names[0],
+    )
+
+
+@functools.cache
+def _settled_columns(settled: str, moved: str) -> str:
+    """The settled hold's columns, then the account's figures, as scalar subqueries: NULL (not
+    missing) when nothing was settled. Built once per process."""
     hold_columns = [
         f"{settled}.{connection.ops.quote_name(f.column)}" for f in Hold._meta.concrete_fields
     ]
     account_columns = [f"{moved}.{column}" for column in ("user_id", "balance", "frozen")]
-    columns = ", ".join(
+    return ", ".join(
         [f"(SELECT {column} FROM {settled})" for column in hold_columns]  # noqa: S608
         + [f"(SELECT {column} FROM {moved})" for column in account_columns]  # noqa: S608
-    )
-    return SettleInStatement(
-        ctes=ctes,
-        params=_settle_params(HoldStatus.CONFIRMED, now, [], given),
-        columns=columns,
-        width=width,
-        at=now,
-        settled_name=settled,
     )
 
 
