@@ -16,9 +16,9 @@ class WarmestFirstPool(ConnectionPool):
     """psycopg's pool, handing out the idle connection returned most recently instead of the one
     idle longest. psycopg's pool is first in, first out: every idle connection takes turns, so
     each pays the first executions of every statement (parsed and planned each time until it
-    is prepared on that connection) and none goes idle long enough to be closed. Last in,
-    first out keeps the work on the few connections that have it prepared; the ones left idle
-    stay at the other end, where the pool's shrinking closes them first."""
+    is prepared on that connection). Last in, first out keeps the work on the few connections
+    that have it prepared; the ones left idle stay at the other end, where the pool's
+    shrinking takes the one it closes."""
 
     def _get_ready_connection(self, timeout: float | None):
         # Called with the pool's lock held. The pool takes from the left and returns to the
